@@ -1,0 +1,216 @@
+"""Allocations (output schema version 1): what every solver returns.
+
+An :class:`Allocation` is built from a problem and one chosen option per layer
+by :func:`make_allocation`, which computes totals and the validation metrics
+the same way for every solver. ``to_dict`` gives the JSON object of DESIGN.md;
+``load_allocation`` reads one back (for ``validate``, ``compare`` and export).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .errors import AllocationError
+from .metrics import compute_metrics, verdicts, violations
+from .problem import Problem
+
+SCHEMA_VERSION = 1
+
+
+class Status(str, Enum):
+    """Our own solver status, filled from explicit tables in each backend."""
+
+    OPTIMAL = "optimal"  # proven optimal
+    FEASIBLE = "feasible"  # satisfies every constraint; optimality not proven (a limit stopped it, or a heuristic)
+    INFEASIBLE = "infeasible"  # no allocation meets the constraints (or, for the heuristic, its answer breaks them)
+    ERROR = "error"  # the solver failed or stopped without any allocation
+
+
+#: process exit code of `layerlens-opt solve` per status
+EXIT_CODES = {Status.OPTIMAL: 0, Status.FEASIBLE: 0, Status.INFEASIBLE: 3, Status.ERROR: 4}
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    name: str
+    kind: str
+    block: int | None
+    method: str
+    rank: int
+    params: int
+    gain: float
+    utility: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "block": self.block,
+            "method": self.method,
+            "rank": self.rank,
+            "params": self.params,
+            "gain": self.gain,
+            "utility": self.utility,
+        }
+
+
+@dataclass(frozen=True)
+class Allocation:
+    solver: str
+    status: Status
+    objective: float | None
+    bound: float | None
+    gap: float | None
+    budget: int
+    total_params: int
+    utilization: float
+    seconds: Mapping[str, float]
+    layers: tuple[LayerChoice, ...]
+    metrics: Mapping[str, Any]
+    constraints: Mapping[str, Any]
+    message: str = ""
+    notes: tuple[str, ...] = ()
+    warm_start: bool | None = None
+    choice: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (Status.OPTIMAL, Status.FEASIBLE)
+
+    @property
+    def violations(self) -> list[str]:
+        return violations([layer.to_dict() for layer in self.layers], self.constraints) if self.layers else []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "solver": self.solver,
+            "status": self.status.value,
+            "message": self.message,
+            "objective": self.objective,
+            "bound": self.bound,
+            "gap": self.gap,
+            "budget": self.budget,
+            "total_params": self.total_params,
+            "utilization": self.utilization,
+            "utilization_window": [self.constraints.get("min_utilization"), self.constraints.get("max_utilization")],
+            "seconds": dict(self.seconds),
+            "warm_start": self.warm_start,
+            "constraints": dict(self.constraints),
+            "notes": list(self.notes),
+            "layers": [layer.to_dict() for layer in self.layers],
+            "metrics": dict(self.metrics),
+            "checks": verdicts(self.metrics, self.constraints),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+
+def gap_of(objective: float | None, bound: float | None) -> float | None:
+    """Relative gap (bound - objective) / max(|objective|, 1e-12), never negative."""
+    if objective is None or bound is None:
+        return None
+    return max(0.0, (bound - objective) / max(abs(objective), 1e-12))
+
+
+def make_allocation(
+    problem: Problem,
+    choice: Sequence[int] | None,
+    *,
+    solver: str,
+    status: Status,
+    bound: float | None = None,
+    seconds: Mapping[str, float] | None = None,
+    message: str = "",
+    notes: Sequence[str] = (),
+    warm_start: bool | None = None,
+) -> Allocation:
+    """Assemble an allocation from one option index per layer (or none, for infeasible/error)."""
+    c = problem.constraints
+    constraints = c.to_dict()
+    all_notes = tuple(problem.notes) + tuple(notes)
+    if choice is None:
+        return Allocation(
+            solver=solver, status=status, objective=None, bound=bound, gap=None, budget=c.budget,
+            total_params=0, utilization=0.0, seconds=dict(seconds or {}), layers=(),
+            metrics=compute_metrics([], constraints), constraints=constraints, message=message,
+            notes=all_notes, warm_start=warm_start, choice=None,
+        )
+    choice = tuple(int(o) for o in choice)
+    if len(choice) != problem.n_layers:
+        raise ValueError(f"choice has {len(choice)} entries for {problem.n_layers} layers")
+    layers = []
+    for l, o in enumerate(choice):
+        info = problem.layers[l]
+        if int(problem.option_layer[o]) != l:
+            raise ValueError(f"option {o} does not belong to layer {l} ({info.name})")
+        layers.append(
+            LayerChoice(
+                name=info.name, kind=info.kind, block=info.block, method=problem.method_of(o),
+                rank=int(problem.option_rank[o]), params=int(problem.option_cost[o]),
+                gain=float(problem.option_gain[o]), utility=info.utility,
+            )
+        )
+    objective = float(sum(layer.gain for layer in layers))
+    total = sum(layer.params for layer in layers)
+    if status == Status.OPTIMAL and bound is None:
+        bound = objective
+    metrics = compute_metrics(
+        [layer.to_dict() for layer in layers], constraints,
+        problem.gradient_norms, problem.fisher_traces, [info.methods for info in problem.layers],
+    )
+    return Allocation(
+        solver=solver, status=status, objective=objective, bound=bound, gap=gap_of(objective, bound),
+        budget=c.budget, total_params=total, utilization=total / c.budget, seconds=dict(seconds or {}),
+        layers=tuple(layers), metrics=metrics, constraints=constraints, message=message,
+        notes=all_notes, warm_start=warm_start, choice=choice,
+    )
+
+
+REQUIRED_KEYS = ("schema_version", "solver", "status", "budget", "layers")
+LAYER_REQUIRED = ("name", "method", "rank", "params")
+
+
+def load_allocation(path: str | Path) -> dict[str, Any]:
+    """Read an allocation JSON file and check the fields other commands rely on."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AllocationError(f"{path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise AllocationError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise AllocationError(f"{path}: the top level must be a JSON object")
+    if "layers" in data and "schema_version" in data and "solver" not in data and "budget" not in data:
+        raise AllocationError(f"{path}: this looks like a manifest, not an allocation; run `layerlens-opt solve` on it first")
+    for key in REQUIRED_KEYS:
+        if key not in data:
+            raise AllocationError(f"{path}: missing required key {key!r}; is this an allocation written by `solve --json -o`?")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise AllocationError(f"{path}: allocation schema_version {data['schema_version']!r}; this version reads {SCHEMA_VERSION}")
+    if not isinstance(data["layers"], list):
+        raise AllocationError(f"{path}: 'layers' must be a list")
+    for i, layer in enumerate(data["layers"]):
+        if not isinstance(layer, dict):
+            raise AllocationError(f"{path}: layers[{i}] must be an object")
+        for key in LAYER_REQUIRED:
+            if key not in layer:
+                raise AllocationError(f"{path}: layers[{i}] ({layer.get('name', '?')}) lacks field {key!r}")
+        layer.setdefault("kind", "other")
+        layer.setdefault("utility", 0.0)
+    budget = data["budget"]
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
+        raise AllocationError(f"{path}: 'budget' must be a positive integer, got {budget!r}")
+    constraints = data.get("constraints") or {}
+    constraints.setdefault("budget", budget)
+    window = data.get("utilization_window") or [0.70, 0.90]
+    constraints.setdefault("min_utilization", window[0])
+    constraints.setdefault("max_utilization", window[1])
+    data["constraints"] = constraints
+    return data

@@ -1,0 +1,283 @@
+"""The ``layerlens-opt`` command line: parse, one library call, print.
+
+Exit codes: 0 success, 1 bad input (one line on stderr naming the problem),
+2 usage error (click), 3 infeasible (the reason is printed), 4 solver error or
+no allocation within the limits, 5 ``validate`` found a FAIL.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .errors import LayerlensError
+
+EXIT_INFEASIBLE = 3
+EXIT_ERROR = 4
+EXIT_VALIDATION = 5
+
+_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000, "b": 1_000_000_000}
+
+
+def parse_count(text: str, what: str = "budget") -> int:
+    """'50000', '50k', '1.2M', '5e4', '50_000' -> a positive integer."""
+    s = str(text).strip().replace("_", "").replace(",", "")
+    m = re.fullmatch(r"([+-]?\d+(?:\.\d*)?(?:e[+-]?\d+)?)\s*([kmgb]?)", s, re.IGNORECASE)
+    if not m:
+        raise LayerlensError(f"{what} {text!r} is not a number of parameters; write e.g. 50000, 50k or 1.2M")
+    value = float(m.group(1)) * _SUFFIX[m.group(2).lower()]
+    if value <= 0:
+        raise LayerlensError(f"{what} must be positive, got {text!r}")
+    if abs(value - round(value)) > 1e-6:
+        raise LayerlensError(f"{what} {text!r} is not a whole number of parameters")
+    return int(round(value))
+
+
+class CountType(click.ParamType):
+    name = "COUNT"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_count(value, f"--{param.name}" if param else "value")
+        except LayerlensError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _pairs(values, what: str, convert):
+    out = {}
+    for item in values:
+        for part in filter(None, re.split(r"[;\s]+", item)):
+            if "=" not in part:
+                raise LayerlensError(f"{what} {part!r} must look like NAME=VALUE")
+            key, val = part.split("=", 1)
+            try:
+                out[key.strip()] = convert(val)
+            except ValueError:
+                raise LayerlensError(f"{what} {part!r}: {val!r} is not a valid value") from None
+    return out
+
+
+def _problem_options(f):
+    """Options shared by every command that builds a problem from a manifest."""
+    decorators = [
+        click.argument("manifest", type=click.Path(exists=True, dir_okay=False)),
+        click.option("--budget", "-b", type=CountType(), required=True, help="Trainable-parameter budget: 50000, 50k, 1.2M."),
+        click.option("--min-utilization", type=click.FloatRange(0, 1), default=0.70, show_default=True, help="Floor of the budget window."),
+        click.option("--max-utilization", type=click.FloatRange(0, 1), default=0.90, show_default=True, help="Cap of the budget window."),
+        click.option("--methods", default="lora,adapter,prefix,none", show_default=True, help="Comma-separated methods to offer (ia3 available)."),
+        click.option("--ranks", multiple=True, help="Candidate ranks per method, e.g. --ranks lora=1,2,4,8 (repeatable)."),
+        click.option("--max-rank", type=click.IntRange(min=1), help="Largest rank/prefix length offered on any layer."),
+        click.option("--weights", help="Metric weights, e.g. gradient_energy=0.5,fisher=0.3,proxy_eval=0.2 (default: the manifest's)."),
+        click.option("--normalization", type=click.Choice(["max", "rank"]), default="max", show_default=True, help="How each metric is normalised (once)."),
+        click.option("--min-methods", type=click.IntRange(min=0), default=0, help="At least K distinct methods besides none."),
+        click.option("--method-cap", multiple=True, help="At most N layers with a method, e.g. --method-cap prefix=4 (repeatable)."),
+        click.option("--tie-blocks", is_flag=True, help="All layers of a block use one method (or none)."),
+    ]
+    for d in reversed(decorators):
+        f = d(f)
+    return f
+
+
+def _solver_options(f):
+    decorators = [
+        click.option("--solver", "-s", default="auto", show_default=True, help="auto | cbc | highs | heuristic."),
+        click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), help="Seconds before the solver stops (reports the gap)."),
+        click.option("--threads", type=click.IntRange(min=1), help="Threads for CBC/HiGHS."),
+        click.option("--no-warm-start", is_flag=True, help="Do not pass a starting allocation to CBC."),
+        click.option("--no-presolve", is_flag=True, help="Give CBC/HiGHS the full model without the knapsack presolve."),
+    ]
+    for d in reversed(decorators):
+        f = d(f)
+    return f
+
+
+def _build(kw):
+    """Manifest + options -> Problem, timed."""
+    from .manifest import load_manifest
+    from .problem import Constraints, ModelOptions, build_problem
+
+    t0 = time.perf_counter()
+    manifest = load_manifest(kw["manifest"])
+    methods = tuple(m.strip() for m in kw["methods"].split(",") if m.strip())
+    ranks = _pairs(kw["ranks"], "--ranks", lambda v: tuple(int(r) for r in v.split(",") if r))
+    weights = _pairs([kw["weights"]], "--weights", float) if kw.get("weights") else None
+    caps = _pairs(kw["method_cap"], "--method-cap", int)
+    constraints = Constraints(
+        budget=kw["budget"],
+        min_utilization=kw["min_utilization"],
+        max_utilization=kw["max_utilization"],
+        min_methods=kw["min_methods"],
+        method_caps=tuple(sorted(caps.items())),
+        tie_blocks=kw["tie_blocks"],
+    )
+    options = ModelOptions(methods=methods, ranks=ranks, metric_weights=weights, normalization=kw["normalization"], max_rank=kw["max_rank"])
+    problem = build_problem(manifest, constraints, options)
+    return problem, time.perf_counter() - t0
+
+
+def _solve(problem, build_seconds, kw, solver=None):
+    from dataclasses import replace
+
+    from .solvers import SolverOptions, solve
+
+    options = SolverOptions(
+        time_limit=kw["time_limit"], threads=kw["threads"], warm_start=not kw["no_warm_start"], presolve=not kw["no_presolve"]
+    )
+    alloc = solve(problem, solver or kw["solver"], options)
+    seconds = dict(alloc.seconds)
+    seconds["build"] = seconds.get("build", 0.0) + build_seconds
+    return replace(alloc, seconds=seconds)
+
+
+def _write(path: str, text: str) -> None:
+    p = Path(path)
+    if p.parent and not p.parent.exists():
+        raise LayerlensError(f"cannot write {path}: folder {p.parent} does not exist")
+    try:
+        p.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise LayerlensError(f"cannot write {path}: {exc.strerror}") from None
+
+
+class _Group(click.Group):
+    """Turns LayerlensError into a one-line message and exit code 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except LayerlensError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="layerlens-opt")
+def main():
+    """Allocate PEFT methods and ranks across layers under a trainable-parameter budget."""
+
+
+@main.command()
+@_problem_options
+@_solver_options
+@click.option("--json", "as_json", is_flag=True, help="Print the allocation object (schema v1) instead of tables.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the allocation JSON to this file.")
+@click.option("--export-lp", type=click.Path(dir_okay=False), help="Write the full integer program as an LP file.")
+@click.option("--export-mps", type=click.Path(dir_okay=False), help="Write the full integer program as an MPS file.")
+def solve(as_json, output, export_lp, export_mps, **kw):
+    """Solve the allocation for MANIFEST under --budget."""
+    problem, build_seconds = _build(kw)
+    if export_lp or export_mps:
+        from .solvers.ilp import export_model
+
+        for path, fmt in ((export_lp, "lp"), (export_mps, "mps")):
+            if path:
+                if not Path(path).parent.exists():
+                    raise LayerlensError(f"cannot write {path}: folder {Path(path).parent} does not exist")
+                export_model(problem, path, fmt)
+    alloc = _solve(problem, build_seconds, kw)
+    data = alloc.to_dict()
+    text = json.dumps(data, indent=1)
+    if output:
+        _write(output, text + "\n")
+    if as_json:
+        click.echo(text)
+    else:
+        from .report import allocation_table, summary
+
+        if alloc.layers:
+            click.echo(allocation_table(data))
+            click.echo()
+        click.echo(summary(data))
+        for path, what in ((export_lp, "LP model"), (export_mps, "MPS model"), (output, "allocation")):
+            if path:
+                click.echo(f"wrote {what} to {path}")
+    _exit_for(alloc.status.value, data.get("message", ""), as_json)
+
+
+def _exit_for(status: str, message: str, quiet: bool) -> None:
+    if status == "infeasible":
+        if quiet:
+            click.echo(f"infeasible: {message}", err=True)
+        sys.exit(EXIT_INFEASIBLE)
+    if status == "error":
+        if quiet:
+            click.echo(f"error: {message}", err=True)
+        sys.exit(EXIT_ERROR)
+
+
+@main.command()
+@_problem_options
+@_solver_options
+@click.option("--json", "as_json", is_flag=True, help="Print both allocations as one JSON object.")
+def compare(as_json, **kw):
+    """Solve MANIFEST with an exact solver and the heuristic; show both side by side."""
+    problem, build_seconds = _build(kw)
+    solver = kw["solver"] if kw["solver"] != "heuristic" else "auto"
+    exact = _solve(problem, build_seconds, kw, solver).to_dict()
+    heur = _solve(problem, build_seconds, kw, "heuristic").to_dict()
+    if as_json:
+        click.echo(json.dumps({"exact": exact, "heuristic": heur}, indent=1))
+    else:
+        from .report import compare_text
+
+        click.echo(compare_text(exact, heur))
+    if exact["status"] in ("infeasible", "error"):
+        _exit_for(exact["status"], exact.get("message", ""), True)
+
+
+@main.command()
+@click.argument("allocation", type=click.Path(exists=True, dir_okay=False))
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="Recompute correlations and compatibility against this manifest.")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics and checks as JSON.")
+def validate(allocation, manifest, as_json):
+    """Recompute the validation metrics of an ALLOCATION file: PASS / WARN / FAIL."""
+    from .allocation import load_allocation
+    from .metrics import FAIL, compute_metrics, verdicts
+    from .report import validation_table
+
+    data = load_allocation(allocation)
+    layers = data["layers"]
+    grads = fisher = allowed = None
+    if manifest:
+        from .manifest import load_manifest
+        from .problem import Constraints, build_problem
+
+        man = load_manifest(manifest)
+        by_name = {l.name: i for i, l in enumerate(man.layers)}
+        missing = [l["name"] for l in layers if l["name"] not in by_name]
+        if missing:
+            raise LayerlensError(f"allocation layer {missing[0]!r} is not in manifest {manifest}; is it the manifest the allocation was solved from?")
+        c = data["constraints"]
+        problem = build_problem(man, Constraints(budget=c["budget"]))
+        infos = {info.name: (info, i) for i, info in enumerate(problem.layers)}
+        allowed = [infos[l["name"]][0].methods for l in layers]
+        for l in layers:
+            l["utility"] = infos[l["name"]][0].utility
+        if problem.gradient_norms:
+            grads = [problem.gradient_norms[infos[l["name"]][1]] for l in layers]
+        if problem.fisher_traces:
+            fisher = [problem.fisher_traces[infos[l["name"]][1]] for l in layers]
+    metrics = compute_metrics(layers, data["constraints"], grads, fisher, allowed)
+    if not manifest:  # correlations need the profile; keep what the solver computed
+        for key in ("utility_gradient_correlation", "utility_fisher_correlation"):
+            metrics[key] = (data.get("metrics") or {}).get(key)
+    checks = verdicts(metrics, data["constraints"])
+    if as_json:
+        click.echo(json.dumps({"metrics": metrics, "checks": checks}, indent=1))
+    else:
+        click.echo(validation_table(metrics, data["constraints"]))
+        n_fail = sum(v == FAIL for v in checks.values())
+        n_warn = sum(v == "WARN" for v in checks.values())
+        click.echo(f"\n{'FAIL' if n_fail else 'PASS'}: {n_fail} failed, {n_warn} warnings")
+    if any(v == FAIL for v in checks.values()):
+        sys.exit(EXIT_VALIDATION)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

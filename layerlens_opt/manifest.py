@@ -1,0 +1,303 @@
+"""The manifest (schema version 1): the contract between profiling and solving.
+
+``load_manifest`` reads and validates a file; ``parse_manifest`` a decoded
+object. Validation is strict: unknown keys are refused (a typo must not
+silently change an allocation) and every error names the layer and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ManifestError
+from .methods import KINDS, METHOD_NAMES
+
+SCHEMA_VERSION = 1
+
+DEFAULT_METRIC_WEIGHTS = {"gradient_energy": 0.4, "fisher": 0.4, "proxy_eval": 0.2}
+
+TOP_KEYS = {"schema_version", "model", "metric_weights", "layers", "metadata"}
+REQUIRED_TOP = ("schema_version", "layers")
+LAYER_KEYS = {"name", "kind", "in_features", "out_features", "block", "metrics", "allowed_methods", "gain_curves"}
+REQUIRED_LAYER = ("name", "kind", "in_features", "out_features", "metrics")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One adaptable layer of the model."""
+
+    name: str
+    kind: str
+    in_features: int
+    out_features: int
+    metrics: Mapping[str, float]
+    block: int | None = None
+    allowed_methods: tuple[str, ...] | None = None
+    #: method -> ((rank, captured fraction), ...), ranks ascending
+    gain_curves: Mapping[str, tuple[tuple[int, float], ...]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "kind": self.kind,
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+        }
+        if self.block is not None:
+            out["block"] = self.block
+        out["metrics"] = dict(self.metrics)
+        if self.allowed_methods is not None:
+            out["allowed_methods"] = list(self.allowed_methods)
+        if self.gain_curves:
+            out["gain_curves"] = {m: {str(r): v for r, v in pts} for m, pts in self.gain_curves.items()}
+        return out
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest. ``metric_weights`` is always filled (defaults applied)."""
+
+    layers: tuple[Layer, ...]
+    metric_weights: Mapping[str, float]
+    model: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    weights_given: bool = False
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return tuple(self.layers[0].metrics) if self.layers else ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+        if self.model:
+            out["model"] = dict(self.model)
+        out["metric_weights"] = dict(self.metric_weights)
+        out["layers"] = [layer.to_dict() for layer in self.layers]
+        if self.metadata:
+            out["metadata"] = dict(self.metadata)
+        return out
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate a manifest file; raise ManifestError naming the problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: cannot read it ({exc})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(
+            f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+    return parse_manifest(data, source=str(path))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ManifestError(f"{where} must be a positive integer, got {value!r}")
+    return value
+
+
+def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
+    """Validate a decoded manifest object against schema version 1."""
+    if not isinstance(data, dict):
+        raise ManifestError(f"{source}: the top level must be a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - TOP_KEYS)
+    if unknown:
+        raise ManifestError(
+            f"{source}: unknown top-level key(s) {', '.join(map(repr, unknown))}; "
+            f"allowed keys are {', '.join(sorted(TOP_KEYS))}"
+        )
+    for key in REQUIRED_TOP:
+        if key not in data:
+            raise ManifestError(f"{source}: missing required key {key!r}")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise ManifestError(
+            f"{source}: schema_version is {data['schema_version']!r}; this version of layerlens-opt reads {SCHEMA_VERSION}"
+        )
+    raw_layers = data["layers"]
+    if not isinstance(raw_layers, list) or not raw_layers:
+        raise ManifestError(f"{source}: 'layers' must be a non-empty list of layer objects")
+
+    layers: list[Layer] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(raw_layers):
+        layer = _parse_layer(raw, i, source)
+        if layer.name in seen:
+            raise ManifestError(
+                f"{source}: layer name {layer.name!r} appears twice (layers[{seen[layer.name]}] and layers[{i}]); names must be unique"
+            )
+        seen[layer.name] = i
+        layers.append(layer)
+
+    metric_names = list(layers[0].metrics)
+    for layer in layers[1:]:
+        missing = [m for m in metric_names if m not in layer.metrics]
+        extra = [m for m in layer.metrics if m not in metric_names]
+        if missing or extra:
+            what = []
+            if missing:
+                what.append(f"lacks {', '.join(map(repr, missing))}")
+            if extra:
+                what.append(f"has {', '.join(map(repr, extra))} that layer {layers[0].name!r} lacks")
+            raise ManifestError(
+                f"{source}: layer {layer.name!r} field 'metrics' {' and '.join(what)}; every layer must report the same metrics"
+            )
+
+    weights_given = "metric_weights" in data
+    weights = data.get("metric_weights", DEFAULT_METRIC_WEIGHTS)
+    if not isinstance(weights, dict):
+        raise ManifestError(f"{source}: 'metric_weights' must be an object mapping metric name to weight")
+    for key, value in weights.items():
+        if not _is_number(value) or not math.isfinite(value) or value < 0:
+            raise ManifestError(f"{source}: metric_weights[{key!r}] must be a non-negative number, got {value!r}")
+    check_weights(weights, metric_names, source)
+
+    model = data.get("model", {})
+    if not isinstance(model, dict):
+        raise ManifestError(f"{source}: 'model' must be an object")
+    metadata = data.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ManifestError(f"{source}: 'metadata' must be an object")
+    for key in ("gradient_norms", "fisher_traces"):
+        table = metadata.get(key)
+        if table is None:
+            continue
+        if not isinstance(table, dict) or not all(_is_number(v) for v in table.values()):
+            raise ManifestError(f"{source}: metadata.{key} must map layer names to numbers")
+        unknown_names = sorted(set(table) - set(seen))
+        if unknown_names:
+            raise ManifestError(
+                f"{source}: metadata.{key} names layer(s) not in 'layers': {', '.join(map(repr, unknown_names[:5]))}"
+            )
+    return Manifest(
+        layers=tuple(layers),
+        metric_weights=dict(weights),
+        model=model,
+        metadata=metadata,
+        weights_given=weights_given,
+    )
+
+
+def check_weights(weights: Mapping[str, float], metric_names: list[str] | tuple[str, ...], source: str = "manifest") -> None:
+    """Weights and metrics must name the same things (the predecessor's silent-zero bug)."""
+    no_metric = sorted(set(weights) - set(metric_names))
+    no_weight = sorted(set(metric_names) - set(weights))
+    if no_metric or no_weight:
+        parts = []
+        if no_metric:
+            parts.append(f"weight key(s) {', '.join(map(repr, no_metric))} name no metric")
+        if no_weight:
+            parts.append(f"metric(s) {', '.join(map(repr, no_weight))} have no weight")
+        raise ManifestError(
+            f"{source}: metric_weights do not match the layers' metrics: {'; '.join(parts)}. "
+            f"Metrics: {', '.join(metric_names)}; weights: {', '.join(weights) or '(none)'}"
+        )
+    if sum(weights.values()) <= 0:
+        raise ManifestError(f"{source}: metric_weights are all zero; give at least one metric a positive weight")
+
+
+def _parse_layer(raw: Any, index: int, source: str) -> Layer:
+    where = f"{source}: layers[{index}]"
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where} must be an object, got {type(raw).__name__}")
+    if isinstance(raw.get("name"), str) and raw["name"]:
+        where = f"{source}: layer {raw['name']!r}"
+    unknown = sorted(set(raw) - LAYER_KEYS)
+    if unknown:
+        raise ManifestError(
+            f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; allowed fields are {', '.join(sorted(LAYER_KEYS))}"
+        )
+    for key in REQUIRED_LAYER:
+        if key not in raw:
+            raise ManifestError(f"{where}: missing required field {key!r}")
+    name = raw["name"]
+    if not isinstance(name, str) or not name:
+        raise ManifestError(f"{where} field 'name' must be a non-empty string, got {name!r}")
+    kind = raw["kind"]
+    if kind not in KINDS:
+        raise ManifestError(f"{where} field 'kind' is {kind!r}; it must be one of {', '.join(KINDS)}")
+    d_in = _positive_int(raw["in_features"], f"{where} field 'in_features'")
+    d_out = _positive_int(raw["out_features"], f"{where} field 'out_features'")
+    block = raw.get("block")
+    if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 0):
+        raise ManifestError(f"{where} field 'block' must be a non-negative integer, got {block!r}")
+
+    metrics = raw["metrics"]
+    if not isinstance(metrics, dict) or not metrics:
+        raise ManifestError(f"{where} field 'metrics' must be a non-empty object of metric name -> number")
+    for key, value in metrics.items():
+        if not _is_number(value) or not math.isfinite(value) or value < 0:
+            raise ManifestError(
+                f"{where} field 'metrics.{key}' must be a non-negative finite number, got {value!r}"
+            )
+
+    allowed = raw.get("allowed_methods")
+    if allowed is not None:
+        if not isinstance(allowed, list) or not allowed:
+            raise ManifestError(f"{where} field 'allowed_methods' must be a non-empty list of method names")
+        for m in allowed:
+            if m not in METHOD_NAMES:
+                raise ManifestError(
+                    f"{where} field 'allowed_methods' has unknown method {m!r}; valid methods are {', '.join(METHOD_NAMES)}"
+                )
+        allowed = tuple(dict.fromkeys(allowed))
+
+    curves_raw = raw.get("gain_curves", {})
+    if not isinstance(curves_raw, dict):
+        raise ManifestError(f"{where} field 'gain_curves' must be an object: method -> {{rank: fraction}}")
+    curves: dict[str, tuple[tuple[int, float], ...]] = {}
+    for method, points in curves_raw.items():
+        field_name = f"{where} field 'gain_curves.{method}'"
+        if method not in METHOD_NAMES or method == "none":
+            raise ManifestError(
+                f"{field_name}: unknown method {method!r}; curves can be given for {', '.join(METHOD_NAMES[1:])}"
+            )
+        if not isinstance(points, dict) or not points:
+            raise ManifestError(f"{field_name} must be a non-empty object of rank -> captured fraction")
+        parsed = []
+        for rank_key, value in points.items():
+            try:
+                rank = int(rank_key)
+            except (TypeError, ValueError):
+                rank = -1
+            if rank <= 0 or str(rank) != str(rank_key).strip():
+                raise ManifestError(f"{field_name}: rank {rank_key!r} must be a positive integer")
+            if not _is_number(value) or not 0.0 <= value <= 1.0:
+                raise ManifestError(f"{field_name}[{rank_key!r}] must be a fraction in [0, 1], got {value!r}")
+            parsed.append((rank, float(value)))
+        parsed.sort()
+        for (r0, v0), (r1, v1) in zip(parsed, parsed[1:]):
+            if v1 < v0:
+                raise ManifestError(
+                    f"{field_name} decreases from rank {r0} ({v0}) to rank {r1} ({v1}); a gain curve must be non-decreasing in rank"
+                )
+        curves[method] = tuple(parsed)
+
+    return Layer(
+        name=name,
+        kind=kind,
+        in_features=d_in,
+        out_features=d_out,
+        metrics={k: float(v) for k, v in metrics.items()},
+        block=block,
+        allowed_methods=allowed,
+        gain_curves=curves,
+    )
+
+
+def save_manifest(manifest: Manifest, path: str | Path) -> None:
+    """Write ``manifest`` as schema-1 JSON."""
+    Path(path).write_text(json.dumps(manifest.to_dict(), indent=1) + "\n", encoding="utf-8")

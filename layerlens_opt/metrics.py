@@ -1,0 +1,198 @@
+"""The predecessor's validation metrics, with its names and thresholds, for any allocation.
+
+Every solver's allocation goes through :func:`compute_metrics`, so the ILP and
+the heuristic are compared on equal terms, and ``layerlens-opt validate``
+recomputes them from an allocation file alone.
+
+Definitions
+-----------
+utility_cv
+    standard deviation / mean of the layer utilities (>= 0.2: the utilities tell layers apart).
+utility_gradient_correlation, utility_fisher_correlation
+    Pearson correlation of utility with ``metadata.gradient_norms`` /
+    ``metadata.fisher_traces`` (else with the ``gradient_energy`` / ``fisher``
+    metrics); >= 0.7 and >= 0.6. ``None`` where the numbers are absent.
+compatibility_rate
+    share of layers whose method the layer accepts (>= 95%).
+budget_compliance
+    total parameters <= budget.
+budget_utilization
+    total / budget, inside the window (default 70-90%).
+constraint_satisfaction
+    every constraint holds: window, per-method caps, tied blocks, min methods.
+method_diversity
+    distinct methods used, 'none' not counted (>= 2).
+rank_utility_correlation
+    Spearman correlation of rank (0 for none) with utility (>= 0.6). Spearman,
+    not Pearson, because ranks are powers of two: only their order means something.
+rank_utility_consistency
+    of all layer pairs where one has strictly higher utility, the share whose
+    rank is >= the other's (>= 80%).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .methods import METHODS
+
+PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
+
+#: name -> (threshold text, severity when missed)
+THRESHOLDS: dict[str, tuple[str, str]] = {
+    "utility_cv": (">= 0.2", WARN),
+    "utility_gradient_correlation": (">= 0.7", WARN),
+    "utility_fisher_correlation": (">= 0.6", WARN),
+    "compatibility_rate": (">= 0.95", FAIL),
+    "budget_compliance": ("true", FAIL),
+    "budget_utilization": ("in window", FAIL),
+    "constraint_satisfaction": ("true", FAIL),
+    "method_diversity": (">= 2", WARN),
+    "rank_utility_correlation": (">= 0.6", WARN),
+    "rank_utility_consistency": (">= 0.8", WARN),
+}
+
+#: the metrics an allocation controls (the utilities' own quality is the manifest's business)
+ALLOCATION_METRICS = (
+    "compatibility_rate",
+    "budget_compliance",
+    "budget_utilization",
+    "constraint_satisfaction",
+    "rank_utility_correlation",
+    "rank_utility_consistency",
+)
+
+
+def pearson(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Pearson correlation, or None where either side is constant or too short."""
+    x = np.asarray(a, dtype=float)
+    y = np.asarray(b, dtype=float)
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    out = np.empty(len(values))
+    sorted_vals = values[order]
+    # average ranks for ties
+    boundaries = np.flatnonzero(np.diff(sorted_vals)) + 1
+    starts = np.concatenate(([0], boundaries))
+    ends = np.concatenate((boundaries, [len(values)]))
+    for s, e in zip(starts, ends):
+        out[order[s:e]] = (s + e - 1) / 2
+    return out
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman rank correlation (average ranks for ties), or None where undefined."""
+    x = np.asarray(a, dtype=float)
+    y = np.asarray(b, dtype=float)
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return pearson(_ranks(x), _ranks(y))
+
+
+def consistency(utility: Sequence[float], rank: Sequence[float]) -> float | None:
+    """Share of pairs (i, j) with utility_i > utility_j where rank_i >= rank_j."""
+    u = np.asarray(utility, dtype=float)
+    r = np.asarray(rank, dtype=float)
+    good = total = 0
+    step = 1024
+    for s in range(0, len(u), step):
+        higher = u[s : s + step, None] > u[None, :]
+        total += int(higher.sum())
+        good += int((higher & (r[s : s + step, None] >= r[None, :])).sum())
+    return good / total if total else None
+
+
+def violations(layers: Iterable[Mapping[str, Any]], constraints: Mapping[str, Any]) -> list[str]:
+    """What the allocation breaks, each as a sentence with numbers (empty when it is feasible)."""
+    layers = list(layers)
+    out: list[str] = []
+    budget = constraints["budget"]
+    total = sum(int(layer["params"]) for layer in layers)
+    lo_u, hi_u = constraints.get("min_utilization", 0.0), constraints.get("max_utilization", 1.0)
+    if total > budget:
+        out.append(f"total {total:,} exceeds the budget {budget:,}")
+    if total > hi_u * budget + 1e-9:
+        out.append(f"utilization {total / budget:.1%} is above the {hi_u:.0%} cap")
+    if total < lo_u * budget - 1e-9:
+        out.append(f"utilization {total / budget:.1%} is below the {lo_u:.0%} floor")
+    for method, cap in (constraints.get("method_caps") or {}).items():
+        used = sum(1 for layer in layers if layer["method"] == method)
+        if used > cap:
+            out.append(f"{used} layers use {method}, above the cap of {cap}")
+    if constraints.get("tie_blocks"):
+        per_block: dict[Any, set[str]] = {}
+        for layer in layers:
+            if layer.get("block") is not None and layer["method"] != "none":
+                per_block.setdefault(layer["block"], set()).add(layer["method"])
+        for block, methods in sorted(per_block.items()):
+            if len(methods) > 1:
+                out.append(f"block {block} mixes methods {', '.join(sorted(methods))} although blocks are tied")
+    k = constraints.get("min_methods") or 0
+    used_methods = {layer["method"] for layer in layers} - {"none"}
+    if len(used_methods) < k:
+        out.append(f"{len(used_methods)} distinct methods used, fewer than the {k} asked for")
+    return out
+
+
+def compute_metrics(
+    layers: Sequence[Mapping[str, Any]],
+    constraints: Mapping[str, Any],
+    gradient_norms: Sequence[float] | None = None,
+    fisher_traces: Sequence[float] | None = None,
+    allowed: Sequence[Iterable[str]] | None = None,
+) -> dict[str, Any]:
+    """All validation metrics of an allocation given as layer dicts (name, kind, method, rank, params, utility).
+
+    ``allowed`` gives each layer's accepted methods; without it the kind table of
+    :mod:`layerlens_opt.methods` decides compatibility.
+    """
+    if not layers:
+        return {name: None for name in THRESHOLDS}
+    utility = np.array([float(layer["utility"]) for layer in layers])
+    rank = np.array([float(layer["rank"]) for layer in layers])
+    mean = utility.mean()
+    if allowed is None:
+        ok = [layer["method"] in METHODS and layer["kind"] in METHODS[layer["method"]].fits for layer in layers]
+    else:
+        ok = [layer["method"] in set(a) for layer, a in zip(layers, allowed)]
+    budget = constraints["budget"]
+    total = sum(int(layer["params"]) for layer in layers)
+    return {
+        "utility_cv": float(utility.std() / mean) if mean > 0 else None,
+        "utility_gradient_correlation": pearson(utility, gradient_norms) if gradient_norms is not None else None,
+        "utility_fisher_correlation": pearson(utility, fisher_traces) if fisher_traces is not None else None,
+        "compatibility_rate": sum(ok) / len(ok),
+        "budget_compliance": total <= budget,
+        "budget_utilization": total / budget,
+        "constraint_satisfaction": not violations(layers, constraints),
+        "method_diversity": len({layer["method"] for layer in layers} - {"none"}),
+        "rank_utility_correlation": spearman(utility, rank),
+        "rank_utility_consistency": consistency(utility, rank),
+    }
+
+
+def verdict(name: str, value: Any, constraints: Mapping[str, Any] | None = None) -> str:
+    """PASS, WARN, FAIL or SKIP (value unknown) for one metric."""
+    if value is None:
+        return SKIP
+    _, severity = THRESHOLDS[name]
+    if name in ("budget_compliance", "constraint_satisfaction"):
+        ok = bool(value)
+    elif name == "budget_utilization":
+        c = constraints or {}
+        ok = c.get("min_utilization", 0.70) - 1e-9 <= value <= c.get("max_utilization", 0.90) + 1e-9
+    else:
+        limit = float(THRESHOLDS[name][0].split()[-1])
+        ok = value >= limit - 1e-12
+    return PASS if ok else severity
+
+
+def verdicts(metrics: Mapping[str, Any], constraints: Mapping[str, Any] | None = None) -> dict[str, str]:
+    return {name: verdict(name, metrics.get(name), constraints) for name in THRESHOLDS}

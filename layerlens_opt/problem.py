@@ -1,0 +1,371 @@
+"""From a manifest and a budget to one immutable problem.
+
+A :class:`Problem` holds, for every layer, its candidate options (method, rank)
+with exact parameter cost and utility-weighted gain — compatibility already
+applied — and the global :class:`Constraints`. Solvers read it and never write
+into it: its arrays are read-only.
+
+Utilities
+---------
+Each metric is normalised exactly once, here, by dividing by its largest value
+over the layers (``normalization="max"``: keeps zero at zero and ratios intact),
+or by its rank (``"rank"``: percentile in (0, 1], for metrics that span orders of
+magnitude). The utility is the weighted mean of the normalised metrics with the
+weights rescaled to sum to 1, so it lies in [0, 1]. Weight keys must equal the
+metric names (checked in :mod:`layerlens_opt.manifest`), so the predecessor's
+double normalisation and its mismatched keys cannot happen.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .errors import LayerlensError
+from .manifest import Manifest, check_weights
+from .methods import (
+    DEFAULT_METHODS,
+    DEFAULT_RANKS,
+    METHOD_NAMES,
+    METHODS,
+    check_method,
+    default_curve,
+    default_ranks,
+    measured_curve,
+    param_cost,
+)
+
+NORMALIZATIONS = ("max", "rank")
+
+_VALUE_NAME = re.compile(r"(^|[._])(value|v_proj|v|v_lin|to_v|wv|v_linear)$")
+_FUSED_QKV_NAME = re.compile(r"(^|[._])(c_attn|qkv|query_key_value|wqkv|in_proj)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """The global constraints: budget, utilization window and optional side constraints.
+
+    ``method_caps`` limits how many layers may use a method; ``tie_blocks``
+    lets the layers of one block use at most one method besides none;
+    ``min_methods`` asks for at least that many distinct methods (none excluded).
+    """
+
+    budget: int
+    min_utilization: float = 0.70
+    max_utilization: float = 0.90
+    min_methods: int = 0
+    method_caps: tuple[tuple[str, int], ...] = ()
+    tie_blocks: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget <= 0:
+            raise LayerlensError(f"budget must be a positive number of parameters, got {self.budget!r}")
+        lo, hi = self.min_utilization, self.max_utilization
+        if not (0.0 <= lo <= 1.0) or not (0.0 < hi <= 1.0):
+            raise LayerlensError(
+                f"utilization window must lie in [0, 1], got min {lo!r}, max {hi!r}; e.g. --min-utilization 0.7 --max-utilization 0.9"
+            )
+        if lo > hi:
+            raise LayerlensError(
+                f"min utilization {lo} is above max utilization {hi}; the window is empty — swap or widen them"
+            )
+        if self.min_methods < 0:
+            raise LayerlensError(f"min_methods must be >= 0, got {self.min_methods}")
+        for method, cap in self.method_caps:
+            check_method(method, "method cap")
+            if method == "none":
+                raise LayerlensError("method cap: 'none' cannot be capped; cap the methods you want fewer of")
+            if cap < 0:
+                raise LayerlensError(f"method cap for {method!r} must be >= 0, got {cap}")
+
+    @property
+    def lo(self) -> int:
+        """Smallest allowed total parameter count."""
+        return math.ceil(self.min_utilization * self.budget - 1e-9)
+
+    @property
+    def hi(self) -> int:
+        """Largest allowed total parameter count."""
+        return math.floor(self.max_utilization * self.budget + 1e-9)
+
+    @property
+    def has_side_constraints(self) -> bool:
+        """True when a constraint beyond the knapsack window is present."""
+        return self.min_methods > 0 or bool(self.method_caps) or self.tie_blocks
+
+    def to_dict(self) -> dict:
+        return {
+            "budget": self.budget,
+            "min_utilization": self.min_utilization,
+            "max_utilization": self.max_utilization,
+            "min_methods": self.min_methods,
+            "method_caps": {m: c for m, c in self.method_caps},
+            "tie_blocks": self.tie_blocks,
+        }
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How options and gains are generated from a manifest."""
+
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    ranks: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    metric_weights: Mapping[str, float] | None = None
+    normalization: str = "max"
+    max_rank: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise LayerlensError("the method set is empty; give at least one of " + ", ".join(METHOD_NAMES))
+        for m in self.methods:
+            check_method(m, "method set")
+        for m, ranks in self.ranks.items():
+            check_method(m, "ranks")
+            if not ranks or any(isinstance(r, bool) or not isinstance(r, int) or r <= 0 for r in ranks):
+                raise LayerlensError(f"ranks for {m!r} must be positive integers, got {list(ranks)!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise LayerlensError(
+                f"unknown normalization {self.normalization!r}; valid ones are {', '.join(NORMALIZATIONS)}"
+            )
+        if self.max_rank is not None and self.max_rank <= 0:
+            raise LayerlensError(f"max rank must be positive, got {self.max_rank}")
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What solvers and reports need to know of one layer."""
+
+    name: str
+    kind: str
+    block: int | None
+    in_features: int
+    out_features: int
+    utility: float
+    methods: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One immutable allocation problem. Options of layer ``l`` are ``layer_start[l]:layer_start[l+1]``."""
+
+    layers: tuple[LayerInfo, ...]
+    constraints: Constraints
+    option_layer: np.ndarray
+    option_method: np.ndarray  # index into METHOD_NAMES
+    option_rank: np.ndarray
+    option_cost: np.ndarray  # int64, exact parameter count
+    option_gain: np.ndarray  # float64
+    layer_start: np.ndarray
+    notes: tuple[str, ...] = ()
+    gradient_norms: tuple[float, ...] | None = None
+    fisher_traces: tuple[float, ...] | None = None
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def n_options(self) -> int:
+        return len(self.option_cost)
+
+    def options_of(self, layer: int) -> range:
+        return range(int(self.layer_start[layer]), int(self.layer_start[layer + 1]))
+
+    def method_of(self, option: int) -> str:
+        return METHOD_NAMES[int(self.option_method[option])]
+
+    def with_constraints(self, constraints: Constraints) -> "Problem":
+        """The same layers and options under other constraints."""
+        return replace(self, constraints=constraints)
+
+    def cost_range(self) -> tuple[int, int]:
+        """Smallest and largest total cost any allocation can have (ignoring the window)."""
+        lo = hi = 0
+        for l in range(self.n_layers):
+            costs = self.option_cost[self.layer_start[l] : self.layer_start[l + 1]]
+            lo += int(costs.min())
+            hi += int(costs.max())
+        return lo, hi
+
+    def window_problem(self) -> str | None:
+        """Why the utilization window cannot be met at all, or None.
+
+        Only the simple reasons are found here (the window lies wholly above the
+        largest or below the smallest possible allocation); a solver reports
+        the rest.
+        """
+        c = self.constraints
+        smallest, largest = self.cost_range()
+        if largest < c.lo:
+            return (
+                f"the largest possible allocation uses {largest:,} parameters, {largest / c.budget:.0%} of the budget "
+                f"{c.budget:,}, below the {c.min_utilization:.0%} floor ({c.lo:,}); lower --min-utilization "
+                f"to {largest / c.budget:.2f} or less, lower the budget to {math.floor(largest / c.min_utilization) if c.min_utilization else largest:,} or less, "
+                f"or allow more methods/ranks"
+            )
+        if smallest > c.hi:
+            return (
+                f"the smallest possible allocation uses {smallest:,} parameters, {smallest / c.budget:.0%} of the budget "
+                f"{c.budget:,}, above the {c.max_utilization:.0%} cap ({c.hi:,}); raise the budget to "
+                f"{math.ceil(smallest / c.max_utilization):,} or more, or allow 'none' on more layers"
+            )
+        return None
+
+
+def compute_utilities(manifest: Manifest, weights: Mapping[str, float] | None = None, normalization: str = "max") -> np.ndarray:
+    """Utility per layer in [0, 1]: each metric normalised once, then the weighted mean."""
+    names = list(manifest.metric_names)
+    weights = dict(manifest.metric_weights if weights is None else weights)
+    check_weights(weights, names, "metric weights")
+    total = float(sum(weights.values()))
+    utility = np.zeros(len(manifest.layers))
+    for name in names:
+        w = weights[name] / total
+        if w == 0:
+            continue
+        values = np.array([layer.metrics[name] for layer in manifest.layers], dtype=float)
+        if normalization == "max":
+            top = values.max()
+            if top <= 0:
+                raise LayerlensError(
+                    f"metric {name!r} is zero on every layer, so it cannot rank them; give it weight 0 in metric_weights or re-profile"
+                )
+            normalised = values / top
+        else:
+            normalised = _average_ranks(values) / len(values)
+        utility += w * normalised
+    return utility
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    sorted_vals = values[order]
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and sorted_vals[j + 1] == sorted_vals[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def _prefix_layers(manifest: Manifest) -> tuple[set[int], str | None]:
+    """Indices of attention layers that may take a prefix, and a note saying which.
+
+    A prefix belongs to an attention block, not to a projection: where a block
+    lists its projections separately, the prefix is offered on one layer per
+    block — the value projection (its out_features is the key/value width), or
+    a fused q/k/v projection, or the block's only attention layer.
+    """
+    by_block: dict[object, list[int]] = {}
+    for i, layer in enumerate(manifest.layers):
+        if layer.kind == "attention" and layer.allowed_methods is None:
+            key = layer.block if layer.block is not None else ("name", i)
+            by_block.setdefault(key, []).append(i)
+    eligible: set[int] = set()
+    attention_total = 0
+    for key, members in by_block.items():
+        attention_total += len(members)
+        values = [i for i in members if _VALUE_NAME.search(manifest.layers[i].name)]
+        fused = [i for i in members if _FUSED_QKV_NAME.search(manifest.layers[i].name)]
+        if values:
+            eligible.add(values[0])
+        elif fused:
+            eligible.add(fused[0])
+        elif len(members) == 1 and not isinstance(key, tuple):
+            # a block's only attention layer; without a block index only the name can vouch
+            eligible.add(members[0])
+    if attention_total and len(eligible) < attention_total:
+        return eligible, (
+            f"prefix offered on {len(eligible)} of {attention_total} attention layers (the value projection of each block), "
+            "so no block pays for two prefixes"
+        )
+    return eligible, None
+
+
+def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOptions | None = None) -> Problem:
+    """Build the problem: options per layer with exact cost and gain, compatibility applied."""
+    options = options or ModelOptions()
+    utility = compute_utilities(manifest, options.metric_weights, options.normalization)
+    prefix_ok, prefix_note = _prefix_layers(manifest)
+    notes: list[str] = []
+
+    layer_of: list[int] = []
+    method_of: list[int] = []
+    rank_of: list[int] = []
+    cost_of: list[int] = []
+    gain_of: list[float] = []
+    starts = [0]
+    infos: list[LayerInfo] = []
+    method_index = {m: i for i, m in enumerate(METHOD_NAMES)}
+    wanted = [m for m in METHOD_NAMES if m in options.methods]
+    prefix_pruned = False
+
+    for l, layer in enumerate(manifest.layers):
+        if layer.allowed_methods is not None:
+            fits = set(layer.allowed_methods)
+        else:
+            fits = {m for m, spec in METHODS.items() if layer.kind in spec.fits}
+            if layer.kind == "attention" and "prefix" in fits and l not in prefix_ok:
+                fits.discard("prefix")
+                prefix_pruned = prefix_pruned or "prefix" in options.methods
+        methods = tuple(m for m in wanted if m in fits)
+        if not methods:
+            raise LayerlensError(
+                f"layer {layer.name!r} (kind {layer.kind}) can take none of the methods {', '.join(options.methods)} "
+                f"(it allows {', '.join(m for m in METHOD_NAMES if m in fits)}); add 'none' or one of those to the method set"
+            )
+        u = float(utility[l])
+        for m in methods:
+            spec = METHODS[m]
+            ranks = default_ranks(m, layer.in_features, layer.out_features, tuple(sorted(options.ranks.get(m, DEFAULT_RANKS))))
+            if spec.ranked and options.max_rank is not None:
+                ranks = tuple(r for r in ranks if r <= options.max_rank) or (min(ranks),)
+            curve = dict(layer.gain_curves[m]) if m in layer.gain_curves else None
+            for r in ranks:
+                frac = measured_curve(curve, r) if curve is not None else default_curve(m, r)
+                layer_of.append(l)
+                method_of.append(method_index[m])
+                rank_of.append(r)
+                cost_of.append(param_cost(m, r, layer.in_features, layer.out_features))
+                gain_of.append(u * spec.efficiency * frac)
+        starts.append(len(cost_of))
+        infos.append(LayerInfo(layer.name, layer.kind, layer.block, layer.in_features, layer.out_features, u, methods))
+
+    if prefix_pruned and prefix_note:
+        notes.append(prefix_note)
+
+    def frozen(values: Sequence, dtype) -> np.ndarray:
+        arr = np.asarray(values, dtype=dtype)
+        arr.setflags(write=False)
+        return arr
+
+    names = [layer.name for layer in manifest.layers]
+    meta = manifest.metadata or {}
+
+    def per_layer(key: str) -> tuple[float, ...] | None:
+        table = meta.get(key)
+        if not isinstance(table, dict) or not all(n in table for n in names):
+            return None
+        return tuple(float(table[n]) for n in names)
+
+    return Problem(
+        layers=tuple(infos),
+        constraints=constraints,
+        option_layer=frozen(layer_of, np.int64),
+        option_method=frozen(method_of, np.int8),
+        option_rank=frozen(rank_of, np.int64),
+        option_cost=frozen(cost_of, np.int64),
+        option_gain=frozen(gain_of, np.float64),
+        layer_start=frozen(starts, np.int64),
+        notes=tuple(notes),
+        gradient_norms=per_layer("gradient_norms"),
+        fisher_traces=per_layer("fisher_traces"),
+    )

@@ -1,0 +1,1 @@
+"""Profiling a torch model into a manifest (needs the torch extra)."""

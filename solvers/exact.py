@@ -1,0 +1,58 @@
+"""The default solver: exact through the knapsack structure, CBC where the structure is broken.
+
+``solve_auto`` runs :func:`mckp.presolve` and the core DP. The answer is a proven
+optimum of the whole problem when its cost meets the utilization floor. It hands
+the problem to CBC (and says so in the notes) when side constraints are set,
+when the floor binds, or when the core search hits its limits.
+"""
+
+from __future__ import annotations
+
+import time
+
+from layerlens_opt.allocation import Allocation, Status, make_allocation
+from layerlens_opt.problem import Problem
+
+from . import mckp
+from .options import SolverOptions
+
+
+def solve_auto(problem: Problem, options: SolverOptions) -> Allocation:
+    c = problem.constraints
+    if c.has_side_constraints:
+        from .ilp import solve_ilp
+
+        alloc = solve_ilp(problem, options, "cbc")
+        return _with_note(alloc, "auto: side constraints break the knapsack structure, so CBC solved the full ILP")
+    t0 = time.perf_counter()
+    deadline = None if options.time_limit is None else t0 + options.time_limit
+    pre = mckp.presolve(problem)
+    core = mckp.solve_core(problem, pre, deadline=deadline)
+    seconds = {"build": pre.seconds, "solve": time.perf_counter() - t0 - pre.seconds}
+    notes = [
+        f"knapsack presolve: LP bound {pre.bound:.6g}, shadow price {pre.price * 1000:.4g} gain per 1k params, "
+        f"{pre.kept_options:,} of {problem.n_options:,} options kept, {pre.core_layers} layers in the core "
+        f"(DP peak {core.max_states:,} states)"
+    ]
+    if core.choice is None:
+        from .ilp import solve_ilp
+
+        alloc = solve_ilp(problem, options, "cbc")
+        return _with_note(alloc, f"auto: {core.reason}; CBC solved the presolved model instead")
+    used = sum(int(problem.option_cost[o]) for o in core.choice)
+    if used < c.lo:
+        from .ilp import solve_ilp
+
+        alloc = solve_ilp(problem, options, "cbc")
+        return _with_note(
+            alloc,
+            f"auto: the best allocation under the cap uses {used / c.budget:.1%} of the budget, below the "
+            f"{c.min_utilization:.0%} floor, so the floor binds; CBC solved the full ILP",
+        )
+    return make_allocation(problem, core.choice, solver="auto", status=Status.OPTIMAL, seconds=seconds, notes=notes)
+
+
+def _with_note(alloc: Allocation, note: str) -> Allocation:
+    from dataclasses import replace
+
+    return replace(alloc, solver=f"auto/{alloc.solver}", notes=alloc.notes + (note,))

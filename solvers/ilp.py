@@ -1,0 +1,258 @@
+"""The integer program through PuLP: one model builder, CBC and HiGHS backends, LP/MPS export.
+
+``build_model`` is the only place the model is written down; ``solve_cbc``,
+``solve_highs`` and ``export_model`` all call it, so the file a user inspects
+is the model that was solved. Variables are named by index — ``x_12_3`` is
+option 3 of layer 12 — never by layer name (PuLP rewrites ``-+[] ->/`` to
+``_``, and two layers could collide).
+
+PuLP is imported inside the functions: importing it costs a quarter of a
+second, which the fast path of :mod:`layerlens_opt.solvers.exact` never pays.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from layerlens_opt.allocation import Allocation, Status, make_allocation
+from layerlens_opt.methods import METHOD_NAMES
+from layerlens_opt.problem import Problem
+
+from . import mckp
+from .options import SolverOptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pulp
+
+
+def build_model(problem: Problem, keep=None, *, floor: bool = True, name: str = "layerlens"):
+    """The PuLP model of ``problem``: ``(LpProblem, {option index: variable})``.
+
+    ``keep`` (a set of option indices) restricts the model to those options (the
+    presolved model); ``floor=False`` leaves out the utilization floor.
+    """
+    import pulp
+
+    c = problem.constraints
+    prob = pulp.LpProblem(name, pulp.LpMaximize)
+    starts = problem.layer_start.tolist()
+    gain = problem.option_gain.tolist()
+    cost = problem.option_cost.tolist()
+    method = problem.option_method.tolist()
+    x: dict[int, pulp.LpVariable] = {}
+    for l in range(problem.n_layers):
+        for o in range(starts[l], starts[l + 1]):
+            if keep is None or o in keep:
+                x[o] = pulp.LpVariable(f"x_{l}_{o - starts[l]}", cat=pulp.LpBinary)
+    prob.setObjective(pulp.LpAffineExpression([(v, gain[o]) for o, v in x.items()]))
+    for l in range(problem.n_layers):
+        terms = [(x[o], 1) for o in range(starts[l], starts[l + 1]) if o in x]
+        prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(terms), pulp.LpConstraintEQ, f"one_{l}", 1))
+    spend = [(v, cost[o]) for o, v in x.items()]
+    prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(spend), pulp.LpConstraintLE, "budget_max", c.hi))
+    if floor:
+        prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(spend), pulp.LpConstraintGE, "budget_min", c.lo))
+
+    by_method: dict[int, list] = {}
+    for o, v in x.items():
+        by_method.setdefault(method[o], []).append(v)
+    none = METHOD_NAMES.index("none")
+    for m_name, cap in c.method_caps:
+        m = METHOD_NAMES.index(m_name)
+        terms = [(v, 1) for v in by_method.get(m, [])]
+        prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(terms), pulp.LpConstraintLE, f"cap_{m}", cap))
+    if c.min_methods:
+        used = []
+        for m, vars_m in sorted(by_method.items()):
+            if m == none:
+                continue
+            y = pulp.LpVariable(f"y_{m}", cat=pulp.LpBinary)
+            used.append((y, 1))
+            prob.addConstraint(
+                pulp.LpConstraint(pulp.LpAffineExpression([(y, 1)] + [(v, -1) for v in vars_m]), pulp.LpConstraintLE, f"uses_{m}", 0)
+            )
+        prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(used), pulp.LpConstraintGE, "min_methods", c.min_methods))
+    if c.tie_blocks:
+        blocks: dict[int, list[int]] = {}
+        for l, info in enumerate(problem.layers):
+            if info.block is not None:
+                blocks.setdefault(info.block, []).append(l)
+        for b, members in sorted(blocks.items()):
+            if len(members) < 2:
+                continue
+            z = {}
+            for l in members:
+                for o in range(starts[l], starts[l + 1]):
+                    if o in x and method[o] != none:
+                        z.setdefault(method[o], {}).setdefault(l, []).append(x[o])
+            if len(z) < 2:
+                continue
+            zs = {m: pulp.LpVariable(f"z_{b}_{m}", cat=pulp.LpBinary) for m in sorted(z)}
+            prob.addConstraint(
+                pulp.LpConstraint(pulp.LpAffineExpression([(v, 1) for v in zs.values()]), pulp.LpConstraintLE, f"tie_{b}", 1)
+            )
+            for m, per_layer in sorted(z.items()):
+                for l, vars_l in sorted(per_layer.items()):
+                    terms = [(v, 1) for v in vars_l] + [(zs[m], -1)]
+                    prob.addConstraint(
+                        pulp.LpConstraint(pulp.LpAffineExpression(terms), pulp.LpConstraintLE, f"tie_{b}_{l}_{m}", 0)
+                    )
+    return prob, x
+
+
+def export_model(problem: Problem, path: str, fmt: str = "lp") -> None:
+    """Write the full, unreduced model as an LP or MPS file."""
+    prob, _ = build_model(problem)
+    if fmt == "lp":
+        prob.writeLP(path)
+    elif fmt == "mps":
+        prob.writeMPS(path)
+    else:
+        raise ValueError(f"unknown model format {fmt!r}; use 'lp' or 'mps'")
+
+
+def _status_table():
+    import pulp
+
+    # read sol_status, not status: a CBC run stopped by its time limit with a
+    # solution reports status "Optimal" but sol_status "Solution Found"
+    return {
+        pulp.LpSolutionOptimal: Status.OPTIMAL,
+        pulp.LpSolutionIntegerFeasible: Status.FEASIBLE,
+        pulp.LpSolutionInfeasible: Status.INFEASIBLE,
+        pulp.LpSolutionNoSolutionFound: Status.ERROR,
+        pulp.LpSolutionUnbounded: Status.ERROR,
+    }
+
+
+def _backend(name: str, options: SolverOptions, warm: bool):
+    import pulp
+
+    if name == "cbc":
+        return pulp.PULP_CBC_CMD(
+            msg=False, timeLimit=options.time_limit, threads=options.threads, warmStart=warm, gapRel=0, gapAbs=0
+        )
+    if name == "highs":
+        try:
+            import highspy  # noqa: F401
+        except ImportError:
+            from layerlens_opt.errors import LayerlensError
+
+            raise LayerlensError("--solver highs needs highspy: pip install 'layerlens-opt[highs]'") from None
+        return pulp.HiGHS(msg=False, timeLimit=options.time_limit, threads=options.threads, gapRel=0, gapAbs=0)
+    raise ValueError(name)
+
+
+def _run(problem: Problem, backend: str, options: SolverOptions, keep=None, floor=True, start=None):
+    """Build, solve, read back. Returns (status, choice or None, bound or None, build s, solve s, warm used)."""
+    import pulp
+
+    t0 = time.perf_counter()
+    prob, x = build_model(problem, keep, floor=floor)
+    warm = False
+    if start is not None and options.warm_start and backend == "cbc":
+        chosen = set(start)
+        for o, v in x.items():
+            v.setInitialValue(1 if o in chosen else 0)
+        warm = True
+    t1 = time.perf_counter()
+    try:
+        prob.solve(_backend(backend, options, warm))
+    except pulp.PulpSolverError as exc:
+        return Status.ERROR, None, None, t1 - t0, time.perf_counter() - t1, warm, f"{backend} failed: {exc}"
+    t2 = time.perf_counter()
+    status = _status_table().get(prob.sol_status, Status.ERROR)
+    bound = None
+    if backend == "highs" and status in (Status.OPTIMAL, Status.FEASIBLE):
+        try:
+            bound = -float(prob.solverModel.getInfo().mip_dual_bound)  # HiGHS minimised -objective
+        except Exception:  # pragma: no cover - informational only
+            bound = None
+    choice = None
+    if status in (Status.OPTIMAL, Status.FEASIBLE):
+        choice = []
+        starts = problem.layer_start.tolist()
+        for l in range(problem.n_layers):
+            vals = [(v.value() or 0.0, o) for o in range(starts[l], starts[l + 1]) if (v := x.get(o)) is not None]
+            choice.append(max(vals)[1])
+    message = "" if choice is not None or status == Status.INFEASIBLE else f"{backend} stopped without an allocation (PuLP: {pulp.LpSolution[prob.sol_status]})"
+    return status, choice, bound, t1 - t0, t2 - t1, warm, message
+
+
+def solve_ilp(problem: Problem, options: SolverOptions, backend: str = "cbc") -> Allocation:
+    """Solve with CBC or HiGHS. With ``options.presolve`` and no side constraints, the model
+    is first reduced by the knapsack presolve (dominance + reduced-cost fixing), warm
+    started from its incumbent, and re-solved in full only if the utilization floor binds.
+    """
+    from .heuristic import heuristic_choice
+
+    notes: list[str] = []
+    c = problem.constraints
+    pre = mckp.presolve(problem)
+    # the cap-only LP bound is a relaxation of every variant (floor, side constraints)
+    lp_bound = pre.bound
+    seconds = {"presolve": pre.seconds}
+    if options.presolve and not c.has_side_constraints:
+        keep = {o for opts in pre.kept for o in opts}
+        notes.append(
+            f"presolve: {problem.n_options:,} options -> {len(keep):,} after dominance and reduced-cost fixing "
+            f"({pre.core_layers} layers left free); LP bound {pre.bound:.6g}"
+        )
+        status, choice, bound, tb, ts, warm, message = _run(problem, backend, options, keep, floor=False, start=pre.incumbent)
+        seconds.update(build=tb, solve=ts)
+        if warm:
+            notes.append(f"warm start: the presolve incumbent (objective {pre.incumbent_value:.6g})")
+        if choice is None or sum(int(problem.option_cost[o]) for o in choice) >= c.lo:
+            return _finish(problem, backend, status, choice, bound, lp_bound, seconds, message, notes, warm)
+        notes.append(
+            f"the {c.min_utilization:.0%} utilization floor binds (the best allocation under the cap uses "
+            f"{sum(int(problem.option_cost[o]) for o in choice) / c.budget:.1%}); solved the full model"
+        )
+    elif options.presolve:
+        notes.append("side constraints break the knapsack structure the presolve relies on: solved the full model")
+
+    start = None
+    if options.warm_start:
+        h = heuristic_choice(problem)
+        from layerlens_opt.metrics import violations
+
+        draft = make_allocation(problem, h, solver="heuristic", status=Status.FEASIBLE)
+        if not violations([layer.to_dict() for layer in draft.layers], draft.constraints):
+            start = h
+        else:
+            notes.append("warm start not used: the heuristic's allocation breaks a constraint")
+    status, choice, bound, tb, ts, warm, message = _run(problem, backend, options, None, floor=True, start=start)
+    seconds["build"] = seconds.get("build", 0.0) + tb
+    seconds["solve"] = seconds.get("solve", 0.0) + ts
+    if warm:
+        notes.append("warm start: the heuristic's allocation")
+    return _finish(problem, backend, status, choice, bound, lp_bound, seconds, message, notes, warm)
+
+
+def _finish(problem, backend, status, choice, bound, lp_bound, seconds, message, notes, warm) -> Allocation:
+    if status == Status.OPTIMAL:
+        bound = None  # make_allocation sets bound = objective for a proven optimum
+    elif status == Status.FEASIBLE:
+        bound = min(b for b in (bound, lp_bound) if b is not None)
+        message = message or f"{backend} stopped at a limit before proving optimality; the gap is reported"
+    elif status == Status.INFEASIBLE:
+        c = problem.constraints
+        message = message or (
+            f"{backend} proved that no allocation meets every constraint: total in [{c.lo:,}, {c.hi:,}] "
+            f"({c.min_utilization:.0%}-{c.max_utilization:.0%} of {c.budget:,})"
+            + (", the method caps, tied blocks and min-methods" if c.has_side_constraints else "")
+            + "; the options' costs are too coarse for this window — widen the window, change the budget or relax the side constraints"
+        )
+    return make_allocation(
+        problem, choice, solver=backend, status=status, bound=bound, seconds=seconds,
+        message=message, notes=notes, warm_start=warm,
+    )
+
+
+def solve_cbc(problem: Problem, options: SolverOptions) -> Allocation:
+    return solve_ilp(problem, options, "cbc")
+
+
+def solve_highs(problem: Problem, options: SolverOptions) -> Allocation:
+    return solve_ilp(problem, options, "highs")

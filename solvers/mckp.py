@@ -1,0 +1,247 @@
+"""The multiple-choice knapsack structure behind an allocation, exploited exactly.
+
+Pure Python + numpy (no LP library is imported), so ``solve`` stays fast to start.
+
+1. **Dominance.** Per layer, sort options by cost; an option costlier and no
+   better than a cheaper one is dropped. Valid for the problem with only the
+   budget cap; the utilization *floor* can make a costlier, worse option
+   necessary, so callers check the floor on the answer (and fall back to the
+   full ILP where it binds).
+2. **LP relaxation.** The LP of a multiple-choice knapsack is solved greedily on
+   each layer's upper concave hull: take hull segments in decreasing slope
+   (gain per parameter) until the cap is reached. The slope of the segment cut
+   by the cap is the budget's shadow price ``price``; the bound is the
+   Lagrangian ``price * cap + sum_l max_o (gain - price * cost)``.
+3. **Incumbent.** The LP's integer part, then segments and single moves that
+   still fit.
+4. **Reduced-cost fixing.** Any allocation containing option o has objective at
+   most ``bound + rc(o)`` with ``rc(o) = (g_o - price c_o) - max_o' (g_o' - price c_o')``;
+   options with ``bound + rc(o) < incumbent - tol`` cannot be in a better
+   allocation and are removed. Usually only a few dozen layers keep two or
+   more options: the core.
+5. **Core DP.** An exact dynamic program over the core's layers keeping the
+   Pareto frontier of (cost, gain) partial states, each pruned with the same
+   Lagrangian bound. Its best state is a proven optimum of the cap-only
+   problem; if its cost meets the floor it is optimal for the full problem.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from layerlens_opt.problem import Problem
+
+#: relative tolerance below which two objectives count as equal in pruning
+REL_TOL = 1e-12
+
+
+@dataclass(frozen=True)
+class Presolve:
+    """What the structure tells before any search."""
+
+    options: tuple[tuple[int, ...], ...]  # per layer: undominated options, cost ascending
+    bound: float  # LP bound of the cap-only problem
+    price: float  # shadow price of the budget cap (gain per parameter)
+    lp_choice: tuple[int, ...]  # integer part of the LP solution
+    incumbent: tuple[int, ...]  # a feasible allocation for the cap (floor not checked)
+    incumbent_value: float
+    kept: tuple[tuple[int, ...], ...]  # per layer: options surviving reduced-cost fixing
+    seconds: float
+
+    @property
+    def core_layers(self) -> int:
+        return sum(1 for k in self.kept if len(k) > 1)
+
+    @property
+    def kept_options(self) -> int:
+        return sum(len(k) for k in self.kept)
+
+
+def undominated(problem: Problem) -> tuple[tuple[int, ...], ...]:
+    """Per layer, the options not dominated by a cheaper, at-least-as-good one (cost ascending)."""
+    cost = problem.option_cost.tolist()
+    gain = problem.option_gain.tolist()
+    starts = problem.layer_start.tolist()
+    out = []
+    for l in range(problem.n_layers):
+        idx = sorted(range(starts[l], starts[l + 1]), key=lambda o: (cost[o], -gain[o]))
+        kept = []
+        best = -float("inf")
+        for o in idx:
+            if gain[o] > best:
+                kept.append(o)
+                best = gain[o]
+        out.append(tuple(kept))
+    return tuple(out)
+
+
+def _hull(opts: tuple[int, ...], cost: list, gain: list) -> list[int]:
+    """Upper concave hull of a layer's undominated options, starting at the cheapest."""
+    hull: list[int] = []
+    for o in opts:
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            # drop b if it lies on or below the segment a -> o
+            if (gain[b] - gain[a]) * (cost[o] - cost[a]) <= (gain[o] - gain[a]) * (cost[b] - cost[a]):
+                hull.pop()
+            else:
+                break
+        hull.append(o)
+    return hull
+
+
+def lagrangian_bound(problem: Problem, options, price: float, cap: int) -> float:
+    """``price * cap + sum_l max_o (g - price c)``: an upper bound for any price >= 0."""
+    cost = problem.option_cost
+    gain = problem.option_gain
+    total = price * cap
+    for opts in options:
+        idx = np.fromiter(opts, dtype=np.int64, count=len(opts))
+        total += float((gain[idx] - price * cost[idx]).max())
+    return total
+
+
+def presolve(problem: Problem) -> Presolve:
+    """Dominance, LP bound, incumbent and reduced-cost fixing for the cap-only problem."""
+    t0 = time.perf_counter()
+    cap = problem.constraints.hi
+    cost = problem.option_cost.tolist()
+    gain = problem.option_gain.tolist()
+    options = undominated(problem)
+
+    choice = [opts[0] for opts in options]
+    used = sum(cost[o] for o in choice)
+    segments = []
+    for l, opts in enumerate(options):
+        hull = _hull(opts, cost, gain)
+        for k in range(1, len(hull)):
+            dc = cost[hull[k]] - cost[hull[k - 1]]
+            dg = gain[hull[k]] - gain[hull[k - 1]]
+            segments.append((-dg / dc, l, k, dc, hull[k], hull[k - 1]))
+    segments.sort()
+    price = 0.0
+    rest = []
+    for i, (neg_slope, l, k, dc, to, frm) in enumerate(segments):
+        if used + dc <= cap:
+            choice[l] = to
+            used += dc
+        else:
+            price = -neg_slope
+            rest = segments[i:]
+            break
+    lp_choice = tuple(choice)
+    bound = lagrangian_bound(problem, options, price, cap)
+
+    # incumbent: later segments that still fit, then the best single moves
+    for neg_slope, l, k, dc, to, frm in rest:
+        if choice[l] == frm and used + dc <= cap:
+            choice[l] = to
+            used += dc
+    for _ in range(8):
+        slack = cap - used
+        best_gain, best_move = 0.0, None
+        for l, opts in enumerate(options):
+            cur = choice[l]
+            for o in opts:
+                dc = cost[o] - cost[cur]
+                dg = gain[o] - gain[cur]
+                if dc <= slack and dg > best_gain:
+                    best_gain, best_move = dg, (l, o, dc)
+        if best_move is None:
+            break
+        l, o, dc = best_move
+        choice[l] = o
+        used += dc
+    incumbent = tuple(choice)
+    value = float(sum(gain[o] for o in incumbent))
+
+    tol = REL_TOL * max(1.0, abs(bound))
+    kept = []
+    for l, opts in enumerate(options):
+        reduced = [gain[o] - price * cost[o] for o in opts]
+        top = max(reduced)
+        keep = tuple(o for o, r in zip(opts, reduced) if bound + (r - top) >= value - tol)
+        kept.append(keep)
+    return Presolve(
+        options=options,
+        bound=bound,
+        price=price,
+        lp_choice=lp_choice,
+        incumbent=incumbent,
+        incumbent_value=value,
+        kept=tuple(kept),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+@dataclass(frozen=True)
+class CoreResult:
+    choice: tuple[int, ...] | None  # None: the state limit or the time limit stopped the DP
+    max_states: int
+    reason: str = ""
+
+
+def solve_core(problem: Problem, pre: Presolve, *, max_states: int = 400_000, deadline: float | None = None) -> CoreResult:
+    """Exact DP over the core layers; proves the cap-only optimum.
+
+    States are Pareto-optimal (cost, gain) pairs of the core layers processed so
+    far, pruned by the Lagrangian bound against the incumbent. Stops (choice
+    None) when a layer's frontier exceeds ``max_states`` or the deadline passes.
+    """
+    cost = problem.option_cost
+    gain = problem.option_gain
+    price = pre.price
+    choice = [k[0] for k in pre.kept]
+    free = [l for l, k in enumerate(pre.kept) if len(k) > 1]
+    fixed_cost = sum(int(cost[choice[l]]) for l in range(problem.n_layers) if len(pre.kept[l]) == 1)
+    fixed_gain = sum(float(gain[choice[l]]) for l in range(problem.n_layers) if len(pre.kept[l]) == 1)
+    cap = problem.constraints.hi - fixed_cost
+    if not free:
+        return CoreResult(tuple(choice), 1)
+    target = pre.incumbent_value - fixed_gain
+    tol = REL_TOL * max(1.0, abs(pre.bound))
+
+    # best reduced value of each free layer, and suffix sums for the bound
+    opt_idx = [np.array(pre.kept[l], dtype=np.int64) for l in free]
+    best_reduced = np.array([float((gain[i] - price * cost[i]).max()) for i in opt_idx])
+    suffix = np.concatenate((np.cumsum(best_reduced[::-1])[::-1], [0.0]))
+
+    s_cost = np.zeros(1, dtype=np.int64)
+    s_gain = np.zeros(1)
+    parents: list[np.ndarray] = []
+    picks: list[np.ndarray] = []
+    peak = 1
+    for k, idx in enumerate(opt_idx):
+        if deadline is not None and time.perf_counter() > deadline:
+            return CoreResult(None, peak, "the time limit stopped the core search")
+        c = (s_cost[:, None] + cost[idx][None, :]).ravel()
+        g = (s_gain[:, None] + gain[idx][None, :]).ravel()
+        n_opt = len(idx)
+        parent = np.repeat(np.arange(len(s_cost)), n_opt)
+        pick = np.tile(np.arange(n_opt), len(s_cost))
+        ok = (c <= cap) & (g + price * (cap - c) + suffix[k + 1] >= target - tol)
+        c, g, parent, pick = c[ok], g[ok], parent[ok], pick[ok]
+        order = np.lexsort((-g, c))
+        c, g, parent, pick = c[order], g[order], parent[order], pick[order]
+        # Pareto filter: keep a state only if its gain beats every cheaper state's
+        run = np.maximum.accumulate(g)
+        keep = np.ones(len(g), dtype=bool)
+        keep[1:] = g[1:] > run[:-1]
+        c, g, parent, pick = c[keep], g[keep], parent[keep], pick[keep]
+        if len(c) == 0:  # only possible through rounding; the incumbent is optimal
+            return CoreResult(pre.incumbent, peak)
+        peak = max(peak, len(c))
+        if len(c) > max_states:
+            return CoreResult(None, peak, f"the core's frontier grew past {max_states:,} states")
+        s_cost, s_gain = c, g
+        parents.append(parent)
+        picks.append(pick)
+
+    state = int(np.argmax(s_gain))
+    for k in range(len(free) - 1, -1, -1):
+        choice[free[k]] = int(opt_idx[k][picks[k][state]])
+        state = int(parents[k][state])
+    return CoreResult(tuple(choice), peak)

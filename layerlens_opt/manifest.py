@@ -65,7 +65,6 @@ class Manifest:
     metric_weights: Mapping[str, float]
     model: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)
-    weights_given: bool = False
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -156,7 +155,6 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
                 f"{source}: layer {layer.name!r} field 'metrics' {' and '.join(what)}; every layer must report the same metrics"
             )
 
-    weights_given = "metric_weights" in data
     weights = data.get("metric_weights", DEFAULT_METRIC_WEIGHTS)
     if not isinstance(weights, dict):
         raise ManifestError(f"{source}: 'metric_weights' must be an object mapping metric name to weight")
@@ -187,7 +185,6 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
         metric_weights=dict(weights),
         model=model,
         metadata=metadata,
-        weights_given=weights_given,
     )
 
 

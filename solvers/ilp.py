@@ -44,12 +44,12 @@ def build_model(problem: Problem, keep=None, *, floor: bool = True, name: str = 
     for l in range(problem.n_layers):
         for o in range(starts[l], starts[l + 1]):
             if keep is None or o in keep:
-                x[o] = pulp.LpVariable(f"x_{l}_{o - starts[l]}", cat=pulp.LpBinary)
-    prob.setObjective(pulp.LpAffineExpression([(v, gain[o]) for o, v in x.items()]))
+                x[o] = prob.add_variable(f"x_{l}_{o - starts[l]}", cat=pulp.LpBinary)
+    prob.setObjective(pulp.LpAffineExpression([(v, gain[o]) for o, v in x.items() if gain[o] != 0]))
     for l in range(problem.n_layers):
         terms = [(x[o], 1) for o in range(starts[l], starts[l + 1]) if o in x]
         prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(terms), pulp.LpConstraintEQ, f"one_{l}", 1))
-    spend = [(v, cost[o]) for o, v in x.items()]
+    spend = [(v, cost[o]) for o, v in x.items() if cost[o] != 0]
     prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(spend), pulp.LpConstraintLE, "budget_max", c.hi))
     if floor:
         prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(spend), pulp.LpConstraintGE, "budget_min", c.lo))
@@ -67,7 +67,7 @@ def build_model(problem: Problem, keep=None, *, floor: bool = True, name: str = 
         for m, vars_m in sorted(by_method.items()):
             if m == none:
                 continue
-            y = pulp.LpVariable(f"y_{m}", cat=pulp.LpBinary)
+            y = prob.add_variable(f"y_{m}", cat=pulp.LpBinary)
             used.append((y, 1))
             prob.addConstraint(
                 pulp.LpConstraint(pulp.LpAffineExpression([(y, 1)] + [(v, -1) for v in vars_m]), pulp.LpConstraintLE, f"uses_{m}", 0)
@@ -88,7 +88,7 @@ def build_model(problem: Problem, keep=None, *, floor: bool = True, name: str = 
                         z.setdefault(method[o], {}).setdefault(l, []).append(x[o])
             if len(z) < 2:
                 continue
-            zs = {m: pulp.LpVariable(f"z_{b}_{m}", cat=pulp.LpBinary) for m in sorted(z)}
+            zs = {m: prob.add_variable(f"z_{b}_{m}", cat=pulp.LpBinary) for m in sorted(z)}
             prob.addConstraint(
                 pulp.LpConstraint(pulp.LpAffineExpression([(v, 1) for v in zs.values()]), pulp.LpConstraintLE, f"tie_{b}", 1)
             )
@@ -113,26 +113,34 @@ def export_model(problem: Problem, path: str, fmt: str = "lp") -> None:
 
 
 def _status_table():
+    """(PuLP status, PuLP sol_status) -> our status. Anything not listed is an error.
+
+    Read both: a CBC run stopped by its time limit with a solution reports status
+    "Optimal" but sol_status "Solution Found"; CBC proving infeasibility in its
+    presolve reports status "Infeasible" with sol_status "No Solution Found".
+    """
     import pulp
 
-    # read sol_status, not status: a CBC run stopped by its time limit with a
-    # solution reports status "Optimal" but sol_status "Solution Found"
     return {
-        pulp.LpSolutionOptimal: Status.OPTIMAL,
-        pulp.LpSolutionIntegerFeasible: Status.FEASIBLE,
-        pulp.LpSolutionInfeasible: Status.INFEASIBLE,
-        pulp.LpSolutionNoSolutionFound: Status.ERROR,
-        pulp.LpSolutionUnbounded: Status.ERROR,
+        (pulp.LpStatusOptimal, pulp.LpSolutionOptimal): Status.OPTIMAL,
+        (pulp.LpStatusOptimal, pulp.LpSolutionIntegerFeasible): Status.FEASIBLE,
+        (pulp.LpStatusInfeasible, pulp.LpSolutionInfeasible): Status.INFEASIBLE,
+        (pulp.LpStatusInfeasible, pulp.LpSolutionNoSolutionFound): Status.INFEASIBLE,
+        (pulp.LpStatusNotSolved, pulp.LpSolutionNoSolutionFound): Status.ERROR,
     }
 
 
 def _backend(name: str, options: SolverOptions, warm: bool):
+    import warnings
+
     import pulp
 
     if name == "cbc":
-        return pulp.PULP_CBC_CMD(
-            msg=False, timeLimit=options.time_limit, threads=options.threads, warmStart=warm, gapRel=0, gapAbs=0
-        )
+        with warnings.catch_warnings():  # PuLP 3.3 warns that PuLP 4 drops the bundled CBC; we pin < 4
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return pulp.PULP_CBC_CMD(
+                msg=False, timeLimit=options.time_limit, threads=options.threads, warmStart=warm, gapRel=0, gapAbs=0
+            )
     if name == "highs":
         try:
             import highspy  # noqa: F401
@@ -162,7 +170,7 @@ def _run(problem: Problem, backend: str, options: SolverOptions, keep=None, floo
     except pulp.PulpSolverError as exc:
         return Status.ERROR, None, None, t1 - t0, time.perf_counter() - t1, warm, f"{backend} failed: {exc}"
     t2 = time.perf_counter()
-    status = _status_table().get(prob.sol_status, Status.ERROR)
+    status = _status_table().get((prob.status, prob.sol_status), Status.ERROR)
     bound = None
     if backend == "highs" and status in (Status.OPTIMAL, Status.FEASIBLE):
         try:

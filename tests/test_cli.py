@@ -1,0 +1,164 @@
+"""The command line through click's CliRunner: exit codes, JSON schema, one-line errors."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from layerlens_opt.cli import main, parse_count
+from layerlens_opt.errors import LayerlensError
+
+from conftest import SCENARIOS, layer, manifest
+
+SCENARIO = str(SCENARIOS[0])
+ALLOCATION_KEYS = {"schema_version", "solver", "status", "objective", "bound", "gap", "budget", "total_params",
+                   "utilization", "seconds", "layers", "metrics"}
+LAYER_KEYS = {"name", "method", "rank", "params", "gain", "utility"}
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_one_line_error(result, code, *fragments):
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    text = result.output.strip()
+    for f in fragments:
+        assert f in text, text
+
+
+@pytest.mark.parametrize("text, value", [("50000", 50000), ("50k", 50000), ("1.2M", 1200000), ("5e4", 50000), ("50_000", 50000)])
+def test_budget_parsing(text, value):
+    assert parse_count(text) == value
+
+
+@pytest.mark.parametrize("text", ["-5", "0", "abc", "1.5"])
+def test_budget_parsing_rejects(text):
+    with pytest.raises(LayerlensError):
+        parse_count(text)
+
+
+def test_solve_prints_table_and_summary():
+    r = run("solve", SCENARIO, "--budget", "50k")
+    assert r.exit_code == 0, r.output
+    for word in ("layer", "method", "rank", "params", "utility", "gain", "objective", "bound", "gap", "utilization", "status        optimal"):
+        assert word in r.output
+
+
+@pytest.mark.parametrize("solver", ["auto", "cbc", "highs", "heuristic"])
+def test_solve_json_matches_schema(solver, tmp_path):
+    out = tmp_path / "alloc.json"
+    r = run("solve", SCENARIO, "--budget", "50000", "--solver", solver, "--json", "-o", out)
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data == json.loads(out.read_text())
+    assert ALLOCATION_KEYS <= set(data)
+    assert data["schema_version"] == 1
+    assert data["status"] in ("optimal", "feasible")
+    assert set(data["seconds"]) >= {"build", "solve"}
+    for l in data["layers"]:
+        assert LAYER_KEYS <= set(l)
+    assert sum(l["params"] for l in data["layers"]) == data["total_params"]
+    assert data["utilization"] == pytest.approx(data["total_params"] / 50000)
+
+
+def test_export_lp_and_mps(tmp_path):
+    lp, mps = tmp_path / "m.lp", tmp_path / "m.mps"
+    r = run("solve", SCENARIO, "--budget", "50k", "--export-lp", lp, "--export-mps", mps)
+    assert r.exit_code == 0, r.output
+    assert lp.read_text().startswith("\\*") and "budget_max" in lp.read_text()
+    assert "ROWS" in mps.read_text()
+
+
+def test_compare_shows_both_and_the_difference():
+    r = run("compare", SCENARIO, "--budget", "50k")
+    assert r.exit_code == 0, r.output
+    assert "heuristic" in r.output and "auto" in r.output
+    assert "objective difference: auto - heuristic = +" in r.output
+    assert "rank_utility_consistency" in r.output
+    assert "heuristic violates" in r.output
+
+
+def test_compare_reports_heuristic_violations(tmp_manifest):
+    # tied blocks: the heuristic ignores them and mixes methods inside a block
+    layers = [layer(f"b0.{s}", kind="attention" if s != "mlp" else "mlp", block=0, ge=g, fi=g, pe=g)
+              for s, g in (("value", 3.0), ("o", 2.0), ("mlp", 0.2))]
+    path = tmp_manifest(manifest(layers))
+    r = run("compare", path, "--budget", "600", "--tie-blocks", "--json")
+    data = json.loads(r.output)
+    assert data["exact"]["status"] == "optimal"
+    if data["heuristic"]["status"] == "infeasible":
+        assert "block 0 mixes methods" in data["heuristic"]["message"]
+
+
+def test_validate_pass_and_fail(tmp_path):
+    out = tmp_path / "a.json"
+    assert run("solve", SCENARIO, "--budget", "50k", "--json", "-o", out).exit_code == 0
+    r = run("validate", out, "--manifest", SCENARIO)
+    assert r.exit_code == 0, r.output
+    assert "budget_utilization" in r.output and "PASS" in r.output
+    data = json.loads(out.read_text())
+    data["layers"][0]["params"] += 10 * data["budget"]  # break the budget by hand
+    out.write_text(json.dumps(data))
+    r = run("validate", out)
+    assert r.exit_code == 5
+    assert "FAIL" in r.output
+
+
+def test_validate_rejects_a_manifest():
+    r = run("validate", SCENARIO)
+    assert_one_line_error(r, 1, "looks like a manifest")
+
+
+def test_infeasible_exit_code_and_reason():
+    r = run("solve", SCENARIO, "--budget", "100M")
+    assert r.exit_code == 3
+    assert "largest possible allocation uses" in r.output and "lower --min-utilization" in r.output
+    r = run("solve", SCENARIO, "--budget", "100M", "--json")
+    assert r.exit_code == 3
+    assert json.loads(r.stdout)["status"] == "infeasible"
+
+
+@pytest.mark.parametrize("args, code, fragments", [
+    (["solve", "missing.json", "--budget", "5"], 2, ["does not exist"]),
+    (["solve", "{SCEN}", "--budget", "-5"], 2, ["must be positive"]),
+    (["solve", "{SCEN}", "--budget", "0"], 2, ["must be positive"]),
+    (["solve", "{SCEN}", "--budget", "50k", "--methods", "lora,dora"], 1, ["unknown method 'dora'"]),
+    (["solve", "{SCEN}", "--budget", "50k", "--solver", "gurobi"], 1, ["unknown solver 'gurobi'", "auto, cbc, highs, heuristic"]),
+    (["solve", "{SCEN}", "--budget", "50k", "--min-utilization", "0.95"], 1, ["window is empty"]),
+    (["solve", "{SCEN}", "--budget", "50k", "--weights", "utility=1"], 1, ["'utility' name no metric"]),
+    (["solve", "{SCEN}", "--budget", "50k", "--ranks", "lora=1,x"], 1, ["--ranks"]),
+    (["solve", "{SCEN}", "--budget", "50k", "--method-cap", "dora=2"], 1, ["unknown method 'dora'"]),
+    (["solve", "{SCEN}", "--budget", "50k", "-o", "/nonexistent/dir/a.json"], 1, ["folder /nonexistent/dir does not exist"]),
+])
+def test_bad_options_give_one_line_errors(args, code, fragments):
+    r = run(*[a.replace("{SCEN}", SCENARIO) for a in args])
+    assert_one_line_error(r, code, *fragments)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("{ not json", "not valid JSON at line 1"),
+    (json.dumps(manifest([layer("a", typo=1)])), "layer 'a': unknown field(s) 'typo'"),
+    (json.dumps(manifest([layer("a"), layer("a")])), "'a' appears twice"),
+    (json.dumps(manifest([layer("a", allowed_methods=["lora", "qlora"])])), "unknown method 'qlora'"),
+    (json.dumps(manifest([layer("a", in_features=-4)])), "field 'in_features' must be a positive integer, got -4"),
+])
+def test_bad_manifests_give_one_line_errors(tmp_path, content, fragment):
+    p = tmp_path / "m.json"
+    p.write_text(content)
+    r = run("solve", p, "--budget", "1000")
+    assert_one_line_error(r, 1, fragment)
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_solve_path_never_imports_torch_or_pulp():
+    import subprocess
+    import sys
+
+    code = ("import sys; from click.testing import CliRunner; from layerlens_opt.cli import main; "
+            f"r = CliRunner().invoke(main, ['solve', {SCENARIO!r}, '--budget', '50k']); assert r.exit_code == 0, r.output; "
+            "print(sorted(m for m in ('torch', 'pulp', 'transformers', 'cvxpy', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

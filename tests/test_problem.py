@@ -1,0 +1,120 @@
+import math
+
+import numpy as np
+import pytest
+
+from layerlens_opt.errors import LayerlensError
+from layerlens_opt.manifest import parse_manifest
+from layerlens_opt.methods import default_curve, measured_curve, param_cost
+from layerlens_opt.problem import Constraints, ModelOptions, build_problem, compute_utilities
+
+from conftest import layer, manifest
+
+
+def test_exact_costs_match_design_table():
+    assert param_cost("lora", 8, 768, 3072) == 8 * (768 + 3072)
+    assert param_cost("adapter", 16, 768, 768) == 2 * 768 * 16 + 16 + 768
+    assert param_cost("prefix", 10, 768, 768) == 2 * 10 * 768
+    assert param_cost("ia3", 1, 768, 3072) == 3072
+    assert param_cost("none", 0, 768, 768) == 0
+
+
+def test_default_curve_is_concave_increasing_and_measured_curve_wins():
+    vals = [default_curve("lora", r) for r in range(0, 65)]
+    assert vals[0] == 0 and vals[8] == pytest.approx(0.5)
+    diffs = np.diff(vals)
+    assert (diffs > 0).all() and (np.diff(diffs) < 1e-12).all()
+    pts = {1: 0.3, 4: 0.6}
+    assert measured_curve(pts, 2) == pytest.approx(0.4)
+    assert measured_curve(pts, 16) == 0.6
+    m = parse_manifest(manifest([layer("a", gain_curves={"lora": {"1": 0.9}}), layer("b")]))
+    p = build_problem(m, Constraints(10_000), ModelOptions(methods=("lora",), ranks={"lora": (1,)}))
+    assert p.option_gain[0] == pytest.approx(1.0 * 0.9)  # utility 1, efficiency 1, measured 0.9
+    assert p.option_gain[1] == pytest.approx(1.0 * default_curve("lora", 1))
+
+
+def test_utilities_normalised_once_and_weighted():
+    m = parse_manifest(manifest([layer("a", ge=2.0, fi=1e-5, pe=0.1), layer("b", ge=1.0, fi=2e-5, pe=0.2)],
+                                metric_weights={"gradient_energy": 2, "fisher": 1, "proxy_eval": 1}))
+    u = compute_utilities(m)
+    # a: 0.5*1 + 0.25*0.5 + 0.25*0.5 ; b: 0.5*0.5 + 0.25 + 0.25
+    assert u == pytest.approx([0.75, 0.75])
+    u_rank = compute_utilities(m, normalization="rank")
+    assert u_rank == pytest.approx([0.5 * 1 + 0.25 * 0.5 + 0.25 * 0.5, 0.5 * 0.5 + 0.25 + 0.25])
+    # predecessor's tiny raw values do not collapse: the largest utility is near 1
+    tiny = parse_manifest(manifest([layer("a", ge=3e-9, fi=1e-12, pe=1e-7), layer("b", ge=1e-9, fi=5e-13, pe=5e-8)]))
+    assert compute_utilities(tiny).max() == pytest.approx(1.0)
+
+
+def test_weight_override_must_match_metrics():
+    m = parse_manifest(manifest([layer("a"), layer("b")]))
+    with pytest.raises(LayerlensError, match="'utility' name no metric"):
+        build_problem(m, Constraints(1000), ModelOptions(metric_weights={"utility": 1.0, "gradient_energy": 1, "fisher": 1, "proxy_eval": 1}))
+
+
+def test_all_zero_metric_is_an_error_unless_weight_zero():
+    m = parse_manifest(manifest([layer("a", fi=0.0), layer("b", fi=0.0)]))
+    with pytest.raises(LayerlensError, match="'fisher' is zero on every layer"):
+        compute_utilities(m)
+    u = compute_utilities(m, {"gradient_energy": 1, "fisher": 0, "proxy_eval": 1})
+    assert u == pytest.approx([1.0, 1.0])
+
+
+def test_compatibility_and_rank_caps():
+    m = parse_manifest(manifest([
+        layer("mlp", kind="mlp", d_in=4, d_out=16),
+        layer("lin", kind="linear", d_in=32, d_out=32),
+        layer("emb", kind="embedding"),
+        layer("custom", kind="linear", allowed_methods=["prefix", "none"]),
+    ]))
+    p = build_problem(m, Constraints(10_000), ModelOptions(methods=("lora", "adapter", "prefix", "ia3", "none")))
+    methods = {info.name: info.methods for info in p.layers}
+    assert methods["mlp"] == ("none", "ia3", "adapter", "lora")
+    assert methods["lin"] == ("none", "ia3", "lora")
+    assert methods["emb"] == ("none",)
+    assert methods["custom"] == ("none", "prefix")
+    lora_ranks = [int(p.option_rank[o]) for o in p.options_of(0) if p.method_of(o) == "lora"]
+    assert max(lora_ranks) == 4  # capped at min(d_in, d_out)
+
+
+def test_prefix_offered_on_value_projection_only():
+    layers = []
+    for b in range(2):
+        for sub in ("query", "key", "value"):
+            layers.append(layer(f"enc.{b}.attention.self.{sub}", kind="attention", block=b))
+        layers.append(layer(f"enc.{b}.attention.output.dense", kind="attention", block=b))
+    p = build_problem(parse_manifest(manifest(layers)), Constraints(100_000))
+    with_prefix = [info.name for info in p.layers if "prefix" in info.methods]
+    assert with_prefix == ["enc.0.attention.self.value", "enc.1.attention.self.value"]
+    assert any("prefix offered on 2 of 8 attention layers" in n for n in p.notes)
+
+
+def test_layer_with_no_acceptable_method_is_named():
+    m = parse_manifest(manifest([layer("emb", kind="embedding"), layer("b")]))
+    with pytest.raises(LayerlensError, match="layer 'emb' \\(kind embedding\\) can take none of the methods lora"):
+        build_problem(m, Constraints(1000), ModelOptions(methods=("lora",)))
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(budget=0), "budget must be a positive"),
+    (dict(budget=-3), "budget must be a positive"),
+    (dict(budget=10, min_utilization=0.9, max_utilization=0.7), "window is empty"),
+    (dict(budget=10, method_caps=(("dora", 1),)), "unknown method 'dora'"),
+])
+def test_constraint_errors(kwargs, fragment):
+    with pytest.raises(LayerlensError, match=fragment):
+        Constraints(**kwargs)
+
+
+def test_window_problem_explains_with_numbers():
+    m = parse_manifest(manifest([layer("a", d_in=8, d_out=8)]))
+    p = build_problem(m, Constraints(budget=1_000_000), ModelOptions(methods=("lora", "none"), ranks={"lora": (1, 2)}))
+    reason = p.window_problem()
+    assert "largest possible allocation uses 32 parameters" in reason and "lower --min-utilization" in reason
+    assert p.constraints.lo == math.ceil(0.7 * 1_000_000)
+
+
+def test_problem_arrays_are_read_only():
+    p = build_problem(parse_manifest(manifest([layer("a"), layer("b")])), Constraints(1000))
+    with pytest.raises(ValueError):
+        p.option_gain[0] = 5.0

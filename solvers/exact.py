@@ -1,9 +1,12 @@
 """The default solver: exact through the knapsack structure, CBC where the structure is broken.
 
 ``solve_auto`` runs :func:`mckp.presolve` and the core DP. The answer is a proven
-optimum of the whole problem when its cost meets the utilization floor. It hands
-the problem to CBC (and says so in the notes) when side constraints are set,
-when the floor binds, or when the core search hits its limits.
+optimum of the whole problem when its cost meets the utilization floor. A
+``min_methods`` constraint stays on the fast path: the DP then keeps one
+frontier per set of methods used (at most 2^4), against an incumbent repaired
+to use enough methods. It hands the problem to CBC (and says so in the notes)
+for method caps and tied blocks, when the floor binds, or when the core
+search hits its limits.
 """
 
 from __future__ import annotations
@@ -19,15 +22,22 @@ from .options import SolverOptions
 
 def solve_auto(problem: Problem, options: SolverOptions) -> Allocation:
     c = problem.constraints
-    if c.has_side_constraints:
+    if c.method_caps or c.tie_blocks:
         from .ilp import solve_ilp
 
         alloc = solve_ilp(problem, options, "cbc")
-        return _with_note(alloc, "auto: side constraints break the knapsack structure, so CBC solved the full ILP")
+        return _with_note(alloc, "auto: method caps / tied blocks break the knapsack structure, so CBC solved the full ILP")
     t0 = time.perf_counter()
     deadline = None if options.time_limit is None else t0 + options.time_limit
     pre = mckp.presolve(problem)
     core = mckp.solve_core(problem, pre, deadline=deadline)
+    if c.min_methods and core.choice is not None and len(mckp.methods_used(problem, core.choice)) < c.min_methods:
+        start = mckp.repair_min_methods(problem, core.choice, c.min_methods)
+        if start is None:
+            core = mckp.CoreResult(None, core.max_states, f"no single-layer switches reach {c.min_methods} methods")
+        else:
+            pre = mckp.with_incumbent(problem, pre, start)
+            core = mckp.solve_core(problem, pre, min_methods=c.min_methods, deadline=deadline)
     seconds = {"build": pre.seconds, "solve": time.perf_counter() - t0 - pre.seconds}
     notes = [
         f"knapsack presolve: LP bound {pre.bound:.6g}, shadow price {pre.price * 1000:.4g} gain per 1k params, "
@@ -38,7 +48,7 @@ def solve_auto(problem: Problem, options: SolverOptions) -> Allocation:
         from .ilp import solve_ilp
 
         alloc = solve_ilp(problem, options, "cbc")
-        return _with_note(alloc, f"auto: {core.reason}; CBC solved the presolved model instead")
+        return _with_note(alloc, f"auto: {core.reason}; CBC solved the problem instead")
     used = sum(int(problem.option_cost[o]) for o in core.choice)
     if used < c.lo:
         from .ilp import solve_ilp

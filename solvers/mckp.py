@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from layerlens_opt.methods import METHOD_NAMES
 from layerlens_opt.problem import Problem
 
 #: relative tolerance below which two objectives count as equal in pruning
@@ -157,14 +158,6 @@ def presolve(problem: Problem) -> Presolve:
         used += dc
     incumbent = tuple(choice)
     value = float(sum(gain[o] for o in incumbent))
-
-    tol = REL_TOL * max(1.0, abs(bound))
-    kept = []
-    for l, opts in enumerate(options):
-        reduced = [gain[o] - price * cost[o] for o in opts]
-        top = max(reduced)
-        keep = tuple(o for o, r in zip(opts, reduced) if bound + (r - top) >= value - tol)
-        kept.append(keep)
     return Presolve(
         options=options,
         bound=bound,
@@ -172,9 +165,32 @@ def presolve(problem: Problem) -> Presolve:
         lp_choice=lp_choice,
         incumbent=incumbent,
         incumbent_value=value,
-        kept=tuple(kept),
+        kept=fix(problem, options, bound, price, value),
         seconds=time.perf_counter() - t0,
     )
+
+
+def fix(problem: Problem, options, bound: float, price: float, value: float) -> tuple[tuple[int, ...], ...]:
+    """Reduced-cost fixing: per layer, the options that can still be in an allocation worth >= ``value``."""
+    cost = problem.option_cost
+    gain = problem.option_gain
+    tol = REL_TOL * max(1.0, abs(bound))
+    kept = []
+    for opts in options:
+        idx = np.fromiter(opts, dtype=np.int64, count=len(opts))
+        reduced = gain[idx] - price * cost[idx]
+        keep = bound + (reduced - reduced.max()) >= value - tol
+        kept.append(tuple(int(o) for o in idx[keep]))
+    return tuple(kept)
+
+
+def with_incumbent(problem: Problem, pre: Presolve, choice) -> Presolve:
+    """The presolve re-fixed against another incumbent (e.g. one that meets side constraints)."""
+    from dataclasses import replace
+
+    value = float(sum(float(problem.option_gain[o]) for o in choice))
+    return replace(pre, incumbent=tuple(choice), incumbent_value=value,
+                   kept=fix(problem, pre.options, pre.bound, pre.price, value))
 
 
 @dataclass(frozen=True)
@@ -184,23 +200,30 @@ class CoreResult:
     reason: str = ""
 
 
-def solve_core(problem: Problem, pre: Presolve, *, max_states: int = 400_000, deadline: float | None = None) -> CoreResult:
-    """Exact DP over the core layers; proves the cap-only optimum.
+def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_states: int = 400_000,
+               deadline: float | None = None) -> CoreResult:
+    """Exact DP over the core layers; proves the cap-only optimum (with at least
+    ``min_methods`` distinct methods besides none, when asked).
 
     States are Pareto-optimal (cost, gain) pairs of the core layers processed so
-    far, pruned by the Lagrangian bound against the incumbent. Stops (choice
-    None) when a layer's frontier exceeds ``max_states`` or the deadline passes.
+    far — one frontier per set of methods used, when ``min_methods`` is set —
+    pruned by the Lagrangian bound against the incumbent. Stops (choice None)
+    when the frontier exceeds ``max_states`` or the deadline passes.
     """
     cost = problem.option_cost
     gain = problem.option_gain
     price = pre.price
+    none = METHOD_NAMES.index("none")
+    bit = np.where(problem.option_method == none, 0, 1 << problem.option_method.astype(np.int64))
     choice = [k[0] for k in pre.kept]
+    fixed = [l for l, k in enumerate(pre.kept) if len(k) == 1]
     free = [l for l, k in enumerate(pre.kept) if len(k) > 1]
-    fixed_cost = sum(int(cost[choice[l]]) for l in range(problem.n_layers) if len(pre.kept[l]) == 1)
-    fixed_gain = sum(float(gain[choice[l]]) for l in range(problem.n_layers) if len(pre.kept[l]) == 1)
+    fixed_cost = sum(int(cost[choice[l]]) for l in fixed)
+    fixed_gain = sum(float(gain[choice[l]]) for l in fixed)
+    base_mask = 0
+    for l in fixed:
+        base_mask |= int(bit[choice[l]])
     cap = problem.constraints.hi - fixed_cost
-    if not free:
-        return CoreResult(tuple(choice), 1)
     target = pre.incumbent_value - fixed_gain
     tol = REL_TOL * max(1.0, abs(pre.bound))
 
@@ -211,37 +234,98 @@ def solve_core(problem: Problem, pre: Presolve, *, max_states: int = 400_000, de
 
     s_cost = np.zeros(1, dtype=np.int64)
     s_gain = np.zeros(1)
+    s_mask = np.full(1, base_mask, dtype=np.int64)
     parents: list[np.ndarray] = []
     picks: list[np.ndarray] = []
     peak = 1
     for k, idx in enumerate(opt_idx):
         if deadline is not None and time.perf_counter() > deadline:
             return CoreResult(None, peak, "the time limit stopped the core search")
+        n_opt = len(idx)
         c = (s_cost[:, None] + cost[idx][None, :]).ravel()
         g = (s_gain[:, None] + gain[idx][None, :]).ravel()
-        n_opt = len(idx)
         parent = np.repeat(np.arange(len(s_cost)), n_opt)
         pick = np.tile(np.arange(n_opt), len(s_cost))
+        mask = (s_mask[:, None] | bit[idx][None, :]).ravel() if min_methods else None
         ok = (c <= cap) & (g + price * (cap - c) + suffix[k + 1] >= target - tol)
         c, g, parent, pick = c[ok], g[ok], parent[ok], pick[ok]
-        order = np.lexsort((-g, c))
+        if min_methods:
+            mask = mask[ok]
+            order = np.lexsort((-g, c, mask))
+        else:
+            order = np.lexsort((-g, c))
         c, g, parent, pick = c[order], g[order], parent[order], pick[order]
-        # Pareto filter: keep a state only if its gain beats every cheaper state's
-        run = np.maximum.accumulate(g)
+        if min_methods:
+            mask = mask[order]
+        # Pareto filter (within each methods-used set): keep a state only if it beats every cheaper one
         keep = np.ones(len(g), dtype=bool)
-        keep[1:] = g[1:] > run[:-1]
+        if min_methods:
+            starts = np.flatnonzero(np.r_[True, mask[1:] != mask[:-1]])
+            for a, b in zip(starts, np.r_[starts[1:], len(g)]):
+                run = np.maximum.accumulate(g[a:b])
+                keep[a + 1 : b] = g[a + 1 : b] > run[:-1]
+        else:
+            run = np.maximum.accumulate(g)
+            keep[1:] = g[1:] > run[:-1]
         c, g, parent, pick = c[keep], g[keep], parent[keep], pick[keep]
+        if min_methods:
+            mask = mask[keep]
         if len(c) == 0:  # only possible through rounding; the incumbent is optimal
             return CoreResult(pre.incumbent, peak)
         peak = max(peak, len(c))
         if len(c) > max_states:
             return CoreResult(None, peak, f"the core's frontier grew past {max_states:,} states")
         s_cost, s_gain = c, g
+        if min_methods:
+            s_mask = mask
         parents.append(parent)
         picks.append(pick)
 
-    state = int(np.argmax(s_gain))
+    if min_methods:
+        counts = np.array([bin(int(m)).count("1") for m in s_mask])
+        eligible = np.flatnonzero(counts >= min_methods)
+        if len(eligible) == 0:  # the incumbent met it, so only rounding can land here
+            return CoreResult(pre.incumbent, peak)
+        state = int(eligible[np.argmax(s_gain[eligible])])
+    else:
+        state = int(np.argmax(s_gain))
     for k in range(len(free) - 1, -1, -1):
         choice[free[k]] = int(opt_idx[k][picks[k][state]])
         state = int(parents[k][state])
     return CoreResult(tuple(choice), peak)
+
+
+def methods_used(problem: Problem, choice) -> set[str]:
+    return {problem.method_of(o) for o in choice} - {"none"}
+
+
+def repair_min_methods(problem: Problem, choice, k: int):
+    """Make ``choice`` use at least ``k`` methods under the cap by the cheapest single-layer switches;
+    None if no such switch sequence is found (the caller then uses the ILP)."""
+    choice = list(choice)
+    cost, gain = problem.option_cost, problem.option_gain
+    used = sum(int(cost[o]) for o in choice)
+    cap = problem.constraints.hi
+    while len(methods_used(problem, choice)) < k:
+        present = methods_used(problem, choice)
+        counts = {m: sum(1 for o in choice if problem.method_of(o) == m) for m in present}
+        best = None
+        for l in range(problem.n_layers):
+            cur = choice[l]
+            m_cur = problem.method_of(cur)
+            if m_cur != "none" and counts[m_cur] == 1:
+                continue  # switching it would lose a method
+            for o in problem.options_of(l):
+                if problem.method_of(o) in present or problem.method_of(o) == "none":
+                    continue
+                dc = int(cost[o] - cost[cur])
+                if used + dc <= cap:
+                    loss = float(gain[cur] - gain[o])
+                    if best is None or loss < best[0]:
+                        best = (loss, l, o, dc)
+        if best is None:
+            return None
+        _, l, o, dc = best
+        choice[l] = o
+        used += dc
+    return tuple(choice)

@@ -1,0 +1,156 @@
+"""Benchmark: every solver side by side on generated and shipped problems, in one run.
+
+    python -m layerlens_opt.bench                 # full run (plain CBC at 2,000 layers takes minutes)
+    python -m layerlens_opt.bench --quick         # 72/224/560 layers only, shorter limits
+
+Prints, per problem and method: build and solve seconds, objective, bound,
+gap, status, and the speed-up over plain CBC measured in the same run; then
+the whole ``layerlens-opt solve`` process time (median of several runs) and
+its peak memory; then side-constrained problems, where the knapsack fast path
+does not apply. Timings are of this machine at this moment: compare the
+ratios, not the absolute numbers, across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .generate import synthetic
+from .manifest import load_manifest, parse_manifest
+from .problem import Constraints, build_problem
+from .report import table
+
+METHODS = [
+    ("heuristic", "heuristic", {}),
+    ("plain CBC", "cbc", {"presolve": False, "warm_start": False}),
+    ("CBC + presolve", "cbc", {}),
+    ("HiGHS (gap 0)", "highs", {"presolve": False}),
+    ("HiGHS + presolve", "highs", {}),
+    ("auto (LP + DP core)", "auto", {}),
+]
+
+
+def _run(problem, solver, options):
+    from .solvers import SolverOptions, solve
+
+    t0 = time.perf_counter()
+    alloc = solve(problem, solver, SolverOptions(**options))
+    wall = time.perf_counter() - t0
+    return alloc, wall
+
+
+def compare_solvers(problems, time_limit: float, skip_plain_above: int | None):
+    rows = []
+    for label, problem in problems:
+        plain_wall = None
+        results = []
+        for name, solver, options in METHODS:
+            opts = dict(options)
+            if solver != "heuristic":
+                opts["time_limit"] = time_limit
+            if name == "plain CBC" and skip_plain_above and problem.n_layers > skip_plain_above:
+                results.append((name, None, None))
+                continue
+            alloc, wall = _run(problem, solver, opts)
+            if name == "plain CBC":
+                plain_wall = wall
+            results.append((name, alloc, wall))
+        best = max((a.objective for _, a, _ in results if a is not None and a.objective is not None and a.ok), default=None)
+        for name, alloc, wall in results:
+            if alloc is None:
+                rows.append((label, name, "-", "-", "-", "-", "-", "skipped (--quick)", "-"))
+                continue
+            s = alloc.seconds
+            build = s.get("build", 0.0) + s.get("presolve", 0.0)
+            gap_to_best = None if alloc.objective is None or not best else (best - alloc.objective) / best
+            speed = f"{plain_wall / wall:.1f}x" if plain_wall and wall > 0 else "-"
+            rows.append((
+                label, name, f"{build:.3f}", f"{s.get('solve', 0.0):.3f}",
+                f"{alloc.objective:.6f}" if alloc.objective is not None else "-",
+                f"{alloc.bound:.6f}" if alloc.bound is not None else "-",
+                f"{alloc.gap:.1e}" if alloc.gap is not None else (f"({gap_to_best:.1e} to best)" if gap_to_best is not None else "-"),
+                alloc.status.value, speed,
+            ))
+    return table(("problem", "method", "build s", "solve s", "objective", "bound", "gap", "status", "vs plain CBC"), rows,
+                 "llrrrrrlr")
+
+
+def process_times(files, repeats: int):
+    rows = []
+    for label, path, budget in files:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "layerlens_opt.cli", "solve", str(path), "--budget", str(budget)],
+                           check=True, stdout=subprocess.DEVNULL)
+            times.append(time.perf_counter() - t0)
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        rows.append((label, f"{statistics.median(times):.3f}", f"{min(times):.3f}", f"{peak_mb:.0f}"))
+    return table(("problem", "median s", "min s", "peak MB (max so far)"), rows, "lrrr")
+
+
+def side_constrained(problem, time_limit: float):
+    c = problem.constraints
+    variants = [
+        ("method caps (lora <= 25% of layers)", replace(c, method_caps=(("lora", problem.n_layers // 4),))),
+        ("tied blocks", replace(c, tie_blocks=True)),
+        ("min 3 methods", replace(c, min_methods=3)),
+    ]
+    rows = []
+    for label, constraints in variants:
+        alloc, wall = _run(problem.with_constraints(constraints), "auto", {"time_limit": time_limit})
+        rows.append((label, f"{wall:.2f}", alloc.status.value, f"{alloc.gap:.1e}" if alloc.gap is not None else "-",
+                     "yes" if not alloc.violations else "NO"))
+    return table(("constraint", "wall s", "status", "gap", "constraints hold"), rows, "lrlrl")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m layerlens_opt.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="72,224,560,2000", help="generated problem sizes (layers)")
+    parser.add_argument("--quick", action="store_true", help="sizes up to 560 and a 30 s limit")
+    parser.add_argument("--time-limit", type=float, default=180.0, help="per solver and problem")
+    parser.add_argument("--repeats", type=int, default=5, help="process-time repetitions")
+    parser.add_argument("--no-shipped", action="store_true", help="skip problems/architectures")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if args.quick:
+        sizes = [s for s in sizes if s <= 560]
+        args.time_limit = min(args.time_limit, 30.0)
+
+    problems = []
+    tmp = Path(tempfile.mkdtemp(prefix="layerlens-bench-"))
+    files = []
+    for n in sizes:
+        data = synthetic(n, seed=0)
+        budget = data["model"]["suggested_budget"]
+        problems.append((f"synthetic {n}", build_problem(parse_manifest(data), Constraints(budget=budget))))
+        path = tmp / f"synthetic-{n}.json"
+        path.write_text(json.dumps(data))
+        files.append((f"synthetic {n}", path, budget))
+    shipped = Path(__file__).resolve().parent.parent / "problems" / "architectures"
+    if not args.no_shipped and shipped.is_dir():
+        for path in sorted(shipped.glob("*.json")):
+            budget = json.loads(path.read_text())["model"]["suggested_budget"]
+            problems.append((path.stem, build_problem(load_manifest(path), Constraints(budget=budget))))
+
+    print(f"# solvers side by side (time limit {args.time_limit:g} s each)\n", flush=True)
+    print(compare_solvers(problems, args.time_limit, None), flush=True)
+    print(f"\n# whole `layerlens-opt solve` process, {args.repeats} runs each\n", flush=True)
+    print(process_times(files, args.repeats), flush=True)
+    side = [p for label, p in problems if label == "synthetic 560"]
+    if side:
+        print("\n# side constraints at 560 layers (auto hands these to CBC)\n", flush=True)
+        print(side_constrained(side[0], args.time_limit), flush=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,81 @@
+"""The fast path (LP bound + reduced-cost fixing + core DP) against brute force and CBC, over many seeds."""
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from layerlens_opt.allocation import Status
+from layerlens_opt.generate import synthetic
+from layerlens_opt.manifest import parse_manifest
+from layerlens_opt.problem import Constraints, build_problem
+from layerlens_opt.solvers import SolverOptions, solve
+from layerlens_opt.solvers import mckp
+
+from conftest import brute_force, random_problem
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 5), zero_gain=st.booleans(),
+       lo=st.sampled_from([0.0, 0.5, 0.7, 0.85]), width=st.sampled_from([0.05, 0.2, 0.3]),
+       k=st.sampled_from([0, 0, 2, 3]))
+def test_fast_path_equals_brute_force(seed, n, zero_gain, lo, width, k):
+    problem = random_problem(seed, n_layers=n, zero_gain=zero_gain, lo=lo, hi=min(1.0, lo + width))
+    if k:
+        problem = problem.with_constraints(replace(problem.constraints, min_methods=k))
+    alloc = solve(problem, "auto")
+    if k:
+        from layerlens_opt.metrics import violations
+        import itertools
+
+        best = None
+        for combo in itertools.product(*[list(problem.options_of(l)) for l in range(problem.n_layers)]):
+            layers = [{"method": problem.method_of(o), "params": int(problem.option_cost[o])} for o in combo]
+            if not violations(layers, problem.constraints.to_dict()):
+                v = sum(float(problem.option_gain[o]) for o in combo)
+                best = v if best is None else max(best, v)
+    else:
+        best, _ = brute_force(problem)
+    if best is None:
+        assert alloc.status == Status.INFEASIBLE, alloc
+    else:
+        assert alloc.status == Status.OPTIMAL, alloc.message
+        assert alloc.objective == pytest.approx(best, rel=1e-9, abs=1e-12)
+        assert not alloc.violations
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10**6), n=st.integers(20, 40), zero_gain=st.booleans(), lo=st.sampled_from([0.7, 0.88]))
+def test_fast_path_equals_plain_cbc_on_medium_problems(seed, n, zero_gain, lo):
+    problem = random_problem(seed, n_layers=n, zero_gain=zero_gain, lo=lo, hi=0.9, ranks=(1, 2, 4, 8))
+    a = solve(problem, "auto")
+    b = solve(problem, "cbc", SolverOptions(presolve=False))
+    assert a.status == b.status
+    if a.status == Status.OPTIMAL:
+        assert a.objective == pytest.approx(b.objective, rel=1e-9)
+
+
+@pytest.mark.parametrize("n", [72, 224, 560])
+def test_generated_scale_problems_are_proven_optimal(n):
+    data = synthetic(n, seed=0)
+    problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"]))
+    alloc = solve(problem, "auto")
+    assert alloc.status == Status.OPTIMAL and alloc.solver == "auto"  # no fallback needed
+    pre = mckp.presolve(problem)
+    assert pre.bound >= alloc.objective - 1e-9  # the LP bound bounds the optimum
+    assert pre.incumbent_value <= alloc.objective + 1e-12
+    if n <= 224:
+        ref = solve(problem, "cbc")
+        assert ref.status == Status.OPTIMAL
+        assert alloc.objective == pytest.approx(ref.objective, rel=1e-9)
+
+
+def test_time_limit_on_the_fast_path_reports_feasible_with_gap(monkeypatch):
+    """When the core search is stopped, auto must not call the incumbent optimal."""
+    data = synthetic(224, seed=0)
+    problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"]))
+    monkeypatch.setattr(mckp, "solve_core", lambda *a, **k: mckp.CoreResult(None, 0, "test stop"))
+    alloc = solve(problem, "auto", SolverOptions(time_limit=60))
+    assert "test stop" in alloc.notes[-1] and alloc.solver == "auto/cbc"

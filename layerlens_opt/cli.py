@@ -279,5 +279,59 @@ def validate(allocation, manifest, as_json):
         sys.exit(EXIT_VALIDATION)
 
 
+@main.command()
+@click.option("--model", "-m", "model_spec", required=True, help="Hugging Face model directory, module:function returning an nn.Module, or minilm (all-MiniLM-L6-v2, shipped offline).")
+@click.option("--data", "-d", "data_path", required=True, type=click.Path(dir_okay=False), help="JSONL of {\"text\": ..., \"label\": ...}.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Manifest file to write.")
+@click.option("--batches", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--head-steps", type=click.IntRange(min=0), default=100, show_default=True, help="Steps fitting the head on frozen features first.")
+@click.option("--kind-pattern", multiple=True, help="REGEX=KIND overriding the inferred kind (repeatable).")
+@click.option("--block-pattern", help="REGEX with one group capturing the block number.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def profile(model_spec, data_path, output, batches, batch_size, seed, device, head_steps, kind_pattern, block_pattern, quiet):
+    """Profile a torch model on labelled text into a manifest (needs the torch extra)."""
+    try:
+        from .profiling.profiler import ProfileConfig
+        from .profiling.profiler import profile as run_profile
+    except ImportError as exc:
+        raise LayerlensError(f"profiling needs torch ({exc.name} is missing): pip install torch==2.13.0 && pip install -e '.[torch]'") from None
+    from .profiling.naming import parse_block_pattern, parse_kind_patterns
+
+    if not Path(output).resolve().parent.exists():
+        raise LayerlensError(f"cannot write {output}: folder {Path(output).parent} does not exist")
+    config = ProfileConfig(batches=batches, batch_size=batch_size, seed=seed, device=device, head_steps=head_steps,
+                           kind_patterns=parse_kind_patterns(kind_pattern), block_pattern=parse_block_pattern(block_pattern),
+                           progress=not quiet)
+    manifest = run_profile(model_spec, data_path, config)
+    from .manifest import parse_manifest
+
+    parse_manifest(manifest, source="profiled manifest")  # what we write must read back
+    _write(output, json.dumps(manifest, indent=1) + "\n")
+    kinds = {}
+    for l in manifest["layers"]:
+        kinds[l["kind"]] = kinds.get(l["kind"], 0) + 1
+    click.echo(f"profiled {len(manifest['layers'])} layers ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))}) "
+               f"of {manifest['model']['name']} in {manifest['model']['seconds']:.1f} s; wrote {output}")
+
+
+@main.command()
+@click.argument("task", type=click.Choice(["polarity", "pairs"]))
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the word split.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False))
+def data(task, split, seed, output):
+    """Write a VADER-lexicon task (words split between train and test) as JSONL."""
+    from .tasks import examples, write_jsonl
+
+    rows = examples(task, split, seed)
+    if not Path(output).resolve().parent.exists():
+        raise LayerlensError(f"cannot write {output}: folder {Path(output).parent} does not exist")
+    write_jsonl(rows, output)
+    click.echo(f"wrote {len(rows)} {task} examples ({split} words) to {output}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,72 @@
+"""Kind and block of a layer from its module name (BERT, RoBERTa, ViT, GPT-2, LLaMA naming).
+
+Pure Python, no torch: the rules are tested on names alone. A user's patterns
+(``--kind-pattern REGEX=KIND``, ``--block-pattern REGEX``) are tried first.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from ..errors import LayerlensError
+from ..methods import KINDS
+
+# (pattern, kind, role) tried in order; role is informative (q, k, v, o, up, down, gate)
+RULES: tuple[tuple[re.Pattern, str, str], ...] = tuple(
+    (re.compile(p), kind, role)
+    for p, kind, role in [
+        (r"(^|\.)(query|q_proj|q_lin|to_q|wq|q)$", "attention", "q"),
+        (r"(^|\.)(key|k_proj|k_lin|to_k|wk|k)$", "attention", "k"),
+        (r"(^|\.)(value|v_proj|v_lin|to_v|wv|v)$", "attention", "v"),
+        (r"(^|\.)(c_attn|qkv|query_key_value|wqkv|in_proj)$", "attention", "qkv"),
+        (r"attention\.output\.dense$|(^|\.)(o_proj|out_lin|to_out(\.0)?|wo|out_proj)$|attn\.c_proj$|attn\.(proj|dense)$", "attention", "o"),
+        (r"(^|\.)(gate_proj|w1)$", "mlp", "gate"),
+        (r"intermediate\.dense$|(^|\.)(up_proj|c_fc|fc1|lin1|w3|dense_h_to_4h)$|mlp\.fc_in$", "mlp", "up"),
+        (r"(?<!attention\.)output\.dense$|(^|\.)(down_proj|fc2|lin2|w2|dense_4h_to_h)$|mlp\.c_proj$|mlp\.fc_out$", "mlp", "down"),
+    ]
+)
+
+BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|h|blocks|block|encoder_layer|decoder_layer)\.(\d+)(?:\.|$)")
+
+
+def parse_kind_patterns(items: Sequence[str]) -> list[tuple[re.Pattern, str]]:
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise LayerlensError(f"--kind-pattern {item!r} must look like REGEX=KIND, e.g. 'mixer\\.proj$=attention'")
+        pat, kind = item.rsplit("=", 1)
+        if kind not in KINDS:
+            raise LayerlensError(f"--kind-pattern {item!r}: kind {kind!r} must be one of {', '.join(KINDS)}")
+        try:
+            out.append((re.compile(pat), kind))
+        except re.error as exc:
+            raise LayerlensError(f"--kind-pattern {item!r}: bad regex ({exc})") from None
+    return out
+
+
+def parse_block_pattern(text: str | None) -> re.Pattern | None:
+    if not text:
+        return None
+    try:
+        pat = re.compile(text)
+    except re.error as exc:
+        raise LayerlensError(f"--block-pattern {text!r}: bad regex ({exc})") from None
+    if pat.groups < 1:
+        raise LayerlensError(f"--block-pattern {text!r} needs one capture group for the block number, e.g. 'blocks\\.(\\d+)\\.'")
+    return pat
+
+
+def infer(name: str, user_kinds=(), user_block: re.Pattern | None = None) -> tuple[str, str, int | None]:
+    """(kind, role, block) of a module name. Unknown layers inside a block are 'linear', outside 'other'."""
+    block = None
+    m = (user_block or BLOCK).search(name)
+    if m:
+        block = int(m.group(1))
+    for pat, kind in user_kinds:
+        if pat.search(name):
+            return kind, "user", block
+    for pat, kind, role in RULES:
+        if pat.search(name):
+            return kind, role, block
+    return ("linear" if block is not None else "other"), "", block

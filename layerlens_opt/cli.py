@@ -333,5 +333,103 @@ def data(task, split, seed, output):
     click.echo(f"wrote {len(rows)} {task} examples ({split} words) to {output}")
 
 
+@main.command()
+@click.argument("allocation", type=click.Path(exists=True, dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["peft", "csv", "markdown"]), default="peft", show_default=True)
+@click.option("--output", "-o", required=True, type=click.Path(), help="A folder for peft (adapter_config.json), a file otherwise.")
+@click.option("--module-prefix", default="", help="Prepended to module names, when the trainer wraps the profiled model (e.g. 'encoder.').")
+@click.option("--alpha-ratio", type=float, default=2.0, show_default=True, help="LoRA alpha = ratio x rank.")
+def export(allocation, fmt, output, module_prefix, alpha_ratio):
+    """Export an ALLOCATION as a peft LoraConfig folder, CSV or Markdown."""
+    from . import export as ex
+    from .allocation import load_allocation
+
+    data = load_allocation(allocation)
+    if fmt == "peft":
+        path = ex.write_peft(data, output, alpha_ratio=alpha_ratio, prefix=module_prefix)
+        n = sum(1 for l in data["layers"] if l["method"] == "lora")
+        click.echo(f"wrote {path}: LoRA on {n} modules")
+        others = ex.others_than_lora(data)
+        if others:
+            click.echo("not in the peft config (peft cannot mix them with LoRA; use layerlens_opt.apply.apply): "
+                       + ", ".join(f"{m} x{c}" for m, c in sorted(others.items())), err=True)
+    else:
+        _write(output, ex.to_csv(data) if fmt == "csv" else ex.to_markdown(data))
+        click.echo(f"wrote {output}")
+
+
+@main.command()
+@click.argument("allocation", type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Image file (.png, .svg, .pdf).")
+def plot(allocation, output):
+    """Methods and ranks across layers: a heatmap by block x module."""
+    from .allocation import load_allocation
+    from .plots import plot_allocation
+
+    plot_allocation(load_allocation(allocation), output)
+    click.echo(f"wrote {output}")
+
+
+def _budgets(text: str) -> list[int]:
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) not in (2, 3):
+            raise LayerlensError(f"--budgets {text!r}: use START:STOP or START:STOP:POINTS, e.g. 10k:200k")
+        lo, hi = parse_count(parts[0], "--budgets start"), parse_count(parts[1], "--budgets stop")
+        n = int(parts[2]) if len(parts) == 3 else 12
+        if hi <= lo or n < 2:
+            raise LayerlensError(f"--budgets {text!r}: the stop must exceed the start and points be >= 2")
+        return sorted({round(lo + (hi - lo) * i / (n - 1)) for i in range(n)})
+    return sorted({parse_count(t, "--budgets") for t in text.split(",") if t.strip()})
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
+@click.option("--budgets", required=True, help="START:STOP[:POINTS] (e.g. 10k:200k) or a list 10k,20k,50k.")
+@click.option("--methods", default="lora,adapter,prefix,none", show_default=True)
+@click.option("--min-utilization", type=click.FloatRange(0, 1), default=0.70, show_default=True)
+@click.option("--max-utilization", type=click.FloatRange(0, 1), default=0.90, show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Plot of objective vs budget (needs matplotlib).")
+@click.option("--json", "as_json", is_flag=True, help="Print the sweep as JSON.")
+def frontier(manifest, budgets, methods, min_utilization, max_utilization, output, as_json):
+    """Solve a sweep of budgets with the exact solver and the heuristic; objective vs budget."""
+    from .manifest import load_manifest
+    from .problem import Constraints, ModelOptions, build_problem
+    from .report import table
+    from .solvers import solve as run_solver
+
+    man = load_manifest(manifest)
+    options = ModelOptions(methods=tuple(m.strip() for m in methods.split(",") if m.strip()))
+    points = []
+    with click.progressbar(_budgets(budgets), label="solving budgets", file=sys.stderr) as bar:
+        for b in bar:
+            problem = build_problem(man, Constraints(budget=b, min_utilization=min_utilization, max_utilization=max_utilization), options)
+            exact, heur = run_solver(problem, "auto"), run_solver(problem, "heuristic")
+            points.append({"budget": b, "exact": exact.objective, "exact_status": exact.status.value,
+                           "exact_params": exact.total_params, "heuristic": heur.objective,
+                           "heuristic_status": heur.status.value, "heuristic_params": heur.total_params})
+    if as_json:
+        click.echo(json.dumps(points, indent=1))
+    else:
+        rows = [(p["budget"], p["exact"], p["exact_status"], p["heuristic"], p["heuristic_status"]) for p in points]
+        click.echo(table(("budget", "exact objective", "status", "heuristic objective", "status"), rows, "rrlrl"))
+    if output:
+        from .plots import plot_frontier
+
+        plot_frontier(points, output, title=Path(manifest).stem)
+        click.echo(f"wrote {output}", err=as_json)
+
+
+@main.command()
+@_problem_options
+@click.option("--layer", "layer_name", help="Explain one layer only.")
+def explain(layer_name, **kw):
+    """Why each layer got what it got: the budget's shadow price (cvxpy LP) and marginal gains."""
+    from .explain import explain as run_explain
+
+    problem, _ = _build(kw)
+    click.echo(run_explain(problem, layer_name))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,200 @@
+"""Inject an allocation's PEFT modules into a torch model and freeze everything else.
+
+``apply(model, allocation)`` handles every method of the catalog, so mixed
+allocations (which no single peft config can express) train as allocated:
+
+========  =====================================================  ==========================
+method    injected module                                        trainable parameters
+========  =====================================================  ==========================
+lora      ``W x + (alpha/r) B A x`` (A kaiming, B = 0)            r (d_in + d_out)
+adapter   on the layer's output: ``y + up(gelu(down(y)))``,       2 d_out r + r + d_out
+          down d_out->r and up r->d_out with biases, up = 0
+ia3       on the layer's output: ``y * l`` (l = 1)                d_out
+prefix    learned key and value prefixes of length p, attended    2 p d_out
+          by every query of the layer's attention block
+========  =====================================================  ==========================
+
+Prefix needs the attention internals: it is supported on BERT-family self
+attention (a module with ``query``/``key``/``value`` projections and
+``num_attention_heads``: BERT, RoBERTa, MiniLM, ViT). The allocation names the
+value projection (or the attention module itself); elsewhere ``apply`` raises
+a clear error. LoRA, adapters and IA3 work on any ``nn.Linear`` or
+transformers ``Conv1D``.
+
+After ``apply``, the trainable parameter count equals the allocation's
+``total_params`` exactly (tested); any head you train is on top of that.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .errors import LayerlensError
+
+
+def _dims(base: nn.Module) -> tuple[int, int, bool]:
+    if isinstance(base, nn.Linear):
+        return base.in_features, base.out_features, False
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover
+        Conv1D = None
+    if Conv1D is not None and isinstance(base, Conv1D):
+        return base.weight.shape[0], base.weight.shape[1], True
+    raise LayerlensError(f"cannot adapt a {type(base).__name__}: only nn.Linear and Conv1D layers")
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base: nn.Module, rank: int, alpha: float):
+        super().__init__()
+        d_in, d_out, _ = _dims(base)
+        self.base = base
+        self.lora_A = nn.Parameter(torch.empty(rank, d_in))
+        self.lora_B = nn.Parameter(torch.zeros(d_out, rank))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.scaling = alpha / rank
+
+    def forward(self, x):
+        return self.base(x) + (x @ self.lora_A.t() @ self.lora_B.t()) * self.scaling
+
+
+class AdapterOut(nn.Module):
+    def __init__(self, base: nn.Module, rank: int):
+        super().__init__()
+        _, d_out, _ = _dims(base)
+        self.base = base
+        self.down = nn.Linear(d_out, rank)
+        self.up = nn.Linear(rank, d_out)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x):
+        y = self.base(x)
+        return y + self.up(nn.functional.gelu(self.down(y)))
+
+
+class IA3Out(nn.Module):
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        _, d_out, _ = _dims(base)
+        self.base = base
+        self.scale = nn.Parameter(torch.ones(d_out))
+
+    def forward(self, x):
+        return self.base(x) * self.scale
+
+
+class PrefixSelfAttention(nn.Module):
+    """BERT-family self-attention with ``length`` learned key/value positions prepended."""
+
+    def __init__(self, attn: nn.Module, length: int):
+        super().__init__()
+        for attr in ("query", "key", "value", "num_attention_heads"):
+            if not hasattr(attn, attr):
+                raise LayerlensError(
+                    f"prefix needs BERT-family self-attention (query/key/value projections); {type(attn).__name__} has no {attr!r}"
+                )
+        self.attn = attn
+        width = attn.value.out_features if isinstance(attn.value, nn.Linear) else _dims(attn.value)[1]
+        self.prefix_key = nn.Parameter(torch.randn(length, width) * 0.02)
+        self.prefix_value = nn.Parameter(torch.randn(length, width) * 0.02)
+
+    def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
+        a = self.attn
+        heads = a.num_attention_heads
+        B, T, _ = hidden_states.shape
+        q = a.query(hidden_states)
+        k = a.key(hidden_states)
+        v = a.value(hidden_states)
+        head = q.shape[-1] // heads
+        p = self.prefix_key.shape[0]
+        k = torch.cat([self.prefix_key.expand(B, p, -1), k], 1)
+        v = torch.cat([self.prefix_value.expand(B, p, -1), v], 1)
+
+        def split(t):
+            return t.view(B, t.shape[1], heads, head).transpose(1, 2)
+
+        q, k, v = split(q), split(k), split(v)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(head)
+        if attention_mask is not None:
+            mask = attention_mask
+            if mask.dtype == torch.bool:
+                mask = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device).masked_fill(~mask, torch.finfo(scores.dtype).min)
+            mask = mask.to(scores.dtype)
+            pad = torch.zeros(*mask.shape[:-1], p, dtype=mask.dtype, device=mask.device)
+            scores = scores + torch.cat([pad, mask], -1)
+        probs = torch.softmax(scores, -1)
+        dropout = getattr(a, "dropout", None)
+        if dropout is not None and self.training:
+            probs = dropout(probs)
+        out = (probs @ v).transpose(1, 2).reshape(B, T, heads * head)
+        return out, probs
+
+
+def _resolve(model: nn.Module, name: str, modules: dict[str, nn.Module]) -> str:
+    if name in modules:
+        return name
+    matches = [n for n in modules if n.endswith("." + name)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise LayerlensError(f"allocation layer {name!r} is not a module of this model")
+    raise LayerlensError(f"allocation layer {name!r} matches several modules ({', '.join(matches[:3])}); pass the model the allocation was solved for")
+
+
+def _set(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
+
+
+def apply(model: nn.Module, allocation: Mapping[str, Any] | Any, alpha_ratio: float = 2.0, freeze: bool = True) -> int:
+    """Inject the allocation into ``model`` (in place) and return the trainable parameters added.
+
+    ``allocation`` is an allocation dict (``solve --json``) or an :class:`~layerlens_opt.allocation.Allocation`.
+    Layer names may be relative to a submodule (e.g. the encoder inside a classifier). With
+    ``freeze`` every other parameter is frozen first.
+    """
+    data = allocation.to_dict() if hasattr(allocation, "to_dict") else allocation
+    if freeze:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    modules = dict(model.named_modules())
+    added: list[nn.Module] = []
+    for layer in data["layers"]:
+        method, rank = layer["method"], int(layer["rank"])
+        if method == "none":
+            continue
+        full = _resolve(model, layer["name"], modules)
+        base = modules[full]
+        if method == "lora":
+            new = LoRALinear(base, rank, alpha_ratio * rank)
+        elif method == "adapter":
+            new = AdapterOut(base, rank)
+        elif method == "ia3":
+            new = IA3Out(base)
+        elif method == "prefix":
+            # the allocation names the value projection (or the attention module itself)
+            attn_name = full.rpartition(".")[0] if not hasattr(base, "query") else full
+            attn = model.get_submodule(attn_name)
+            new = PrefixSelfAttention(attn, rank)
+            full = attn_name
+        else:
+            raise LayerlensError(f"layer {layer['name']!r}: unknown method {method!r}")
+        for p in new.parameters():
+            p.requires_grad_(False)
+        for name, p in new.named_parameters():
+            if not name.startswith(("base.", "attn.")):
+                p.requires_grad_(True)
+        _set(model, full, new)
+        modules = dict(model.named_modules())
+        added.append(new)
+    return sum(p.numel() for m in added for n, p in m.named_parameters() if not n.startswith(("base.", "attn.")))
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,98 @@
+"""Turn an allocation into what a trainer uses: a peft LoraConfig, or a CSV / Markdown table.
+
+peft and the allocation
+-----------------------
+Only the LoRA part of an allocation exports to peft: one ``LoraConfig`` cannot
+mix LoRA with bottleneck adapters, per-layer prefixes or IA3. Allocations that
+use those need :func:`layerlens_opt.apply.apply`, which injects all four.
+
+``rank_pattern`` / ``alpha_pattern`` keys are the full module names with
+regex metacharacters escaped. peft matches a key with
+``re.match(rf"(.*\\.)?({key})$", name)``: an escaped full name matches that
+module (also under a wrapper prefix such as ``base_model.model.``) and never
+another — ``layer\\.1\\.`` cannot match ``layer.11.``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import LayerlensError
+
+FORMATS = ("peft", "csv", "markdown")
+
+
+def lora_config(allocation: Mapping[str, Any], alpha_ratio: float = 2.0, dropout: float = 0.0,
+                prefix: str = "") -> dict[str, Any]:
+    """The ``LoraConfig`` keyword arguments for the LoRA layers of ``allocation``.
+
+    ``alpha = alpha_ratio * rank`` per module (the pilot's alpha = 2r). ``prefix``
+    is prepended to every module name (when the trainer's model wraps the profiled one).
+    """
+    lora = [l for l in allocation["layers"] if l["method"] == "lora"]
+    if not lora:
+        raise LayerlensError("the allocation gives LoRA to no layer; there is nothing to export to peft")
+    names = [prefix + l["name"] for l in lora]
+    ranks = [int(l["rank"]) for l in lora]
+    default_r = max(set(ranks), key=ranks.count)
+    return {
+        "peft_type": "LORA",
+        "task_type": None,
+        "target_modules": names,
+        "r": default_r,
+        "lora_alpha": alpha_ratio * default_r,
+        "lora_dropout": dropout,
+        "bias": "none",
+        "rank_pattern": {re.escape(n): r for n, r in zip(names, ranks)},
+        "alpha_pattern": {re.escape(n): alpha_ratio * r for n, r in zip(names, ranks)},
+    }
+
+
+def others_than_lora(allocation: Mapping[str, Any]) -> dict[str, int]:
+    """Methods other than LoRA/none in the allocation, with their layer counts."""
+    out: dict[str, int] = {}
+    for l in allocation["layers"]:
+        if l["method"] not in ("lora", "none"):
+            out[l["method"]] = out.get(l["method"], 0) + 1
+    return out
+
+
+def write_peft(allocation: Mapping[str, Any], out_dir: str | Path, **kwargs) -> Path:
+    """Write ``adapter_config.json`` (loadable by ``LoraConfig.from_pretrained``) into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = lora_config(allocation, **kwargs)
+    path = out_dir / "adapter_config.json"
+    path.write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+COLUMNS = ("name", "kind", "block", "method", "rank", "params", "utility", "gain")
+
+
+def to_csv(allocation: Mapping[str, Any]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for l in allocation["layers"]:
+        writer.writerow([l.get(c, "") if l.get(c) is not None else "" for c in COLUMNS])
+    return buf.getvalue()
+
+
+def to_markdown(allocation: Mapping[str, Any]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for l in allocation["layers"]:
+        cells = []
+        for c in COLUMNS:
+            v = l.get(c)
+            cells.append("" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"Total: {allocation.get('total_params', 0):,} of {allocation.get('budget', 0):,} parameters "
+                 f"({allocation.get('utilization', 0):.1%}); solver {allocation.get('solver')}, status {allocation.get('status')}.")
+    return "\n".join(lines) + "\n"

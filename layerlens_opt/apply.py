@@ -28,6 +28,7 @@ After ``apply``, the trainable parameter count equals the allocation's
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Mapping
 
 import torch
@@ -52,28 +53,28 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Module, rank: int, alpha: float):
         super().__init__()
         d_in, d_out, _ = _dims(base)
-        self.base = base
+        self.wrapped = base
         self.lora_A = nn.Parameter(torch.empty(rank, d_in))
         self.lora_B = nn.Parameter(torch.zeros(d_out, rank))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.scaling = alpha / rank
 
     def forward(self, x):
-        return self.base(x) + (x @ self.lora_A.t() @ self.lora_B.t()) * self.scaling
+        return self.wrapped(x) + (x @ self.lora_A.t() @ self.lora_B.t()) * self.scaling
 
 
 class AdapterOut(nn.Module):
     def __init__(self, base: nn.Module, rank: int):
         super().__init__()
         _, d_out, _ = _dims(base)
-        self.base = base
+        self.wrapped = base
         self.down = nn.Linear(d_out, rank)
         self.up = nn.Linear(rank, d_out)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
 
     def forward(self, x):
-        y = self.base(x)
+        y = self.wrapped(x)
         return y + self.up(nn.functional.gelu(self.down(y)))
 
 
@@ -81,11 +82,11 @@ class IA3Out(nn.Module):
     def __init__(self, base: nn.Module):
         super().__init__()
         _, d_out, _ = _dims(base)
-        self.base = base
+        self.wrapped = base
         self.scale = nn.Parameter(torch.ones(d_out))
 
     def forward(self, x):
-        return self.base(x) * self.scale
+        return self.wrapped(x) * self.scale
 
 
 class PrefixSelfAttention(nn.Module):
@@ -98,13 +99,13 @@ class PrefixSelfAttention(nn.Module):
                 raise LayerlensError(
                     f"prefix needs BERT-family self-attention (query/key/value projections); {type(attn).__name__} has no {attr!r}"
                 )
-        self.attn = attn
+        self.wrapped = attn
         width = attn.value.out_features if isinstance(attn.value, nn.Linear) else _dims(attn.value)[1]
         self.prefix_key = nn.Parameter(torch.randn(length, width) * 0.02)
         self.prefix_value = nn.Parameter(torch.randn(length, width) * 0.02)
 
     def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
-        a = self.attn
+        a = self.wrapped
         heads = a.num_attention_heads
         B, T, _ = hidden_states.shape
         q = a.query(hidden_states)
@@ -135,10 +136,17 @@ class PrefixSelfAttention(nn.Module):
         return out, probs
 
 
+WRAPPED = re.compile(r"\.wrapped(?=\.|$)")
+
+
 def _resolve(model: nn.Module, name: str, modules: dict[str, nn.Module]) -> str:
+    """The module's current name: exact, under a wrapper we injected, or under a unique prefix."""
     if name in modules:
         return name
-    matches = [n for n in modules if n.endswith("." + name)]
+    plain = {WRAPPED.sub("", n): n for n in modules}
+    if name in plain:
+        return plain[name]
+    matches = [real for n, real in plain.items() if n.endswith("." + name)]
     if len(matches) == 1:
         return matches[0]
     if not matches:
@@ -179,21 +187,20 @@ def apply(model: nn.Module, allocation: Mapping[str, Any] | Any, alpha_ratio: fl
             new = IA3Out(base)
         elif method == "prefix":
             # the allocation names the value projection (or the attention module itself)
-            attn_name = full.rpartition(".")[0] if not hasattr(base, "query") else full
+            attn_name = WRAPPED.sub("", full).rpartition(".")[0] if not hasattr(base, "query") else full
+            attn_name = _resolve(model, attn_name, modules)
             attn = model.get_submodule(attn_name)
             new = PrefixSelfAttention(attn, rank)
             full = attn_name
         else:
             raise LayerlensError(f"layer {layer['name']!r}: unknown method {method!r}")
-        for p in new.parameters():
-            p.requires_grad_(False)
         for name, p in new.named_parameters():
-            if not name.startswith(("base.", "attn.")):
+            if not name.startswith("wrapped."):  # only the new module's own parameters
                 p.requires_grad_(True)
         _set(model, full, new)
         modules = dict(model.named_modules())
         added.append(new)
-    return sum(p.numel() for m in added for n, p in m.named_parameters() if not n.startswith(("base.", "attn.")))
+    return sum(p.numel() for m in added for n, p in m.named_parameters() if not n.startswith("wrapped."))
 
 
 def trainable_parameters(model: nn.Module) -> int:

@@ -64,9 +64,18 @@ def _pairs(values, what: str, convert):
     return out
 
 
-def _problem_options(f):
-    """Options shared by every command that builds a problem from a manifest."""
-    decorators = [
+def _stack(*decorators):
+    """One decorator applying ``decorators`` top to bottom, as if written above the function."""
+
+    def apply(f):
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return apply
+
+
+_problem_options = _stack(  # every command that builds a problem from a manifest
         click.argument("manifest", type=click.Path(exists=True, dir_okay=False)),
         click.option("--budget", "-b", type=CountType(), required=True, help="Trainable-parameter budget: 50000, 50k, 1.2M."),
         click.option("--min-utilization", type=click.FloatRange(0, 1), default=0.70, show_default=True, help="Floor of the budget window."),
@@ -79,23 +88,15 @@ def _problem_options(f):
         click.option("--min-methods", type=click.IntRange(min=0), default=0, help="At least K distinct methods besides none."),
         click.option("--method-cap", multiple=True, help="At most N layers with a method, e.g. --method-cap prefix=4 (repeatable)."),
         click.option("--tie-blocks", is_flag=True, help="All layers of a block use one method (or none)."),
-    ]
-    for d in reversed(decorators):
-        f = d(f)
-    return f
+)
 
-
-def _solver_options(f):
-    decorators = [
+_solver_options = _stack(
         click.option("--solver", "-s", default="auto", show_default=True, help="auto | cbc | highs | heuristic."),
         click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), help="Seconds before the solver stops (reports the gap)."),
         click.option("--threads", type=click.IntRange(min=1), help="Threads for CBC/HiGHS."),
         click.option("--no-warm-start", is_flag=True, help="Do not pass a starting allocation to CBC."),
         click.option("--no-presolve", is_flag=True, help="Give CBC/HiGHS the full model without the knapsack presolve."),
-    ]
-    for d in reversed(decorators):
-        f = d(f)
-    return f
+)
 
 
 def _build(kw):
@@ -255,10 +256,9 @@ def validate(allocation, manifest, as_json):
             raise LayerlensError(f"allocation layer {missing[0]!r} is not in manifest {manifest}; is it the manifest the allocation was solved from?")
         c = data["constraints"]
         problem = build_problem(man, Constraints(budget=c["budget"]))
+        # utilities stay the allocation's own (they reflect the weights it was solved with)
         infos = {info.name: (info, i) for i, info in enumerate(problem.layers)}
         allowed = [infos[l["name"]][0].methods for l in layers]
-        for l in layers:
-            l["utility"] = infos[l["name"]][0].utility
         if problem.gradient_norms:
             grads = [problem.gradient_norms[infos[l["name"]][1]] for l in layers]
         if problem.fisher_traces:

@@ -22,12 +22,9 @@ from .options import SolverOptions
 
 def solve_auto(problem: Problem, options: SolverOptions) -> Allocation:
     c = problem.constraints
-    if c.method_caps or c.tie_blocks:
-        from .ilp import solve_ilp
-
-        alloc = solve_ilp(problem, options, "cbc")
-        return _with_note(alloc, "auto: method caps / tied blocks break the knapsack structure, so CBC solved the full ILP")
     t0 = time.perf_counter()
+    if c.method_caps or c.tie_blocks:
+        return _fallback(problem, options, t0, "method caps / tied blocks break the knapsack structure, so CBC solved the full ILP")
     deadline = None if options.time_limit is None else t0 + options.time_limit
     pre = mckp.presolve(problem)
     core = mckp.solve_core(problem, pre, deadline=deadline)
@@ -38,31 +35,28 @@ def solve_auto(problem: Problem, options: SolverOptions) -> Allocation:
         else:
             pre = mckp.with_incumbent(problem, pre, start)
             core = mckp.solve_core(problem, pre, min_methods=c.min_methods, deadline=deadline)
+    if core.choice is None:
+        return _fallback(problem, options, t0, f"{core.reason}; CBC solved the problem instead")
+    used = sum(int(problem.option_cost[o]) for o in core.choice)
+    if used < c.lo:
+        return _fallback(problem, options, t0, f"the best allocation under the cap uses {used / c.budget:.1%} of the budget, "
+                         f"below the {c.min_utilization:.0%} floor, so the floor binds; CBC solved the full ILP")
     seconds = {"build": pre.seconds, "solve": time.perf_counter() - t0 - pre.seconds}
     notes = [
         f"knapsack presolve: LP bound {pre.bound:.6g}, shadow price {pre.price * 1000:.4g} gain per 1k params, "
         f"{pre.kept_options:,} of {problem.n_options:,} options kept, {pre.core_layers} layers in the core "
         f"(DP peak {core.max_states:,} states)"
     ]
-    if core.choice is None:
-        from .ilp import solve_ilp
-
-        alloc = solve_ilp(problem, options, "cbc")
-        return _with_note(alloc, f"auto: {core.reason}; CBC solved the problem instead")
-    used = sum(int(problem.option_cost[o]) for o in core.choice)
-    if used < c.lo:
-        from .ilp import solve_ilp
-
-        alloc = solve_ilp(problem, options, "cbc")
-        return _with_note(
-            alloc,
-            f"auto: the best allocation under the cap uses {used / c.budget:.1%} of the budget, below the "
-            f"{c.min_utilization:.0%} floor, so the floor binds; CBC solved the full ILP",
-        )
     return make_allocation(problem, core.choice, solver="auto", status=Status.OPTIMAL, seconds=seconds, notes=notes)
 
 
-def _with_note(alloc: Allocation, note: str) -> Allocation:
+def _fallback(problem: Problem, options: SolverOptions, t0: float, why: str) -> Allocation:
+    """CBC on the problem, within what is left of the time limit, with ``why`` in the notes."""
     from dataclasses import replace
 
-    return replace(alloc, solver=f"auto/{alloc.solver}", notes=alloc.notes + (note,))
+    from .ilp import solve_ilp
+
+    if options.time_limit is not None:
+        options = replace(options, time_limit=max(1.0, options.time_limit - (time.perf_counter() - t0)))
+    alloc = solve_ilp(problem, options, "cbc")
+    return replace(alloc, solver=f"auto/{alloc.solver}", notes=alloc.notes + (f"auto: {why}",))

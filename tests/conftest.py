@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBLEMS = ROOT / "problems"
 SCENARIOS = sorted((PROBLEMS / "scenarios").glob("*.json"))
 ARCHITECTURES = sorted((PROBLEMS / "architectures").glob("*.json"))
+PROFILED = sorted((PROBLEMS / "profiled").glob("*.json"))
 
 
 def layer(name, kind="block", d_in=64, d_out=64, block=None, ge=1.0, fi=1.0, pe=1.0, **extra):

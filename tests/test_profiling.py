@@ -179,3 +179,15 @@ def test_profile_real_minilm_on_vader(tmp_path):
         assert vals == sorted(vals) and 0 <= vals[0] and vals[-1] <= 1
     r = run("solve", out, "--budget", 9216, "--json")
     assert r.exit_code == 0 and json.loads(r.output)["status"] == "optimal"
+
+
+def test_profile_finds_gpt2_conv1d_layers(data_file):
+    pytest.importorskip("transformers")
+    m = profile("tiny_models:tiny_gpt2", str(data_file), _config(batches=2))
+    by_name = {l["name"]: l for l in m["layers"]}
+    c_attn = by_name["gpt2.h.0.attn.c_attn"]
+    assert (c_attn["kind"], c_attn["block"], c_attn["in_features"], c_attn["out_features"]) == ("attention", 0, 16, 48)
+    assert by_name["gpt2.h.1.mlp.c_proj"]["kind"] == "mlp" and by_name["gpt2.h.1.mlp.c_proj"]["in_features"] == 64
+    assert len([n for n in by_name if ".h." in n]) == 8  # 2 blocks x (c_attn, attn.c_proj, c_fc, mlp.c_proj)
+    for layer in m["layers"]:
+        assert layer["metrics"]["fisher"] > 0

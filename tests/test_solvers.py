@@ -11,7 +11,7 @@ from layerlens_opt.metrics import violations
 from layerlens_opt.problem import Constraints, ModelOptions, build_problem
 from layerlens_opt.solvers import SOLVERS, SolverOptions, solve
 
-from conftest import ARCHITECTURES, SCENARIOS, brute_force, layer, manifest, random_problem
+from conftest import ARCHITECTURES, PROFILED, SCENARIOS, brute_force, layer, manifest, random_problem
 
 EXACT = ["auto", "cbc", "highs"]
 EXACT_VARIANTS = [("auto", True), ("cbc", True), ("cbc", False), ("highs", True), ("highs", False)]
@@ -103,7 +103,7 @@ def _shipped(path):
     return build_problem(m, Constraints(budget=data["model"]["suggested_budget"]))
 
 
-@pytest.mark.parametrize("path", SCENARIOS + ARCHITECTURES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SCENARIOS + ARCHITECTURES + PROFILED, ids=lambda p: p.stem)
 def test_properties_on_every_shipped_problem(path):
     problem = _shipped(path)
     exact = solve(problem, "auto")

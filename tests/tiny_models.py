@@ -61,3 +61,21 @@ def tiny():
 
 def no_linear():
     return NoLinear()
+
+
+class TinyGPT2(nn.Module):
+    """A GPT-2 built from a config in code (Conv1D layers), fed character ids."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers import GPT2Config, GPT2Model
+
+        torch.manual_seed(0)
+        self.gpt2 = GPT2Model(GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=2, n_positions=16))
+
+    def forward(self, texts):
+        return self.gpt2(input_ids=encode_chars(texts)).last_hidden_state
+
+
+def tiny_gpt2():
+    return TinyGPT2()

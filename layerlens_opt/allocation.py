@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import AllocationError
+from .methods import METHOD_NAMES
 from .metrics import compute_metrics, verdicts, violations
 from .problem import Problem
 
@@ -202,6 +203,12 @@ def load_allocation(path: str | Path) -> dict[str, Any]:
         for key in LAYER_REQUIRED:
             if key not in layer:
                 raise AllocationError(f"{path}: layers[{i}] ({layer.get('name', '?')}) lacks field {key!r}")
+        for key in ("rank", "params"):
+            value = layer[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise AllocationError(f"{path}: layer {layer['name']!r} field {key!r} must be a non-negative integer, got {value!r}")
+        if layer["method"] not in METHOD_NAMES:
+            raise AllocationError(f"{path}: layer {layer['name']!r} has unknown method {layer['method']!r}; valid: {', '.join(METHOD_NAMES)}")
         layer.setdefault("kind", "other")
         layer.setdefault("utility", 0.0)
     budget = data["budget"]

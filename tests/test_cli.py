@@ -162,3 +162,17 @@ def test_solve_path_never_imports_torch_or_pulp():
             "print(sorted(m for m in ('torch', 'pulp', 'transformers', 'cvxpy', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("params", "12k", "field 'params' must be a non-negative integer"),
+    ("rank", -1, "field 'rank' must be a non-negative integer"),
+    ("method", "dora", "unknown method 'dora'"),
+])
+def test_validate_rejects_hand_edited_allocations(tmp_path, field, value, fragment):
+    out = tmp_path / "a.json"
+    assert run("solve", SCENARIO, "--budget", "50k", "--json", "-o", out).exit_code == 0
+    data = json.loads(out.read_text())
+    data["layers"][0][field] = value
+    out.write_text(json.dumps(data))
+    assert_one_line_error(run("validate", out), 1, fragment)

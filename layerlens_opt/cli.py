@@ -85,6 +85,7 @@ _problem_options = _stack(  # every command that builds a problem from a manifes
         click.option("--max-rank", type=click.IntRange(min=1), help="Largest rank/prefix length offered on any layer."),
         click.option("--weights", help="Metric weights, e.g. gradient_energy=0.5,fisher=0.3,proxy_eval=0.2 (default: the manifest's)."),
         click.option("--normalization", type=click.Choice(["max", "rank"]), default="max", show_default=True, help="How each metric is normalised (once)."),
+        click.option("--shrink", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Pull utilities toward their mean by this share (a prior for noisy profiles)."),
         click.option("--min-methods", type=click.IntRange(min=0), default=0, help="At least K distinct methods besides none."),
         click.option("--method-cap", multiple=True, help="At most N layers with a method, e.g. --method-cap prefix=4 (repeatable)."),
         click.option("--tie-blocks", is_flag=True, help="All layers of a block use one method (or none)."),
@@ -118,7 +119,8 @@ def _build(kw):
         method_caps=tuple(sorted(caps.items())),
         tie_blocks=kw["tie_blocks"],
     )
-    options = ModelOptions(methods=methods, ranks=ranks, metric_weights=weights, normalization=kw["normalization"], max_rank=kw["max_rank"])
+    options = ModelOptions(methods=methods, ranks=ranks, metric_weights=weights, normalization=kw["normalization"], max_rank=kw["max_rank"],
+                           shrink=kw["shrink"])
     problem = build_problem(manifest, constraints, options)
     return problem, time.perf_counter() - t0
 

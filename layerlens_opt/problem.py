@@ -11,8 +11,9 @@ Each metric is normalised exactly once, here, by dividing by its largest value
 over the layers (``normalization="max"``: keeps zero at zero and ratios intact),
 or by its rank (``"rank"``: percentile in (0, 1], for metrics that span orders of
 magnitude). The utility is the weighted mean of the normalised metrics with the
-weights rescaled to sum to 1, so it lies in [0, 1]. Weight keys must equal the
-metric names (checked in :mod:`layerlens_opt.manifest`), so the predecessor's
+weights rescaled to sum to 1, so it lies in [0, 1]. ``shrink`` pulls the
+utilities toward their mean, a prior for noisy first-order profiles that
+favours breadth. Weight keys must equal the metric names (checked in :mod:`layerlens_opt.manifest`), so the predecessor's
 double normalisation and its mismatched keys cannot happen.
 """
 
@@ -117,6 +118,8 @@ class ModelOptions:
     metric_weights: Mapping[str, float] | None = None
     normalization: str = "max"
     max_rank: int | None = None
+    #: shrink utilities toward their mean: u <- (1 - shrink) u + shrink mean(u)
+    shrink: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -133,6 +136,8 @@ class ModelOptions:
             )
         if self.max_rank is not None and self.max_rank <= 0:
             raise LayerlensError(f"max rank must be positive, got {self.max_rank}")
+        if not 0.0 <= self.shrink <= 1.0:
+            raise LayerlensError(f"shrink must be in [0, 1], got {self.shrink}")
 
 
 @dataclass(frozen=True)
@@ -294,6 +299,8 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
     """Build the problem: options per layer with exact cost and gain, compatibility applied."""
     options = options or ModelOptions()
     utility = compute_utilities(manifest, options.metric_weights, options.normalization)
+    if options.shrink:
+        utility = (1.0 - options.shrink) * utility + options.shrink * utility.mean()
     prefix_ok, prefix_note = _prefix_layers(manifest)
     notes: list[str] = []
 

@@ -48,7 +48,7 @@ def solved_allocation(budget: int, solver: str, methods: str, extra: dict | None
 
     extra = extra or {}
     options = ModelOptions(methods=tuple(methods.split(",")), normalization=extra.get("normalization", "max"),
-                           metric_weights=extra.get("weights"))
+                           metric_weights=extra.get("weights"), shrink=extra.get("shrink", 0.0))
     problem = build_problem(load_manifest(MANIFEST), Constraints(budget=budget, min_utilization=0.9, max_utilization=1.0), options)
     alloc = solve(problem, solver)
     if not alloc.layers:
@@ -140,6 +140,8 @@ def main(argv=None) -> None:
         runs.append((str(budget), "ILP (default gain model)", {"kind": "alloc", "allocation": solved_allocation(budget, "auto", "lora,adapter,prefix,none")}))
         runs.append((str(budget), "ILP, LoRA only, rank-normalised", {"kind": "alloc", "allocation": solved_allocation(
             budget, "auto", "lora,none", {"normalization": "rank"})}))
+        runs.append((str(budget), "ILP, LoRA only, shrink 0.75", {"kind": "alloc", "allocation": solved_allocation(
+            budget, "auto", "lora,none", {"shrink": 0.75})}))
         target_r = max(1, round(budget / sum(sum(dims[n]) + 1 for n in qv)))
         runs.append((str(budget), f"AdaLoRA q,v target_r={target_r}", {"kind": "adalora", "target_r": target_r,
                                                                        "params": target_r * sum(sum(dims[n]) + 1 for n in qv)}))

@@ -118,3 +118,13 @@ def test_problem_arrays_are_read_only():
     p = build_problem(parse_manifest(manifest([layer("a"), layer("b")])), Constraints(1000))
     with pytest.raises(ValueError):
         p.option_gain[0] = 5.0
+
+
+def test_shrink_pulls_utilities_toward_their_mean():
+    m = parse_manifest(manifest([layer("a", ge=4, fi=4, pe=4), layer("b", ge=1, fi=1, pe=1)]))
+    u0 = [info.utility for info in build_problem(m, Constraints(1000)).layers]
+    u1 = [info.utility for info in build_problem(m, Constraints(1000), ModelOptions(shrink=0.5)).layers]
+    assert u0 == pytest.approx([1.0, 0.25])
+    assert u1 == pytest.approx([0.5 * 1.0 + 0.5 * 0.625, 0.5 * 0.25 + 0.5 * 0.625])
+    with pytest.raises(LayerlensError, match="shrink must be in"):
+        ModelOptions(shrink=1.5)

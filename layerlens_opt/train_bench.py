@@ -114,7 +114,15 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--budgets", default="9216,36864")
     parser.add_argument("--only", default="", help="comma-separated run labels to keep (substring match)")
+    parser.add_argument("--replot", nargs="+", type=Path, metavar="RESULTS_JSON",
+                        help="rebuild results.md/png in --out from existing results.json files (merged), without training")
     args = parser.parse_args(argv)
+    if args.replot:
+        results = [r for path in args.replot for r in json.loads(path.read_text())]
+        results.sort(key=lambda r: r["budget"])
+        args.out.mkdir(parents=True, exist_ok=True)
+        report(results, args.out, f"merged from {', '.join(str(p) for p in args.replot)}.")
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
@@ -169,19 +177,30 @@ def main(argv=None) -> None:
         if tqdm:
             bar.set_postfix_str(f"{label[:24]} acc {out['accuracy']:.3f}")
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    report(results, args.out, f"{args.seeds} seeds, {args.steps} steps, batch {args.batch_size}, AdamW lr {args.lr}, device {args.device}.")
 
+
+def summarize(results: list[dict]) -> list[tuple]:
+    """(budget, method, params, mean accuracy, std, mean seconds) per run, in first-seen order."""
+    keys = list(dict.fromkeys((r["budget"], r["method"]) for r in results))
     rows = []
-    for budget, label, spec in runs:
-        rs = [r for r in results if r["budget"] == int(budget) and r["method"] == label]
+    for budget, label in keys:
+        rs = [r for r in results if r["budget"] == budget and r["method"] == label]
         accs = [r["accuracy"] for r in rs]
         rows.append((budget, label, rs[0]["params"], statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0,
                      statistics.mean(r["seconds"] for r in rs)))
+    return rows
+
+
+def report(results: list[dict], out: Path, footer: str) -> None:
+    """Write results.md and results.png from the per-run results, and print the table."""
+    rows = summarize(results)
     md = ["| budget | method | trainable params | test accuracy | seconds/run |", "|---|---|---|---|---|"]
-    md += [f"| {b} | {m} | {p:,} | {100 * a:.1f}% ± {100 * s:.1f} | {t:.0f} |" for b, m, p, a, s, t in rows]
-    text = "\n".join(md) + f"\n\n{args.seeds} seeds, {args.steps} steps, batch {args.batch_size}, AdamW lr {args.lr}, device {args.device}.\n"
-    (args.out / "results.md").write_text(text)
+    md += [f"| {b:,} | {m} | {p:,} | {100 * a:.1f}% ± {100 * s:.1f} | {t:.0f} |" for b, m, p, a, s, t in rows]
+    text = "\n".join(md) + f"\n\n{footer}\n"
+    (out / "results.md").write_text(text)
     print(text)
-    _plot(rows, args.out / "results.png")
+    _plot(rows, out / "results.png")
 
 
 def _plot(rows, path):
@@ -192,19 +211,24 @@ def _plot(rows, path):
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover
         return
-    budgets = sorted({b for b, *_ in rows}, key=int)
-    fig, axes = plt.subplots(1, len(budgets), figsize=(6 * len(budgets), 4.2), sharey=True)
+    budgets = sorted({r[0] for r in rows})
+    fig, axes = plt.subplots(1, len(budgets), figsize=(6.5 * len(budgets), 0.45 * max(len([r for r in rows if r[0] == b]) for b in budgets) + 1.8))
     axes = axes if len(budgets) > 1 else [axes]
+    lo = min(100 * (r[3] - r[4]) for r in rows) - 2
+    hi = max(100 * (r[3] + r[4]) for r in rows) + 1
     for ax, b in zip(axes, budgets):
         sel = [r for r in rows if r[0] == b]
-        ax.barh([f"{m}\n({p:,} params)" for _, m, p, *_ in sel], [100 * a for *_, a, s, t in [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in sel]],
-                xerr=[100 * r[4] for r in sel], color="#80b1d3")
-        ax.set_title(f"budget {int(b):,}")
-        ax.set_xlabel("test accuracy (%)")
-        ax.set_xlim(45, 100)
+        ax.barh([f"{m}\n({p:,} params)" for _, m, p, *_ in sel], [100 * r[3] for r in sel], xerr=[100 * r[4] for r in sel],
+                color="#80b1d3")
+        ax.invert_yaxis()
+        ax.set_title(f"budget {b:,}")
+        ax.set_xlabel("test accuracy (%), mean ± std over seeds")
+        ax.set_xlim(lo, hi)
         ax.tick_params(axis="y", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -33,7 +33,7 @@ def solve_auto(problem: Problem, options: SolverOptions) -> Allocation:
         if start is None:
             core = mckp.CoreResult(None, core.max_states, f"no single-layer switches reach {c.min_methods} methods")
         else:
-            pre = mckp.with_incumbent(problem, pre, start)
+            pre = mckp.with_incumbent(problem, pre, start, per_method=True)
             core = mckp.solve_core(problem, pre, min_methods=c.min_methods, deadline=deadline)
     if core.choice is None:
         return _fallback(problem, options, t0, f"{core.reason}; CBC solved the problem instead")

@@ -139,7 +139,10 @@ def _backend(name: str, options: SolverOptions, warm: bool):
         with warnings.catch_warnings():  # PuLP 3.3 warns that PuLP 4 drops the bundled CBC; we pin < 4
             warnings.simplefilter("ignore", DeprecationWarning)
             return pulp.PULP_CBC_CMD(
-                msg=False, timeLimit=options.time_limit, threads=options.threads, warmStart=warm, gapRel=0, gapAbs=0
+                msg=False, timeLimit=options.time_limit, threads=options.threads, warmStart=warm, gapRel=0, gapAbs=0,
+                # CBC derives a cutoff increment and prunes nodes that cannot beat the incumbent by
+                # that much: warm-started, it then called an answer 7e-6 below the optimum "optimal"
+                options=["increment 0"],
             )
     if name == "highs":
         try:

@@ -61,20 +61,27 @@ class Presolve:
         return sum(len(k) for k in self.kept)
 
 
-def undominated(problem: Problem) -> tuple[tuple[int, ...], ...]:
-    """Per layer, the options not dominated by a cheaper, at-least-as-good one (cost ascending)."""
+def undominated(problem: Problem, per_method: bool = False) -> tuple[tuple[int, ...], ...]:
+    """Per layer, the options not dominated by a cheaper, at-least-as-good one (cost ascending).
+
+    ``per_method``: only an option of the same method dominates — what a
+    min-methods constraint needs, since a worse option of another method may
+    be the one that adds a method.
+    """
     cost = problem.option_cost.tolist()
     gain = problem.option_gain.tolist()
+    method = problem.option_method.tolist()
     starts = problem.layer_start.tolist()
     out = []
     for l in range(problem.n_layers):
         idx = sorted(range(starts[l], starts[l + 1]), key=lambda o: (cost[o], -gain[o]))
         kept = []
-        best = -float("inf")
+        best: dict[int, float] = {}
         for o in idx:
-            if gain[o] > best:
+            key = method[o] if per_method else 0
+            if gain[o] > best.get(key, -float("inf")):
                 kept.append(o)
-                best = gain[o]
+                best[key] = gain[o]
         out.append(tuple(kept))
     return tuple(out)
 
@@ -184,13 +191,18 @@ def fix(problem: Problem, options, bound: float, price: float, value: float) -> 
     return tuple(kept)
 
 
-def with_incumbent(problem: Problem, pre: Presolve, choice) -> Presolve:
-    """The presolve re-fixed against another incumbent (e.g. one that meets side constraints)."""
+def with_incumbent(problem: Problem, pre: Presolve, choice, per_method: bool = False) -> Presolve:
+    """The presolve re-fixed against another incumbent (e.g. one that meets side constraints).
+
+    The LP bound and price of ``pre`` stay valid (a relaxation); with
+    ``per_method`` the options are re-pruned by same-method dominance only.
+    """
     from dataclasses import replace
 
+    options = undominated(problem, per_method=True) if per_method else pre.options
     value = float(sum(float(problem.option_gain[o]) for o in choice))
-    return replace(pre, incumbent=tuple(choice), incumbent_value=value,
-                   kept=fix(problem, pre.options, pre.bound, pre.price, value))
+    return replace(pre, options=options, incumbent=tuple(choice), incumbent_value=value,
+                   kept=fix(problem, options, pre.bound, pre.price, value))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from layerlens_opt.solvers import mckp
 
 from conftest import brute_force, random_problem
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=int(__import__("os").environ.get("LAYERLENS_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS
@@ -79,3 +79,31 @@ def test_time_limit_on_the_fast_path_reports_feasible_with_gap(monkeypatch):
     monkeypatch.setattr(mckp, "solve_core", lambda *a, **k: mckp.CoreResult(None, 0, "test stop"))
     alloc = solve(problem, "auto", SolverOptions(time_limit=60))
     assert "test stop" in alloc.notes[-1] and alloc.solver == "auto/cbc"
+
+
+def test_warm_started_cbc_does_not_stop_short_of_the_optimum():
+    """Regression: with its default cutoff increment, warm-started CBC returned 3.6590982 as
+    'optimal' on this instance; the optimum (auto, HiGHS) is 3.6591055."""
+    problem = random_problem(22, n_layers=22, zero_gain=False, lo=0.7, hi=0.9, ranks=(1, 2, 4, 8))
+    plain = solve(problem, "cbc", SolverOptions(presolve=False, warm_start=True))
+    assert plain.warm_start
+    assert plain.objective == pytest.approx(solve(problem, "auto").objective, rel=1e-12)
+    assert plain.objective == pytest.approx(solve(problem, "highs", SolverOptions(presolve=False)).objective, rel=1e-12)
+
+
+def test_min_methods_may_need_an_option_another_method_dominates():
+    """Regression: reaching 2 methods needed LoRA r1, which prefix r1 dominates (same cost, more
+    gain); global dominance pruning had removed it and the DP returned 0.3148 instead of 0.3669."""
+    import itertools
+
+    from layerlens_opt.metrics import violations
+
+    problem = random_problem(1, n_layers=3, zero_gain=False, lo=0.5, hi=0.7)
+    problem = problem.with_constraints(replace(problem.constraints, min_methods=2))
+    best = max(
+        sum(float(problem.option_gain[o]) for o in combo)
+        for combo in itertools.product(*[list(problem.options_of(l)) for l in range(problem.n_layers)])
+        if not violations([{"method": problem.method_of(o), "params": int(problem.option_cost[o])} for o in combo],
+                          problem.constraints.to_dict())
+    )
+    assert solve(problem, "auto").objective == pytest.approx(best, rel=1e-12)

@@ -204,12 +204,12 @@ def report(results: list[dict], out: Path, footer: str) -> None:
 
 
 def _plot(rows, path):
-    try:
-        import matplotlib
+    from .errors import LayerlensError
+    from .plots import _pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
+    try:
+        plt = _pyplot()
+    except LayerlensError:  # no matplotlib: the table is still written
         return
     budgets = sorted({r[0] for r in rows})
     fig, axes = plt.subplots(1, len(budgets), figsize=(6.5 * len(budgets), 0.45 * max(len([r for r in rows if r[0] == b]) for b in budgets) + 1.8))

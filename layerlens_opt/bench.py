@@ -80,12 +80,15 @@ def compare_solvers(problems, time_limit: float, plain: bool = True):
                  "llrrrrrlr")
 
 
+# VmHWM is the peak of this process's own address space; ru_maxrss would carry the
+# parent's high-water mark across fork + exec on Linux and report the benchmark itself.
 _MEASURE = (
-    "import resource, sys\n"
+    "import sys\n"
     "from layerlens_opt.cli import main\n"
     "try:\n    main(sys.argv[1:])\n"
     "except SystemExit:\n    pass\n"
-    "print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+    "print('peak_kb', hwm, file=sys.stderr)\n"
 )
 
 

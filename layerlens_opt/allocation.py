@@ -112,6 +112,13 @@ class Allocation:
         return json.dumps(self.to_dict(), indent=1)
 
 
+def choice_violations(problem: Problem, choice: Sequence[int]) -> list[str]:
+    """What one option per layer breaks (empty when feasible), without computing any metric."""
+    layers = [{"method": problem.method_of(o), "params": int(problem.option_cost[o]), "block": problem.layers[l].block}
+              for l, o in enumerate(choice)]
+    return violations(layers, problem.constraints.to_dict())
+
+
 def gap_of(objective: float | None, bound: float | None) -> float | None:
     """Relative gap (bound - objective) / max(|objective|, 1e-12), never negative."""
     if objective is None or bound is None:

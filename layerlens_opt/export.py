@@ -65,8 +65,13 @@ def others_than_lora(allocation: Mapping[str, Any]) -> dict[str, int]:
 def write_peft(allocation: Mapping[str, Any], out_dir: str | Path, **kwargs) -> Path:
     """Write ``adapter_config.json`` (loadable by ``LoraConfig.from_pretrained``) into ``out_dir``."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     config = lora_config(allocation, **kwargs)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LayerlensError(f"{out_dir} is a file; --format peft writes a folder (adapter_config.json inside), give a folder path")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LayerlensError(f"cannot create folder {out_dir}: {exc.strerror}") from None
     path = out_dir / "adapter_config.json"
     path.write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
     return path

@@ -74,16 +74,17 @@ def pearson(a: Sequence[float], b: Sequence[float]) -> float | None:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def _ranks(values: np.ndarray) -> np.ndarray:
+def average_ranks(values) -> np.ndarray:
+    """1-based ranks of ``values``, ties sharing their average rank."""
+    values = np.asarray(values, dtype=float)
     order = np.argsort(values, kind="stable")
     out = np.empty(len(values))
     sorted_vals = values[order]
-    # average ranks for ties
     boundaries = np.flatnonzero(np.diff(sorted_vals)) + 1
     starts = np.concatenate(([0], boundaries))
     ends = np.concatenate((boundaries, [len(values)]))
     for s, e in zip(starts, ends):
-        out[order[s:e]] = (s + e - 1) / 2
+        out[order[s:e]] = (s + e - 1) / 2 + 1
     return out
 
 
@@ -93,7 +94,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
     y = np.asarray(b, dtype=float)
     if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return None
-    return pearson(_ranks(x), _ranks(y))
+    return pearson(average_ranks(x), average_ranks(y))
 
 
 def consistency(utility: Sequence[float], rank: Sequence[float]) -> float | None:

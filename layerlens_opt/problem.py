@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import LayerlensError
 from .manifest import Manifest, check_weights
+from .metrics import average_ranks
 from .methods import (
     DEFAULT_METHODS,
     DEFAULT_RANKS,
@@ -241,24 +242,9 @@ def compute_utilities(manifest: Manifest, weights: Mapping[str, float] | None = 
                 )
             normalised = values / top
         else:
-            normalised = _average_ranks(values) / len(values)
+            normalised = average_ranks(values) / len(values)
         utility += w * normalised
     return utility
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties sharing their average rank."""
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    sorted_vals = values[order]
-    i = 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and sorted_vals[j + 1] == sorted_vals[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
 
 
 def _prefix_layers(manifest: Manifest) -> tuple[set[int], str | None]:

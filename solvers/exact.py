@@ -26,7 +26,7 @@ def solve_auto(problem: Problem, options: SolverOptions) -> Allocation:
     if c.method_caps or c.tie_blocks:
         return _fallback(problem, options, t0, "method caps / tied blocks break the knapsack structure, so CBC solved the full ILP")
     deadline = None if options.time_limit is None else t0 + options.time_limit
-    pre = mckp.presolve(problem)
+    pre = base = mckp.presolve(problem)
     core = mckp.solve_core(problem, pre, deadline=deadline)
     if c.min_methods and core.choice is not None and len(mckp.methods_used(problem, core.choice)) < c.min_methods:
         start = mckp.repair_min_methods(problem, core.choice, c.min_methods)
@@ -36,11 +36,11 @@ def solve_auto(problem: Problem, options: SolverOptions) -> Allocation:
             pre = mckp.with_incumbent(problem, pre, start, per_method=True)
             core = mckp.solve_core(problem, pre, min_methods=c.min_methods, deadline=deadline)
     if core.choice is None:
-        return _fallback(problem, options, t0, f"{core.reason}; CBC solved the problem instead")
+        return _fallback(problem, options, t0, f"{core.reason}; CBC solved the problem instead", base)
     used = sum(int(problem.option_cost[o]) for o in core.choice)
     if used < c.lo:
         return _fallback(problem, options, t0, f"the best allocation under the cap uses {used / c.budget:.1%} of the budget, "
-                         f"below the {c.min_utilization:.0%} floor, so the floor binds; CBC solved the full ILP")
+                         f"below the {c.min_utilization:.0%} floor, so the floor binds; CBC solved the full ILP", base)
     seconds = {"build": pre.seconds, "solve": time.perf_counter() - t0 - pre.seconds}
     notes = [
         f"knapsack presolve: LP bound {pre.bound:.6g}, shadow price {pre.price * 1000:.4g} gain per 1k params, "
@@ -50,7 +50,7 @@ def solve_auto(problem: Problem, options: SolverOptions) -> Allocation:
     return make_allocation(problem, core.choice, solver="auto", status=Status.OPTIMAL, seconds=seconds, notes=notes)
 
 
-def _fallback(problem: Problem, options: SolverOptions, t0: float, why: str) -> Allocation:
+def _fallback(problem: Problem, options: SolverOptions, t0: float, why: str, pre: mckp.Presolve | None = None) -> Allocation:
     """CBC on the problem, within what is left of the time limit, with ``why`` in the notes."""
     from dataclasses import replace
 
@@ -58,5 +58,5 @@ def _fallback(problem: Problem, options: SolverOptions, t0: float, why: str) -> 
 
     if options.time_limit is not None:
         options = replace(options, time_limit=max(1.0, options.time_limit - (time.perf_counter() - t0)))
-    alloc = solve_ilp(problem, options, "cbc")
+    alloc = solve_ilp(problem, options, "cbc", pre)
     return replace(alloc, solver=f"auto/{alloc.solver}", notes=alloc.notes + (f"auto: {why}",))

@@ -30,9 +30,8 @@ import time
 
 import numpy as np
 
-from layerlens_opt.allocation import Allocation, Status, make_allocation
+from layerlens_opt.allocation import Allocation, Status, choice_violations, make_allocation
 from layerlens_opt.methods import METHOD_NAMES, param_cost
-from layerlens_opt.metrics import violations
 from layerlens_opt.problem import Problem
 
 
@@ -128,11 +127,8 @@ def solve_heuristic(problem: Problem, options=None) -> Allocation:
     t0 = time.perf_counter()
     choice = heuristic_choice(problem)
     seconds = {"build": 0.0, "solve": time.perf_counter() - t0}
-    draft = make_allocation(problem, choice, solver="heuristic", status=Status.FEASIBLE, seconds=seconds)
-    broken = violations([layer.to_dict() for layer in draft.layers], draft.constraints)
-    if not broken:
-        return draft
+    broken = choice_violations(problem, choice)
     return make_allocation(
-        problem, choice, solver="heuristic", status=Status.INFEASIBLE, seconds=seconds,
-        message="the heuristic's allocation breaks: " + "; ".join(broken),
+        problem, choice, solver="heuristic", status=Status.INFEASIBLE if broken else Status.FEASIBLE, seconds=seconds,
+        message=("the heuristic's allocation breaks: " + "; ".join(broken)) if broken else "",
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from layerlens_opt.allocation import Allocation, Status, make_allocation
+from layerlens_opt.allocation import Allocation, Status, choice_violations, make_allocation
 from layerlens_opt.methods import METHOD_NAMES
 from layerlens_opt.problem import Problem
 
@@ -191,7 +191,7 @@ def _run(problem: Problem, backend: str, options: SolverOptions, keep=None, floo
     return status, choice, bound, t1 - t0, t2 - t1, warm, message
 
 
-def solve_ilp(problem: Problem, options: SolverOptions, backend: str = "cbc") -> Allocation:
+def solve_ilp(problem: Problem, options: SolverOptions, backend: str = "cbc", pre: "mckp.Presolve | None" = None) -> Allocation:
     """Solve with CBC or HiGHS. With ``options.presolve`` and no side constraints, the model
     is first reduced by the knapsack presolve (dominance + reduced-cost fixing), warm
     started from its incumbent, and re-solved in full only if the utilization floor binds.
@@ -200,7 +200,7 @@ def solve_ilp(problem: Problem, options: SolverOptions, backend: str = "cbc") ->
 
     notes: list[str] = []
     c = problem.constraints
-    pre = mckp.presolve(problem)
+    pre = pre or mckp.presolve(problem)  # auto's fallback hands over the presolve it already ran
     # the cap-only LP bound is a relaxation of every variant (floor, side constraints)
     lp_bound = pre.bound
     seconds = {"presolve": pre.seconds}
@@ -226,10 +226,7 @@ def solve_ilp(problem: Problem, options: SolverOptions, backend: str = "cbc") ->
     start = None
     if options.warm_start:
         h = heuristic_choice(problem)
-        from layerlens_opt.metrics import violations
-
-        draft = make_allocation(problem, h, solver="heuristic", status=Status.FEASIBLE)
-        if not violations([layer.to_dict() for layer in draft.layers], draft.constraints):
+        if not choice_violations(problem, h):
             start = h
         else:
             notes.append("warm start not used: the heuristic's allocation breaks a constraint")

@@ -176,3 +176,13 @@ def test_validate_rejects_hand_edited_allocations(tmp_path, field, value, fragme
     data["layers"][0][field] = value
     out.write_text(json.dumps(data))
     assert_one_line_error(run("validate", out), 1, fragment)
+
+
+def test_export_peft_into_a_file_path_is_a_clear_error(tmp_path):
+    out = tmp_path / "a.json"
+    assert run("solve", SCENARIO, "--budget", "50k", "--methods", "lora,none", "--json", "-o", out).exit_code == 0
+    target = tmp_path / "not-a-folder"
+    target.write_text("x")
+    assert_one_line_error(run("export", out, "--format", "peft", "-o", target), 1, "is a file; --format peft writes a folder")
+    r = run("export", out, "--format", "peft", "-o", tmp_path / "adapter")
+    assert r.exit_code == 0 and (tmp_path / "adapter" / "adapter_config.json").exists()

@@ -164,7 +164,7 @@ def make_allocation(
                 gain=float(problem.option_gain[o]), utility=info.utility,
             )
         )
-    objective = float(sum(layer.gain for layer in layers))
+    objective = problem.value(choice)  # the layers' gains plus any active pair terms
     total = sum(layer.params for layer in layers)
     if status == Status.OPTIMAL and bound is None:
         bound = objective

@@ -89,6 +89,7 @@ _problem_options = _stack(  # every command that builds a problem from a manifes
         click.option("--min-methods", type=click.IntRange(min=0), default=0, help="At least K distinct methods besides none."),
         click.option("--method-cap", multiple=True, help="At most N layers with a method, e.g. --method-cap prefix=4 (repeatable)."),
         click.option("--tie-blocks", is_flag=True, help="All layers of a block use one method (or none)."),
+        click.option("--no-interactions", is_flag=True, help="Ignore the manifest's pairwise interaction terms (separable gains only)."),
 )
 
 _solver_options = _stack(
@@ -120,7 +121,7 @@ def _build(kw):
         tie_blocks=kw["tie_blocks"],
     )
     options = ModelOptions(methods=methods, ranks=ranks, metric_weights=weights, normalization=kw["normalization"], max_rank=kw["max_rank"],
-                           shrink=kw["shrink"])
+                           shrink=kw["shrink"], interactions=not kw.get("no_interactions", False))
     problem = build_problem(manifest, constraints, options)
     return problem, time.perf_counter() - t0
 
@@ -285,17 +286,26 @@ def validate(allocation, manifest, as_json):
 @click.option("--model", "-m", "model_spec", required=True, help="Hugging Face model directory, module:function returning an nn.Module, or minilm (all-MiniLM-L6-v2, shipped offline).")
 @click.option("--data", "-d", "data_path", required=True, type=click.Path(dir_okay=False), help="JSONL of {\"text\": ..., \"label\": ...}.")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Manifest file to write.")
-@click.option("--batches", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--signal", type=click.Choice(["probe", "first-order"]), default="probe", show_default=True,
+              help="probe: short uniform-LoRA run + held-out ablations; first-order: gradient energy, Fisher, one-step proxy.")
+@click.option("--probe-steps", type=click.IntRange(min=1), default=100, show_default=True, help="probe: training steps.")
+@click.option("--probe-rank", type=click.IntRange(min=1), default=4, show_default=True, help="probe: LoRA rank on every layer.")
+@click.option("--probe-lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True, help="probe: AdamW learning rate.")
+@click.option("--held-out", type=click.IntRange(min=1), default=512, show_default=True, help="probe: rows kept out of probe training to measure on.")
+@click.option("--no-interactions", is_flag=True, help="probe: skip the leave-pair-out ablations inside each block.")
+@click.option("--batches", type=click.IntRange(min=1), default=8, show_default=True, help="first-order: batches.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
-@click.option("--head-steps", type=click.IntRange(min=0), default=100, show_default=True, help="Steps fitting the head on frozen features first.")
+@click.option("--head-steps", type=click.IntRange(min=0), default=100, show_default=True, help="first-order: steps fitting the head on frozen features first.")
 @click.option("--kind-pattern", multiple=True, help="REGEX=KIND overriding the inferred kind (repeatable).")
 @click.option("--block-pattern", help="REGEX with one group capturing the block number.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def profile(model_spec, data_path, output, batches, batch_size, seed, device, head_steps, kind_pattern, block_pattern, quiet):
+def profile(model_spec, data_path, output, signal, probe_steps, probe_rank, probe_lr, held_out, no_interactions, batches, batch_size,
+            seed, device, head_steps, kind_pattern, block_pattern, quiet):
     """Profile a torch model on labelled text into a manifest (needs the torch extra)."""
     try:
+        from .profiling.probe import ProbeConfig, probe
         from .profiling.profiler import ProfileConfig
         from .profiling.profiler import profile as run_profile
     except ImportError as exc:
@@ -304,28 +314,32 @@ def profile(model_spec, data_path, output, batches, batch_size, seed, device, he
 
     if not Path(output).resolve().parent.exists():
         raise LayerlensError(f"cannot write {output}: folder {Path(output).parent} does not exist")
-    config = ProfileConfig(batches=batches, batch_size=batch_size, seed=seed, device=device, head_steps=head_steps,
-                           kind_patterns=parse_kind_patterns(kind_pattern), block_pattern=parse_block_pattern(block_pattern),
-                           progress=not quiet)
-    manifest = run_profile(model_spec, data_path, config)
+    naming = dict(kind_patterns=parse_kind_patterns(kind_pattern), block_pattern=parse_block_pattern(block_pattern), progress=not quiet)
+    if signal == "probe":
+        config = ProbeConfig(steps=probe_steps, rank=probe_rank, lr=probe_lr, batch_size=batch_size, held_out=held_out,
+                             interactions=not no_interactions, seed=seed, device=device, **naming)
+        manifest = probe(model_spec, data_path, config)
+    else:
+        config = ProfileConfig(batches=batches, batch_size=batch_size, seed=seed, device=device, head_steps=head_steps, **naming)
+        manifest = run_profile(model_spec, data_path, config)
     from .manifest import parse_manifest
 
     parse_manifest(manifest, source="profiled manifest")  # what we write must read back
-    _write(output, json.dumps(manifest, indent=1) + "\n")
+    _write(output, json.dumps(manifest, indent=1, allow_nan=False) + "\n")
     kinds = {}
     for l in manifest["layers"]:
         kinds[l["kind"]] = kinds.get(l["kind"], 0) + 1
     click.echo(f"profiled {len(manifest['layers'])} layers ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))}) "
-               f"of {manifest['model']['name']} in {manifest['model']['seconds']:.1f} s; wrote {output}")
+               f"of {manifest['model']['name']} ({signal}) in {manifest['model']['seconds']:.1f} s; wrote {output}")
 
 
 @main.command()
-@click.argument("task", type=click.Choice(["polarity", "pairs"]))
+@click.argument("task", type=click.Choice(["polarity", "pairs", "emotion", "frequency"]))
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the word split.")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False))
 def data(task, split, seed, output):
-    """Write a VADER-lexicon task (words split between train and test) as JSONL."""
+    """Write a word task (VADER polarity/pairs, NRC emotion, wordfreq frequency; words split between train and test) as JSONL."""
     from .tasks import examples, write_jsonl
 
     rows = examples(task, split, seed)

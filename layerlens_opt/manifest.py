@@ -1,4 +1,4 @@
-"""The manifest (schema version 1): the contract between profiling and solving.
+"""The manifest (schema version 2; version 1 still reads): the contract between profiling and solving.
 
 ``load_manifest`` reads and validates a file; ``parse_manifest`` a decoded
 object. Validation is strict: unknown keys are refused (a typo must not
@@ -16,11 +16,14 @@ from typing import Any, Mapping
 from .errors import ManifestError
 from .methods import KINDS, METHOD_NAMES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: versions this reader accepts; version 2 adds the optional top-level ``interactions``
+READABLE_VERSIONS = (1, 2)
+INTERACTION_WHEN = ("either", "both")
 
 DEFAULT_METRIC_WEIGHTS = {"gradient_energy": 0.4, "fisher": 0.4, "proxy_eval": 0.2}
 
-TOP_KEYS = {"schema_version", "model", "metric_weights", "layers", "metadata"}
+TOP_KEYS = {"schema_version", "model", "metric_weights", "layers", "metadata", "interactions"}
 REQUIRED_TOP = ("schema_version", "layers")
 LAYER_KEYS = {"name", "kind", "in_features", "out_features", "block", "metrics", "allowed_methods", "gain_curves"}
 REQUIRED_LAYER = ("name", "kind", "in_features", "out_features", "metrics")
@@ -58,6 +61,23 @@ class Layer:
 
 
 @dataclass(frozen=True)
+class Interaction:
+    """A pairwise term of the objective, in the units of ``metric`` (see docs/design.md).
+
+    ``when="either"`` adds ``value`` when at least one of the two layers is adapted
+    (what a leave-pair-out probe measures); ``"both"`` when both are.
+    """
+
+    a: str
+    b: str
+    value: float
+    when: str = "either"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": [self.a, self.b], "value": self.value, "when": self.when}
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A validated manifest. ``metric_weights`` is always filled (defaults applied)."""
 
@@ -65,6 +85,9 @@ class Manifest:
     metric_weights: Mapping[str, float]
     model: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    #: pairwise terms and the metric whose units they are in
+    interactions: tuple[Interaction, ...] = ()
+    interaction_metric: str | None = None
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -78,6 +101,8 @@ class Manifest:
         out["layers"] = [layer.to_dict() for layer in self.layers]
         if self.metadata:
             out["metadata"] = dict(self.metadata)
+        if self.interaction_metric is not None:
+            out["interactions"] = {"metric": self.interaction_metric, "pairs": [i.to_dict() for i in self.interactions]}
         return out
 
 
@@ -122,10 +147,13 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
     for key in REQUIRED_TOP:
         if key not in data:
             raise ManifestError(f"{source}: missing required key {key!r}")
-    if data["schema_version"] != SCHEMA_VERSION:
+    version = data["schema_version"]
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise ManifestError(
-            f"{source}: schema_version is {data['schema_version']!r}; this version of layerlens-opt reads {SCHEMA_VERSION}"
+            f"{source}: schema_version is {version!r}; this version of layerlens-opt reads {' and '.join(map(str, READABLE_VERSIONS))}"
         )
+    if version == 1 and "interactions" in data:
+        raise ManifestError(f"{source}: 'interactions' needs schema_version 2 (this manifest says 1); set \"schema_version\": 2")
     raw_layers = data["layers"]
     if not isinstance(raw_layers, list) or not raw_layers:
         raise ManifestError(f"{source}: 'layers' must be a non-empty list of layer objects")
@@ -180,12 +208,53 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
             raise ManifestError(
                 f"{source}: metadata.{key} names layer(s) not in 'layers': {', '.join(map(repr, unknown_names[:5]))}"
             )
+    interactions, interaction_metric = _parse_interactions(data.get("interactions"), seen, metric_names, source)
     return Manifest(
         layers=tuple(layers),
         metric_weights=dict(weights),
         model=model,
         metadata=metadata,
+        interactions=interactions,
+        interaction_metric=interaction_metric,
     )
+
+
+def _parse_interactions(raw: Any, names: Mapping[str, int], metric_names: list[str], source: str):
+    if raw is None:
+        return (), None
+    where = f"{source}: interactions"
+    if not isinstance(raw, dict) or set(raw) - {"metric", "pairs"} or "metric" not in raw or "pairs" not in raw:
+        raise ManifestError(f'{where} must be an object {{"metric": METRIC, "pairs": [{{"layers": [A, B], "value": V}}, ...]}}')
+    metric = raw["metric"]
+    if metric not in metric_names:
+        raise ManifestError(f"{where}.metric {metric!r} is not a metric of the layers ({', '.join(metric_names)}); the values are in its units")
+    if not isinstance(raw["pairs"], list):
+        raise ManifestError(f"{where}.pairs must be a list of {{\"layers\": [A, B], \"value\": V}} objects")
+    out: list[Interaction] = []
+    seen_pairs: set[frozenset] = set()
+    for k, pair in enumerate(raw["pairs"]):
+        at = f"{where}.pairs[{k}]"
+        if not isinstance(pair, dict) or set(pair) - {"layers", "value", "when"} or "layers" not in pair or "value" not in pair:
+            raise ManifestError(f'{at} must be an object with "layers" (two layer names), "value" and optionally "when"')
+        two = pair["layers"]
+        if not isinstance(two, list) or len(two) != 2 or not all(isinstance(n, str) for n in two):
+            raise ManifestError(f"{at}.layers must be a list of two layer names, got {two!r}")
+        for n in two:
+            if n not in names:
+                raise ManifestError(f"{at}.layers names {n!r}, which is not in 'layers'")
+        if two[0] == two[1]:
+            raise ManifestError(f"{at}.layers names {two[0]!r} twice; an interaction joins two different layers")
+        if frozenset(two) in seen_pairs:
+            raise ManifestError(f"{at}: the pair {two[0]!r}, {two[1]!r} appears twice; give each pair once")
+        seen_pairs.add(frozenset(two))
+        value = pair["value"]
+        if not _is_number(value) or not math.isfinite(value):
+            raise ManifestError(f"{at}.value must be a finite number, got {value!r}")
+        when = pair.get("when", "either")
+        if when not in INTERACTION_WHEN:
+            raise ManifestError(f"{at}.when is {when!r}; it must be one of {', '.join(INTERACTION_WHEN)}")
+        out.append(Interaction(two[0], two[1], float(value), when))
+    return tuple(out), metric
 
 
 def check_weights(weights: Mapping[str, float], metric_names: list[str] | tuple[str, ...], source: str = "manifest") -> None:
@@ -296,5 +365,5 @@ def _parse_layer(raw: Any, index: int, source: str) -> Layer:
 
 
 def save_manifest(manifest: Manifest, path: str | Path) -> None:
-    """Write ``manifest`` as schema-1 JSON."""
+    """Write ``manifest`` as JSON (the current schema version)."""
     Path(path).write_text(json.dumps(manifest.to_dict(), indent=1) + "\n", encoding="utf-8")

@@ -121,6 +121,8 @@ class ModelOptions:
     max_rank: int | None = None
     #: shrink utilities toward their mean: u <- (1 - shrink) u + shrink mean(u)
     shrink: float = 0.0
+    #: use the manifest's pairwise interactions (if it has any)
+    interactions: bool = True
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -155,6 +157,23 @@ class LayerInfo:
 
 
 @dataclass(frozen=True)
+class PairTerm:
+    """A pairwise objective term between layers ``i`` and ``j`` in gain units.
+
+    ``when="either"``: ``value`` counts when at least one of the two is adapted
+    (any method but none); ``"both"``: when both are.
+    """
+
+    i: int
+    j: int
+    value: float
+    when: str = "either"
+
+    def active(self, adapted_i: bool, adapted_j: bool) -> bool:
+        return (adapted_i or adapted_j) if self.when == "either" else (adapted_i and adapted_j)
+
+
+@dataclass(frozen=True)
 class Problem:
     """One immutable allocation problem. Options of layer ``l`` are ``layer_start[l]:layer_start[l+1]``."""
 
@@ -169,6 +188,8 @@ class Problem:
     notes: tuple[str, ...] = ()
     gradient_norms: tuple[float, ...] | None = None
     fisher_traces: tuple[float, ...] | None = None
+    #: pairwise terms of the objective (from the manifest's ``interactions``)
+    pairs: tuple[PairTerm, ...] = ()
 
     @property
     def n_layers(self) -> int:
@@ -183,6 +204,15 @@ class Problem:
 
     def method_of(self, option: int) -> str:
         return METHOD_NAMES[int(self.option_method[option])]
+
+    def value(self, choice: Sequence[int]) -> float:
+        """The objective of one option per layer: the options' gains plus the active pair terms."""
+        total = float(sum(float(self.option_gain[o]) for o in choice))
+        if self.pairs:
+            none = METHOD_NAMES.index("none")
+            adapted = [int(self.option_method[o]) != none for o in choice]
+            total += sum(p.value for p in self.pairs if p.active(adapted[p.i], adapted[p.j]))
+        return total
 
     def with_constraints(self, constraints: Constraints) -> "Problem":
         """The same layers and options under other constraints."""
@@ -287,6 +317,7 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
     utility = compute_utilities(manifest, options.metric_weights, options.normalization)
     if options.shrink:
         utility = (1.0 - options.shrink) * utility + options.shrink * utility.mean()
+    pairs = _pair_terms(manifest, options) if options.interactions else ()
     prefix_ok, prefix_note = _prefix_layers(manifest)
     notes: list[str] = []
 
@@ -361,4 +392,23 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
         notes=tuple(notes),
         gradient_norms=per_layer("gradient_norms"),
         fisher_traces=per_layer("fisher_traces"),
+        pairs=pairs,
     )
+
+
+def _pair_terms(manifest: Manifest, options: ModelOptions) -> tuple[PairTerm, ...]:
+    """The manifest's interactions in gain units: scaled exactly as their metric is in the utility."""
+    if not manifest.interactions:
+        return ()
+    metric = manifest.interaction_metric
+    if options.normalization != "max":
+        raise LayerlensError(
+            f"the manifest's interactions are in units of the metric {metric!r}, which only --normalization max keeps "
+            "linear; use --normalization max or --no-interactions"
+        )
+    weights = dict(manifest.metric_weights if options.metric_weights is None else options.metric_weights)
+    share = weights[metric] / float(sum(weights.values()))
+    top = max(layer.metrics[metric] for layer in manifest.layers)
+    scale = share / top * (1.0 - options.shrink) if top > 0 else 0.0
+    index = {layer.name: l for l, layer in enumerate(manifest.layers)}
+    return tuple(PairTerm(index[t.a], index[t.b], t.value * scale, t.when) for t in manifest.interactions if t.value * scale != 0)

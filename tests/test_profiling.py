@@ -124,7 +124,7 @@ def run(*args):
 
 def test_cli_profile_then_solve_then_validate(data_file, tmp_path):
     out = tmp_path / "m.json"
-    r = run("profile", "--model", TINY, "--data", data_file, "-o", out, "--batches", 2, "--batch-size", 16, "--quiet")
+    r = run("profile", "--signal", "first-order", "--model", TINY, "--data", data_file, "-o", out, "--batches", 2, "--batch-size", 16, "--quiet")
     assert r.exit_code == 0, r.output
     assert "profiled 12 layers (attention 8, mlp 4)" in r.output
     alloc = tmp_path / "a.json"
@@ -143,7 +143,7 @@ def test_cli_profile_then_solve_then_validate(data_file, tmp_path):
     (lambda p: ("--model", "no_such_module_xyz:f"), "cannot import 'no_such_module_xyz'"),
 ])
 def test_cli_profile_bad_models(data_file, tmp_path, make, fragment):
-    r = run("profile", *make(tmp_path), "--data", data_file, "-o", tmp_path / "m.json", "--quiet")
+    r = run("profile", "--signal", "first-order", *make(tmp_path), "--data", data_file, "-o", tmp_path / "m.json", "--quiet")
     assert r.exit_code == 1, r.output
     assert fragment in r.output and "Traceback" not in r.output
 
@@ -168,7 +168,7 @@ def test_profile_real_minilm_on_vader(tmp_path):
     data = tmp_path / "pol.jsonl"
     assert run("data", "polarity", "-o", data).exit_code == 0
     out = tmp_path / "minilm.json"
-    r = run("profile", "--model", gt.get_model_path(), "--data", data, "-o", out, "--batches", 2, "--batch-size", 16,
+    r = run("profile", "--signal", "first-order", "--model", gt.get_model_path(), "--data", data, "-o", out, "--batches", 2, "--batch-size", 16,
             "--head-steps", 30, "--quiet")
     assert r.exit_code == 0, r.output
     m = json.loads(out.read_text())

@@ -200,11 +200,25 @@ def load_model(spec: str, n_classes: int, device: str = "cpu", max_length: int =
 def _hf_classifier(encoder, tokenizer, n_classes, device, max_length) -> TextClassifier:
     encoder.to(device)
 
+    cache: dict[str, list[int]] = {}  # text -> token ids: a training run tokenizes each text once
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+
     def encode(texts):
-        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
-        out = encoder(**batch)
+        missing = [t for t in dict.fromkeys(texts) if t not in cache]
+        if missing:
+            cache.update(zip(missing, tokenizer(missing, truncation=True, max_length=max_length)["input_ids"]))
+        seqs = [cache[t] for t in texts]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            span = slice(width - len(s), width) if left else slice(0, len(s))
+            ids[i, span] = torch.tensor(s, dtype=torch.long)
+            mask[i, span] = 1
+        out = encoder(input_ids=ids.to(device), attention_mask=mask.to(device))
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        return _mean_pool(hidden, batch["attention_mask"])
+        return _mean_pool(hidden, mask.to(device))
 
     dim = getattr(encoder.config, "hidden_size", None) or encoder.get_input_embeddings().embedding_dim
     return TextClassifier(encoder, encode, dim, n_classes).to(device)

@@ -1,0 +1,314 @@
+"""The probe signal: a short uniform-LoRA training run, then held-out ablations.
+
+Why: first-order signals (gradient energy, Fisher, a one-step proxy) measure
+each layer alone at the start of training. What decides how a fine-tune goes
+is a layer's value *after* some training, with the other adapters present
+(see docs/design.md, "The gain model"). The probe measures exactly that:
+
+1. **Train a probe.** LoRA of rank ``rank`` (alpha = 2 rank) on *every*
+   adaptable linear layer, plus the head, for ``steps`` AdamW steps at ``lr``
+   on the training rows — the same recipe a real run uses, only short.
+2. **Per-layer value** on ``held_out`` rows the probe never trained on:
+   ``D_l = loss(probe without layer l's update) - loss(full probe)``.
+3. **Per-rank curve** from the learned update ``dW_l = (alpha/r) B A``: keep its
+   top k singular directions, measure the loss, and take the captured fraction
+   ``(loss(without l) - loss(rank k)) / D_l`` (clipped to [0, 1], made
+   non-decreasing) for the candidate ranks k < ``rank``; rank ``rank`` is 1 by
+   definition. Beyond ``rank`` the curve stays flat: the probe shows no growth
+   there, so none is invented (the solver's curve reader is flat past the last
+   measured rank).
+4. **Interactions** inside each block: leave-pair-out ablations give
+   ``e_ij = D_ij - D_i - D_j``. With ``z`` the set of adapted layers, the
+   second-order expansion of the held-out loss around the full probe is exact
+   at every measured point (all layers, all-but-one, all-but-two) and reads
+
+       value(z) = const + sum_i D_i z_i + sum_{i<j} e_ij [z_i or z_j]
+
+   so each pair enters the integer program as ``e_ij`` times "at least one of
+   i, j is adapted" (``"when": "either"`` in the manifest). ``e_ij > 0``: the
+   two substitute for each other (removing both hurts more than the sum), so
+   one of them is worth more than its leave-one-out value says; ``e_ij < 0``:
+   they complement each other, so one alone is worth less.
+
+Only LoRA is measured. The manifest therefore offers each layer ``lora`` and
+``none`` only (``allowed_methods``) and says so in ``metadata.gain_sources``:
+no method's gain is left on an unmeasured prior next to LoRA's measured one.
+
+Deterministic for a seed on the CPU (probe rows, initialisation, batches and
+dropout all come from seeded generators). Memory: the model, its LoRA
+factors and one held-out chunk of activations; nothing per layer beyond the
+rank-r factors.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import LayerlensError
+from ..manifest import SCHEMA_VERSION
+from ..methods import DEFAULT_RANKS
+from .profiler import _progress, adaptable_layers, load_jsonl, load_model
+
+#: the metric a probe manifest carries (raw held-out loss increase, clipped at 0)
+PROBE_METRIC = "probe_loss_drop"
+
+MIN_HELD_OUT = 100
+
+
+@dataclass
+class ProbeConfig:
+    steps: int = 100
+    rank: int = 4
+    lr: float = 2e-3
+    batch_size: int = 32
+    held_out: int = 512
+    interactions: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    max_length: int = 64
+    eval_batch: int = 256
+    ranks: tuple[int, ...] = DEFAULT_RANKS
+    kind_patterns: list = field(default_factory=list)
+    block_pattern: Any = None
+    progress: bool = True
+
+
+def train_steps(model, texts, labels, steps: int, batch_size: int, lr: float, seed: int, desc: str | None = None,
+                progress: bool = False, on_step=None) -> float:
+    """AdamW on the model's trainable parameters over random batches; returns seconds taken."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise LayerlensError("nothing to train: the model has no trainable parameters")
+    opt = torch.optim.AdamW(trainable, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.as_tensor(labels, device=next(model.parameters()).device)
+    model.train()
+    t0 = time.perf_counter()
+    for step in _progress(range(steps), progress, desc or "training"):
+        idx = torch.randint(len(texts), (batch_size,), generator=gen).tolist()
+        loss = nn.functional.cross_entropy(model([texts[i] for i in idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if on_step is not None:
+            on_step(step)
+    model.eval()
+    return time.perf_counter() - t0
+
+
+def held_out_loss(model, texts, y, chunk: int = 256) -> float:
+    """Mean cross-entropy over ``texts`` (no gradients, eval mode)."""
+    total = 0.0
+    with torch.no_grad():
+        for s in range(0, len(texts), chunk):
+            logits = model(texts[s : s + chunk])
+            total += float(nn.functional.cross_entropy(logits, y[s : s + chunk], reduction="sum"))
+    return total / len(texts)
+
+
+class _Ablation:
+    """Temporarily remove or truncate LoRA updates of a probed model (restored on exit)."""
+
+    def __init__(self, modules: dict[str, nn.Module], remove=(), truncate: dict[str, int] | None = None):
+        self.modules, self.remove, self.truncate = modules, tuple(remove), truncate or {}
+        self.saved: list = []
+
+    def __enter__(self):
+        for name in self.remove:
+            m = self.modules[name]
+            self.saved.append((m, m.lora_A.data, m.lora_B.data, m.scaling))
+            m.scaling = 0.0
+        for name, k in self.truncate.items():
+            m = self.modules[name]
+            A, B = m.lora_A.data, m.lora_B.data
+            self.saved.append((m, A, B, m.scaling))
+            U, S, Vh = torch.linalg.svd((B @ A).double() * m.scaling, full_matrices=False)
+            m.lora_B.data = (U[:, :k] * S[:k]).to(B.dtype)
+            m.lora_A.data = Vh[:k].to(A.dtype)
+            m.scaling = 1.0
+        return self
+
+    def __exit__(self, *exc):
+        for m, A, B, scaling in reversed(self.saved):
+            m.lora_A.data, m.lora_B.data, m.scaling = A, B, scaling
+        return False
+
+
+@dataclass
+class TrainedProbe:
+    """A trained probe and its held-out rows: ``loss(remove=..., truncate=...)`` measures an ablation."""
+
+    model: nn.Module
+    modules: dict[str, nn.Module]  # layer name -> its LoRA module
+    layers: list[dict]  # the adaptable layers that took part in training (name, kind, block, shape)
+    ranks: dict[str, int]
+    held_texts: list[str]
+    held_y: Any
+    classes: list
+    model_name: str
+    train_examples: int
+    skipped: list[str]
+    seconds: float
+    config: "ProbeConfig"
+
+    def loss(self, remove=(), truncate: dict[str, int] | None = None) -> float:
+        """Held-out loss with the updates of ``remove`` taken out and those of ``truncate`` cut to rank k."""
+        with _Ablation(self.modules, remove=remove, truncate=truncate):
+            return held_out_loss(self.model, self.held_texts, self.held_y, self.config.eval_batch)
+
+
+def train_probe(model_spec: str, data_path: str, config: ProbeConfig | None = None) -> TrainedProbe:
+    """Step 1: uniform LoRA on every adaptable layer, trained ``config.steps`` steps on the non-held-out rows."""
+    from ..apply import LoRALinear, apply
+
+    config = config or ProbeConfig()
+    if config.steps < 1 or config.rank < 1 or config.batch_size < 1:
+        raise LayerlensError("--probe-steps, --probe-rank and --batch-size must be at least 1")
+    if not (config.lr > 0 and math.isfinite(config.lr)):
+        raise LayerlensError(f"--probe-lr must be a positive number, got {config.lr!r}")
+    if config.held_out < MIN_HELD_OUT:
+        raise LayerlensError(f"--held-out {config.held_out} is too few to measure layer values (noise swamps them); use at least {MIN_HELD_OUT}, 512 or more is better")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise LayerlensError(f"--device {config.device}: CUDA is not available on this machine; use --device cpu")
+    texts, labels, classes = load_jsonl(data_path)
+    if len(texts) < config.held_out + config.batch_size:
+        raise LayerlensError(
+            f"{data_path} has {len(texts)} examples: too few for {config.held_out} held-out plus at least {config.batch_size} to train the probe on; "
+            f"give more data or lower --held-out (at least {MIN_HELD_OUT})"
+        )
+    order = list(range(len(texts)))
+    random.Random(config.seed).shuffle(order)
+    held, train = order[: config.held_out], order[config.held_out :]
+    train_labels = {labels[i] for i in train}
+    if len(train_labels) < 2:
+        raise LayerlensError(f"{data_path}: the probe's training rows carry a single label ({classes[next(iter(train_labels))]!r}); a probe needs at least two classes")
+
+    torch.manual_seed(config.seed)
+    model, model_name = load_model(model_spec, len(classes), config.device, config.max_length)
+    found = adaptable_layers(model, _Naming(config))
+    ranks = {l["name"]: min(config.rank, l["in_features"], l["out_features"]) for l in found}
+    apply(model.encoder, {"layers": [{"name": n, "method": "lora", "rank": r} for n, r in ranks.items()]}, alpha_ratio=2.0)
+    for p in model.head.parameters():
+        p.requires_grad_(True)
+    modules = {}
+    for name in ranks:
+        m = model.encoder.get_submodule(name)
+        if not isinstance(m, LoRALinear):  # pragma: no cover - apply() wraps every name it is given
+            raise LayerlensError(f"probe: layer {name!r} was not wrapped")
+        modules[name] = m
+    seconds = train_steps(model, [texts[i] for i in train], [labels[i] for i in train], config.steps, config.batch_size,
+                          config.lr, config.seed, "probe training", config.progress)
+    # a layer whose update never received a gradient takes no part in the loss (e.g. an unused pooler)
+    skipped = [n for n in ranks if modules[n].lora_B.grad is None]
+    if len(skipped) == len(ranks):
+        raise LayerlensError("no linear layer of the model received a gradient from the loss; is the encoder's output used?")
+    return TrainedProbe(
+        model=model, modules=modules, layers=[l for l in found if l["name"] not in skipped], ranks=ranks,
+        held_texts=[texts[i] for i in held], held_y=torch.tensor([labels[i] for i in held], device=config.device),
+        classes=classes, model_name=model_name, train_examples=len(train), skipped=skipped, seconds=seconds, config=config,
+    )
+
+
+def probe(model_spec: str, data_path: str, config: ProbeConfig | None = None) -> dict:
+    """Run the probe (train, then measure) and return the manifest as a dict (schema version 2)."""
+    config = config or ProbeConfig()
+    t0 = time.perf_counter()
+    run = train_probe(model_spec, data_path, config)
+    found, names, rank_of, loss = run.layers, [l["name"] for l in run.layers], run.ranks, run.loss
+
+    t1 = time.perf_counter()
+    full = loss()
+    base = loss(remove=list(run.modules))
+    blocks: dict[Any, list[str]] = {}
+    for l in found:
+        if l["block"] is not None:
+            blocks.setdefault(l["block"], []).append(l["name"])
+    pairs = [p for members in blocks.values() for p in combinations(members, 2)] if config.interactions else []
+    jobs: list[tuple] = [("drop", n) for n in names]
+    jobs += [("rank", n, k) for n in names for k in config.ranks if k < rank_of[n]]
+    jobs += [("pair", a, b) for a, b in pairs]
+    without: dict[str, float] = {}
+    truncated: dict[tuple[str, int], float] = {}
+    pair_loss: dict[tuple[str, str], float] = {}
+    for job in _progress(jobs, config.progress, "probe ablations"):
+        if job[0] == "drop":
+            without[job[1]] = loss(remove=[job[1]])
+        elif job[0] == "rank":
+            truncated[job[1], job[2]] = loss(truncate={job[1]: job[2]})
+        else:
+            pair_loss[job[1], job[2]] = loss(remove=[job[1], job[2]])
+    measure_s = time.perf_counter() - t1
+
+    drop = {n: without[n] - full for n in names}
+    manifest_layers = []
+    for l in found:
+        n = l["name"]
+        d = drop[n]
+        curve: dict[str, float] = {}
+        prev = 0.0
+        for k in config.ranks:
+            if k < rank_of[n]:
+                frac = (without[n] - truncated[n, k]) / d if d > 0 else 1.0
+            elif k == rank_of[n]:
+                frac = 1.0
+            else:
+                break
+            prev = max(prev, min(1.0, max(0.0, frac)))
+            curve[str(k)] = prev
+        entry: dict[str, Any] = {"name": n, "kind": l["kind"], "in_features": l["in_features"], "out_features": l["out_features"]}
+        if l["block"] is not None:
+            entry["block"] = l["block"]
+        entry["metrics"] = {PROBE_METRIC: max(0.0, d)}
+        entry["allowed_methods"] = ["lora", "none"]
+        entry["gain_curves"] = {"lora": curve or {str(rank_of[n]): 1.0}}
+        manifest_layers.append(entry)
+
+    interactions = [{"layers": [a, b], "value": (pair_loss[a, b] - full) - drop[a] - drop[b], "when": "either"} for a, b in pairs]
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "model": {
+            "name": run.model_name,
+            "num_parameters": int(sum(p.numel() for n_, p in run.model.encoder.named_parameters() if "lora_" not in n_)),
+            "profiled_on": str(data_path),
+            "classes": [str(c) for c in run.classes],
+            "signal": "probe",
+            "seed": config.seed,
+            "probe": {
+                "method": "lora", "rank": config.rank, "alpha": 2 * config.rank, "steps": config.steps, "lr": config.lr,
+                "batch_size": config.batch_size, "train_examples": run.train_examples, "held_out_examples": len(run.held_texts),
+                "held_out_loss": full, "held_out_loss_without_adapters": base,
+                "forward_passes": 2 + len(jobs), "pairs": len(pairs),
+                "seconds_training": round(run.seconds, 2), "seconds_measuring": round(measure_s, 2),
+            },
+            "seconds": round(time.perf_counter() - t0, 2),
+            "skipped_layers": run.skipped,
+        },
+        "metric_weights": {PROBE_METRIC: 1.0},
+        "layers": manifest_layers,
+        "metadata": {
+            "probe_loss_drop_raw": drop,
+            "gain_sources": {"lora": f"probe (rank {config.rank}, {config.steps} steps)",
+                             "adapter": "not offered: not measured by the probe",
+                             "prefix": "not offered: not measured by the probe",
+                             "ia3": "not offered: not measured by the probe"},
+        },
+    }
+    if config.interactions:
+        manifest["interactions"] = {"metric": PROBE_METRIC, "pairs": interactions}
+    return manifest
+
+
+class _Naming:
+    """The slice of a profile config that :func:`adaptable_layers` reads."""
+
+    def __init__(self, config: ProbeConfig):
+        self.kind_patterns = config.kind_patterns
+        self.block_pattern = config.block_pattern

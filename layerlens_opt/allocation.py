@@ -9,6 +9,7 @@ the same way for every solver. ``to_dict`` gives the JSON object of DESIGN.md;
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -45,12 +46,16 @@ class LayerChoice:
     params: int
     gain: float
     utility: float
+    in_features: int | None = None
+    out_features: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "kind": self.kind,
             "block": self.block,
+            "in_features": self.in_features,
+            "out_features": self.out_features,
             "method": self.method,
             "rank": self.rank,
             "params": self.params,
@@ -162,6 +167,7 @@ def make_allocation(
                 name=info.name, kind=info.kind, block=info.block, method=problem.method_of(o),
                 rank=int(problem.option_rank[o]), params=int(problem.option_cost[o]),
                 gain=float(problem.option_gain[o]), utility=info.utility,
+                in_features=info.in_features, out_features=info.out_features,
             )
         )
     objective = problem.value(choice)  # the layers' gains plus any active pair terms
@@ -180,6 +186,29 @@ def make_allocation(
     )
 
 
+def _number(value, finite: bool = True) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (not finite or math.isfinite(value))
+
+
+def _check_layer_fields(path, layer: dict) -> None:
+    """The optional per-layer fields, when present, have the types `solve --json` writes."""
+    name = layer["name"]
+    if not isinstance(layer["kind"], str):
+        raise AllocationError(f"{path}: layer {name!r} field 'kind' must be a string, got {layer['kind']!r}")
+    if not _number(layer["utility"]) or layer["utility"] < 0:
+        raise AllocationError(f"{path}: layer {name!r} field 'utility' must be a non-negative finite number, got {layer['utility']!r}")
+    gain = layer.get("gain")
+    if gain is not None and not _number(gain):
+        raise AllocationError(f"{path}: layer {name!r} field 'gain' must be a finite number, got {gain!r}")
+    block = layer.get("block")
+    if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 0):
+        raise AllocationError(f"{path}: layer {name!r} field 'block' must be a non-negative integer or null, got {block!r}")
+    for key in ("in_features", "out_features"):
+        value = layer.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise AllocationError(f"{path}: layer {name!r} field {key!r} must be a positive integer or null, got {value!r}")
+
+
 REQUIRED_KEYS = ("schema_version", "solver", "status", "budget", "layers")
 LAYER_REQUIRED = ("name", "method", "rank", "params")
 
@@ -191,8 +220,12 @@ def load_allocation(path: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise AllocationError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AllocationError(f"{path}: cannot read it as UTF-8 text ({exc})") from None
     except json.JSONDecodeError as exc:
         raise AllocationError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise AllocationError(f"{path}: the JSON is nested too deeply to be an allocation") from None
     if not isinstance(data, dict):
         raise AllocationError(f"{path}: the top level must be a JSON object")
     if "layers" in data and "schema_version" in data and "solver" not in data and "budget" not in data:
@@ -207,6 +240,8 @@ def load_allocation(path: str | Path) -> dict[str, Any]:
     for i, layer in enumerate(data["layers"]):
         if not isinstance(layer, dict):
             raise AllocationError(f"{path}: layers[{i}] must be an object")
+        if not isinstance(layer.get("name"), str):
+            raise AllocationError(f"{path}: layers[{i}] field 'name' must be a string, got {layer.get('name')!r}")
         for key in LAYER_REQUIRED:
             if key not in layer:
                 raise AllocationError(f"{path}: layers[{i}] ({layer.get('name', '?')}) lacks field {key!r}")
@@ -214,16 +249,53 @@ def load_allocation(path: str | Path) -> dict[str, Any]:
             value = layer[key]
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise AllocationError(f"{path}: layer {layer['name']!r} field {key!r} must be a non-negative integer, got {value!r}")
-        if layer["method"] not in METHOD_NAMES:
+        if not isinstance(layer["method"], str) or layer["method"] not in METHOD_NAMES:
             raise AllocationError(f"{path}: layer {layer['name']!r} has unknown method {layer['method']!r}; valid: {', '.join(METHOD_NAMES)}")
         layer.setdefault("kind", "other")
         layer.setdefault("utility", 0.0)
+        _check_layer_fields(path, layer)
     budget = data["budget"]
     if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
         raise AllocationError(f"{path}: 'budget' must be a positive integer, got {budget!r}")
+    if not isinstance(data.get("status"), str) or data["status"] not in [s.value for s in Status]:
+        raise AllocationError(f"{path}: 'status' is {data.get('status')!r}; it must be one of {', '.join(s.value for s in Status)}")
     constraints = data.get("constraints") or {}
-    constraints.setdefault("budget", budget)
+    if not isinstance(constraints, dict):
+        raise AllocationError(f"{path}: 'constraints' must be an object (as `solve --json` writes it), got {type(constraints).__name__}")
+    for key in ("min_utilization", "max_utilization"):
+        if key in constraints and (not isinstance(constraints[key], (int, float)) or isinstance(constraints[key], bool)
+                                   or not 0 <= constraints[key] <= 1):
+            raise AllocationError(f"{path}: constraints.{key} must be a number in [0, 1], got {constraints[key]!r}")
+    caps = constraints.get("method_caps")
+    if caps is not None and (not isinstance(caps, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in caps.values())):
+        raise AllocationError(f"{path}: constraints.method_caps must map methods to whole numbers")
+    for key in ("total_params",):
+        if key in data and (isinstance(data[key], bool) or not isinstance(data[key], int) or data[key] < 0):
+            raise AllocationError(f"{path}: {key!r} must be a non-negative integer, got {data[key]!r}")
+    for key in ("utilization", "objective", "bound", "gap"):
+        if data.get(key) is not None and not _number(data[key]):
+            raise AllocationError(f"{path}: {key!r} must be a finite number or null, got {data[key]!r}")
+    for key in ("solver", "message"):
+        if key in data and not isinstance(data[key], str):
+            raise AllocationError(f"{path}: {key!r} must be a string, got {data[key]!r}")
+    for key in ("metrics", "checks", "seconds"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise AllocationError(f"{path}: {key!r} must be an object, got {data[key]!r}")
+    for key, value in (data.get("metrics") or {}).items():
+        if value is not None and not isinstance(value, bool) and not _number(value):
+            raise AllocationError(f"{path}: metrics.{key} must be a finite number, true/false or null, got {value!r}")
+    if "notes" in data and not (isinstance(data["notes"], list) and all(isinstance(n, str) for n in data["notes"])):
+        raise AllocationError(f"{path}: 'notes' must be a list of strings")
+    for key in ("min_methods",):
+        if key in constraints and (isinstance(constraints[key], bool) or not isinstance(constraints[key], int) or constraints[key] < 0):
+            raise AllocationError(f"{path}: constraints.{key} must be a non-negative integer, got {constraints[key]!r}")
+    if "tie_blocks" in constraints and not isinstance(constraints["tie_blocks"], bool):
+        raise AllocationError(f"{path}: constraints.tie_blocks must be true or false, got {constraints['tie_blocks']!r}")
+    if constraints.setdefault("budget", budget) != budget:
+        raise AllocationError(f"{path}: constraints.budget {constraints['budget']!r} differs from 'budget' {budget!r}")
     window = data.get("utilization_window") or [0.70, 0.90]
+    if not (isinstance(window, list) and len(window) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in window)):
+        raise AllocationError(f"{path}: 'utilization_window' must be [min, max], got {window!r}")
     constraints.setdefault("min_utilization", window[0])
     constraints.setdefault("max_utilization", window[1])
     data["constraints"] = constraints

@@ -35,6 +35,8 @@ import torch
 from torch import nn
 
 from .errors import LayerlensError
+from .integrity import rank_problem
+from .methods import param_cost
 
 
 def _dims(base: nn.Module) -> tuple[int, int, bool]:
@@ -136,6 +138,14 @@ class PrefixSelfAttention(nn.Module):
         return out, probs
 
 
+def _shape(module: nn.Module) -> tuple[int, int]:
+    """(d_in, d_out) of the layer an allocation entry names: through our wrappers, and a prefix's attention to its value."""
+    inner = getattr(module, "wrapped", module)
+    if hasattr(inner, "query") and hasattr(inner, "value"):
+        inner = getattr(inner.value, "wrapped", inner.value)
+    return _dims(getattr(inner, "wrapped", inner))[:2]
+
+
 WRAPPED = re.compile(r"\.wrapped(?=\.|$)")
 
 
@@ -179,6 +189,13 @@ def apply(model: nn.Module, allocation: Mapping[str, Any] | Any, alpha_ratio: fl
             continue
         full = _resolve(model, layer["name"], modules)
         base = modules[full]
+        if "params" in layer:  # a hand-edited or foreign allocation must not reach training
+            d_in, d_out = _shape(base)
+            why = rank_problem(method, rank, d_in, d_out)
+            cost = param_cost(method, rank, d_in, d_out)
+            if why or cost != layer["params"]:
+                raise LayerlensError(f"allocation layer {layer['name']!r}: " + (why or f"params {layer['params']:,} but {method} rank {rank} "
+                                     f"on this model's {d_in}x{d_out} module costs {cost:,}") + "; is it the model the allocation was solved for?")
         if method == "lora":
             new = LoRALinear(base, rank, alpha_ratio * rank)
         elif method == "adapter":

@@ -8,6 +8,7 @@ no allocation within the limits, 5 ``validate`` found a FAIL.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
@@ -21,6 +22,11 @@ EXIT_INFEASIBLE = 3
 EXIT_ERROR = 4
 EXIT_VALIDATION = 5
 
+#: the largest count a budget may name (far beyond any model; keeps every sum exact in int64 and float)
+MAX_COUNT = 10**15
+#: most budgets one frontier sweep solves (each is a full solve)
+MAX_FRONTIER_POINTS = 200
+
 _SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000, "b": 1_000_000_000}
 
 
@@ -31,6 +37,8 @@ def parse_count(text: str, what: str = "budget") -> int:
     if not m:
         raise LayerlensError(f"{what} {text!r} is not a number of parameters; write e.g. 50000, 50k or 1.2M")
     value = float(m.group(1)) * _SUFFIX[m.group(2).lower()]
+    if not math.isfinite(value) or value > MAX_COUNT:
+        raise LayerlensError(f"{what} {text!r} is too large; give at most {MAX_COUNT:.0e} parameters")
     if value <= 0:
         raise LayerlensError(f"{what} must be positive, got {text!r}")
     if abs(value - round(value)) > 1e-6:
@@ -50,18 +58,58 @@ class CountType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-def _pairs(values, what: str, convert):
+class FiniteFloat(click.ParamType):
+    """A finite number in [lo, hi] (click's FloatRange lets NaN through)."""
+
+    name = "NUMBER"
+
+    def __init__(self, lo: float, hi: float, lo_open: bool = False):
+        self.lo, self.hi, self.lo_open = lo, hi, lo_open
+
+    def convert(self, value, param, ctx):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(x) or x > self.hi or x < self.lo or (self.lo_open and x == self.lo):
+            self.fail(f"{value!r} must be a finite number {'>' if self.lo_open else '>='} {self.lo:g} and <= {self.hi:g}", param, ctx)
+        return x
+
+
+def _pairs(values, what: str, convert, separators: str = r"[,;\s]+", hint: str = ""):
+    """NAME=VALUE pairs separated by commas, semicolons or spaces (``--ranks`` values hold commas: there ; or spaces)."""
     out = {}
     for item in values:
-        for part in filter(None, re.split(r"[;\s]+", item)):
+        for part in filter(None, re.split(separators, item)):
             if "=" not in part:
-                raise LayerlensError(f"{what} {part!r} must look like NAME=VALUE")
+                raise LayerlensError(f"{what} {part!r} must look like NAME=VALUE (pairs separated by commas)")
             key, val = part.split("=", 1)
             try:
                 out[key.strip()] = convert(val)
-            except ValueError:
-                raise LayerlensError(f"{what} {part!r}: {val!r} is not a valid value") from None
+            except (ValueError, OverflowError):
+                raise LayerlensError(f"{what} {part!r}: {val!r} is not a valid value{'; ' + hint if hint else ''}") from None
     return out
+
+
+def _weight(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0 or value > 1e12:
+        raise ValueError(text)
+    return value
+
+
+def _cap(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_COUNT:
+        raise ValueError(text)
+    return value
+
+
+def _ranks(text: str) -> tuple[int, ...]:
+    ranks = tuple(int(r) for r in text.split(",") if r)
+    if not ranks or any(not 1 <= r <= 1_000_000 for r in ranks):
+        raise ValueError(text)
+    return ranks
 
 
 def _stack(*decorators):
@@ -78,14 +126,14 @@ def _stack(*decorators):
 _problem_options = _stack(  # every command that builds a problem from a manifest
         click.argument("manifest", type=click.Path(exists=True, dir_okay=False)),
         click.option("--budget", "-b", type=CountType(), required=True, help="Trainable-parameter budget: 50000, 50k, 1.2M."),
-        click.option("--min-utilization", type=click.FloatRange(0, 1), default=0.70, show_default=True, help="Floor of the budget window."),
-        click.option("--max-utilization", type=click.FloatRange(0, 1), default=0.90, show_default=True, help="Cap of the budget window."),
+        click.option("--min-utilization", type=FiniteFloat(0, 1), default=0.70, show_default=True, help="Floor of the budget window."),
+        click.option("--max-utilization", type=FiniteFloat(0, 1), default=0.90, show_default=True, help="Cap of the budget window."),
         click.option("--methods", default="lora,adapter,prefix,none", show_default=True, help="Comma-separated methods to offer (ia3 available)."),
         click.option("--ranks", multiple=True, help="Candidate ranks per method, e.g. --ranks lora=1,2,4,8 (repeatable)."),
         click.option("--max-rank", type=click.IntRange(min=1), help="Largest rank/prefix length offered on any layer."),
         click.option("--weights", help="Metric weights, e.g. gradient_energy=0.5,fisher=0.3,proxy_eval=0.2 (default: the manifest's)."),
         click.option("--normalization", type=click.Choice(["max", "rank"]), default="max", show_default=True, help="How each metric is normalised (once)."),
-        click.option("--shrink", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Pull utilities toward their mean by this share (a prior for noisy profiles)."),
+        click.option("--shrink", type=FiniteFloat(0, 1), default=0.0, show_default=True, help="Pull utilities toward their mean by this share (a prior for noisy profiles)."),
         click.option("--min-methods", type=click.IntRange(min=0), default=0, help="At least K distinct methods besides none."),
         click.option("--method-cap", multiple=True, help="At most N layers with a method, e.g. --method-cap prefix=4 (repeatable)."),
         click.option("--tie-blocks", is_flag=True, help="All layers of a block use one method (or none)."),
@@ -94,7 +142,7 @@ _problem_options = _stack(  # every command that builds a problem from a manifes
 
 _solver_options = _stack(
         click.option("--solver", "-s", default="auto", show_default=True, help="auto | cbc | highs | heuristic."),
-        click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), help="Seconds before the solver stops (reports the gap)."),
+        click.option("--time-limit", type=FiniteFloat(0, 1e7, lo_open=True), help="Seconds before the solver stops (reports the gap)."),
         click.option("--threads", type=click.IntRange(min=1), help="Threads for CBC/HiGHS."),
         click.option("--no-warm-start", is_flag=True, help="Do not pass a starting allocation to CBC."),
         click.option("--no-presolve", is_flag=True, help="Give CBC/HiGHS the full model without the knapsack presolve."),
@@ -109,9 +157,9 @@ def _build(kw):
     t0 = time.perf_counter()
     manifest = load_manifest(kw["manifest"])
     methods = tuple(m.strip() for m in kw["methods"].split(",") if m.strip())
-    ranks = _pairs(kw["ranks"], "--ranks", lambda v: tuple(int(r) for r in v.split(",") if r))
-    weights = _pairs([kw["weights"]], "--weights", float) if kw.get("weights") else None
-    caps = _pairs(kw["method_cap"], "--method-cap", int)
+    ranks = _pairs(kw["ranks"], "--ranks", _ranks, r"[;\s]+", "give positive whole ranks, e.g. lora=1,2,4,8")
+    weights = _pairs([kw["weights"]], "--weights", _weight, hint="a weight is a finite number >= 0") if kw.get("weights") else None
+    caps = _pairs(kw["method_cap"], "--method-cap", _cap, hint="a cap is a whole number of layers >= 0")
     constraints = Constraints(
         budget=kw["budget"],
         min_utilization=kw["min_utilization"],
@@ -140,14 +188,10 @@ def _solve(problem, build_seconds, kw, solver=None):
     return replace(alloc, seconds=seconds)
 
 
-def _write(path: str, text: str) -> None:
-    p = Path(path)
-    if p.parent and not p.parent.exists():
-        raise LayerlensError(f"cannot write {path}: folder {p.parent} does not exist")
-    try:
-        p.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise LayerlensError(f"cannot write {path}: {exc.strerror}") from None
+def _write(path: str, text: str, inputs=(), what: str = "output") -> None:
+    from .io import write_atomic
+
+    write_atomic(path, text, inputs, what)
 
 
 class _Group(click.Group):
@@ -175,20 +219,26 @@ def main():
 @click.option("--export-mps", type=click.Path(dir_okay=False), help="Write the full integer program as an MPS file.")
 def solve(as_json, output, export_lp, export_mps, **kw):
     """Solve the allocation for MANIFEST under --budget."""
+    from .io import check_output, json_text, write_atomic
+
+    outputs = [p for p in (output, export_lp, export_mps) if p]
+    for path in outputs:  # refuse a clobbered input or a missing folder before any work
+        check_output(path, [kw["manifest"]] + [o for o in outputs if o is not path])
     problem, build_seconds = _build(kw)
     if export_lp or export_mps:
         from .solvers.ilp import export_model
 
         for path, fmt in ((export_lp, "lp"), (export_mps, "mps")):
             if path:
-                if not Path(path).parent.exists():
-                    raise LayerlensError(f"cannot write {path}: folder {Path(path).parent} does not exist")
-                export_model(problem, path, fmt)
+                write_atomic(path, lambda tmp, fmt=fmt: export_model(problem, tmp, fmt), [kw["manifest"]], f"{fmt.upper()} model")
     alloc = _solve(problem, build_seconds, kw)
     data = alloc.to_dict()
-    text = json.dumps(data, indent=1)
-    if output:
-        _write(output, text + "\n")
+    text = json_text(data, "allocation").rstrip("\n")
+    if output and alloc.layers:
+        _write(output, text + "\n", [kw["manifest"]], "allocation")
+    elif output:
+        click.echo(f"{output} not written: the solve found no allocation ({alloc.status.value}); any earlier file there is unchanged", err=True)
+        output = None
     if as_json:
         click.echo(text)
     else:
@@ -240,46 +290,61 @@ def compare(as_json, **kw):
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="Recompute correlations and compatibility against this manifest.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics and checks as JSON.")
 def validate(allocation, manifest, as_json):
-    """Recompute the validation metrics of an ALLOCATION file: PASS / WARN / FAIL."""
+    """Recompute an ALLOCATION file: its params, totals and layers (FAIL on any mismatch) and the validation metrics."""
     from .allocation import load_allocation
+    from .integrity import integrity_failures
     from .metrics import FAIL, compute_metrics, verdicts
     from .report import validation_table
 
     data = load_allocation(allocation)
     layers = data["layers"]
     grads = fisher = allowed = None
+    man = None
     if manifest:
         from .manifest import load_manifest
-        from .problem import Constraints, build_problem
+        from .methods import METHOD_NAMES
+        from .problem import ModelOptions, allowed_methods
 
         man = load_manifest(manifest)
-        by_name = {l.name: i for i, l in enumerate(man.layers)}
-        missing = [l["name"] for l in layers if l["name"] not in by_name]
-        if missing:
-            raise LayerlensError(f"allocation layer {missing[0]!r} is not in manifest {manifest}; is it the manifest the allocation was solved from?")
-        c = data["constraints"]
-        problem = build_problem(man, Constraints(budget=c["budget"]))
-        # utilities stay the allocation's own (they reflect the weights it was solved with)
-        infos = {info.name: (info, i) for i, info in enumerate(problem.layers)}
-        allowed = [infos[l["name"]][0].methods for l in layers]
-        if problem.gradient_norms:
-            grads = [problem.gradient_norms[infos[l["name"]][1]] for l in layers]
-        if problem.fisher_traces:
-            fisher = [problem.fisher_traces[infos[l["name"]][1]] for l in layers]
+        accepted = allowed_methods(man, ModelOptions(methods=METHOD_NAMES))
+        allowed = [accepted.get(l["name"], set()) for l in layers]
+        tables = [man.metadata.get(key) for key in ("gradient_norms", "fisher_traces")]
+        grads, fisher = [[float(t[l["name"]]) for l in layers] if isinstance(t, dict) and all(l["name"] in t for l in layers) else None
+                         for t in tables]
+    failures = integrity_failures(data, man)
     metrics = compute_metrics(layers, data["constraints"], grads, fisher, allowed)
     if not manifest:  # correlations need the profile; keep what the solver computed
         for key in ("utility_gradient_correlation", "utility_fisher_correlation"):
             metrics[key] = (data.get("metrics") or {}).get(key)
     checks = verdicts(metrics, data["constraints"])
+    n_fail = sum(v == FAIL for v in checks.values()) + len(failures)
     if as_json:
-        click.echo(json.dumps({"metrics": metrics, "checks": checks}, indent=1))
+        click.echo(json.dumps({"failures": failures, "metrics": metrics, "checks": checks}, indent=1))
     else:
+        for line in failures[:20]:
+            click.echo(f"FAIL  {line}")
+        if len(failures) > 20:
+            click.echo(f"FAIL  ... and {len(failures) - 20} more (--json lists all)")
+        if failures:
+            click.echo()
         click.echo(validation_table(metrics, data["constraints"]))
-        n_fail = sum(v == FAIL for v in checks.values())
         n_warn = sum(v == "WARN" for v in checks.values())
         click.echo(f"\n{'FAIL' if n_fail else 'PASS'}: {n_fail} failed, {n_warn} warnings")
-    if any(v == FAIL for v in checks.values()):
+    if n_fail:
         sys.exit(EXIT_VALIDATION)
+
+
+def _sound_allocation(path: str) -> dict:
+    """The allocation file, refused (one line, exit 1) when its own fields do not add up."""
+    from .allocation import load_allocation
+    from .integrity import integrity_failures
+
+    data = load_allocation(path)
+    failures = integrity_failures(data)
+    if failures:
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise LayerlensError(f"{path} fails validation: {failures[0]}{more}; run `layerlens-opt validate {path}`")
+    return data
 
 
 @main.command()
@@ -290,7 +355,7 @@ def validate(allocation, manifest, as_json):
               help="probe: short uniform-LoRA run + held-out ablations; first-order: gradient energy, Fisher, one-step proxy.")
 @click.option("--probe-steps", type=click.IntRange(min=1), default=100, show_default=True, help="probe: training steps.")
 @click.option("--probe-rank", type=click.IntRange(min=1), default=4, show_default=True, help="probe: LoRA rank on every layer.")
-@click.option("--probe-lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True, help="probe: AdamW learning rate.")
+@click.option("--probe-lr", type=FiniteFloat(0, 10, lo_open=True), default=2e-3, show_default=True, help="probe: AdamW learning rate.")
 @click.option("--held-out", type=click.IntRange(min=1), default=512, show_default=True, help="probe: rows kept out of probe training to measure on.")
 @click.option("--no-interactions", is_flag=True, help="probe: skip the leave-pair-out ablations inside each block.")
 @click.option("--batches", type=click.IntRange(min=1), default=8, show_default=True, help="first-order: batches.")
@@ -312,8 +377,9 @@ def profile(model_spec, data_path, output, signal, probe_steps, probe_rank, prob
         raise LayerlensError(f"profiling needs torch ({exc.name} is missing): pip install torch==2.13.0 && pip install -e '.[torch]'") from None
     from .profiling.naming import parse_block_pattern, parse_kind_patterns
 
-    if not Path(output).resolve().parent.exists():
-        raise LayerlensError(f"cannot write {output}: folder {Path(output).parent} does not exist")
+    from .io import check_output, json_text
+
+    check_output(output, [data_path], "manifest")
     naming = dict(kind_patterns=parse_kind_patterns(kind_pattern), block_pattern=parse_block_pattern(block_pattern), progress=not quiet)
     if signal == "probe":
         config = ProbeConfig(steps=probe_steps, rank=probe_rank, lr=probe_lr, batch_size=batch_size, held_out=held_out,
@@ -325,7 +391,7 @@ def profile(model_spec, data_path, output, signal, probe_steps, probe_rank, prob
     from .manifest import parse_manifest
 
     parse_manifest(manifest, source="profiled manifest")  # what we write must read back
-    _write(output, json.dumps(manifest, indent=1, allow_nan=False) + "\n")
+    _write(output, json_text(manifest, "manifest"), [data_path], "manifest")
     kinds = {}
     for l in manifest["layers"]:
         kinds[l["kind"]] = kinds.get(l["kind"], 0) + 1
@@ -342,9 +408,10 @@ def data(task, split, seed, output):
     """Write a word task (VADER polarity/pairs, NRC emotion, wordfreq frequency; words split between train and test) as JSONL."""
     from .tasks import examples, write_jsonl
 
+    from .io import check_output
+
+    check_output(output, (), "data")
     rows = examples(task, split, seed)
-    if not Path(output).resolve().parent.exists():
-        raise LayerlensError(f"cannot write {output}: folder {Path(output).parent} does not exist")
     write_jsonl(rows, output)
     click.echo(f"wrote {len(rows)} {task} examples ({split} words) to {output}")
 
@@ -354,13 +421,12 @@ def data(task, split, seed, output):
 @click.option("--format", "fmt", type=click.Choice(["peft", "csv", "markdown"]), default="peft", show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(), help="A folder for peft (adapter_config.json), a file otherwise.")
 @click.option("--module-prefix", default="", help="Prepended to module names, when the trainer wraps the profiled model (e.g. 'encoder.').")
-@click.option("--alpha-ratio", type=float, default=2.0, show_default=True, help="LoRA alpha = ratio x rank.")
+@click.option("--alpha-ratio", type=FiniteFloat(0, 1e6, lo_open=True), default=2.0, show_default=True, help="LoRA alpha = ratio x rank.")
 def export(allocation, fmt, output, module_prefix, alpha_ratio):
     """Export an ALLOCATION as a peft LoraConfig folder, CSV or Markdown."""
     from . import export as ex
-    from .allocation import load_allocation
 
-    data = load_allocation(allocation)
+    data = _sound_allocation(allocation)
     if fmt == "peft":
         path = ex.write_peft(data, output, alpha_ratio=alpha_ratio, prefix=module_prefix)
         n = sum(1 for l in data["layers"] if l["method"] == "lora")
@@ -370,7 +436,7 @@ def export(allocation, fmt, output, module_prefix, alpha_ratio):
             click.echo("not in the peft config (peft cannot mix them with LoRA; use layerlens_opt.apply.apply): "
                        + ", ".join(f"{m} x{c}" for m, c in sorted(others.items())), err=True)
     else:
-        _write(output, ex.to_csv(data) if fmt == "csv" else ex.to_markdown(data))
+        _write(output, ex.to_csv(data) if fmt == "csv" else ex.to_markdown(data), [allocation], fmt)
         click.echo(f"wrote {output}")
 
 
@@ -379,10 +445,12 @@ def export(allocation, fmt, output, module_prefix, alpha_ratio):
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Image file (.png, .svg, .pdf).")
 def plot(allocation, output):
     """Methods and ranks across layers: a heatmap by block x module."""
-    from .allocation import load_allocation
-    from .plots import plot_allocation
+    from .io import check_output
+    from .plots import check_image_path, plot_allocation
 
-    plot_allocation(load_allocation(allocation), output)
+    check_image_path(output)
+    check_output(output, [allocation], "plot")
+    plot_allocation(_sound_allocation(allocation), output)
     click.echo(f"wrote {output}")
 
 
@@ -392,19 +460,25 @@ def _budgets(text: str) -> list[int]:
         if len(parts) not in (2, 3):
             raise LayerlensError(f"--budgets {text!r}: use START:STOP or START:STOP:POINTS, e.g. 10k:200k")
         lo, hi = parse_count(parts[0], "--budgets start"), parse_count(parts[1], "--budgets stop")
-        n = int(parts[2]) if len(parts) == 3 else 12
-        if hi <= lo or n < 2:
-            raise LayerlensError(f"--budgets {text!r}: the stop must exceed the start and points be >= 2")
+        try:
+            n = int(parts[2]) if len(parts) == 3 else 12
+        except ValueError:
+            raise LayerlensError(f"--budgets {text!r}: POINTS {parts[2]!r} must be a whole number, e.g. 10k:200k:20") from None
+        if hi <= lo or not 2 <= n <= MAX_FRONTIER_POINTS:
+            raise LayerlensError(f"--budgets {text!r}: the stop must exceed the start and POINTS be 2 to {MAX_FRONTIER_POINTS}")
         return sorted({round(lo + (hi - lo) * i / (n - 1)) for i in range(n)})
-    return sorted({parse_count(t, "--budgets") for t in text.split(",") if t.strip()})
+    budgets = sorted({parse_count(t, "--budgets") for t in text.split(",") if t.strip()})
+    if not budgets or len(budgets) > MAX_FRONTIER_POINTS:
+        raise LayerlensError(f"--budgets {text!r}: give 1 to {MAX_FRONTIER_POINTS} budgets")
+    return budgets
 
 
 @main.command()
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
 @click.option("--budgets", required=True, help="START:STOP[:POINTS] (e.g. 10k:200k) or a list 10k,20k,50k.")
 @click.option("--methods", default="lora,adapter,prefix,none", show_default=True)
-@click.option("--min-utilization", type=click.FloatRange(0, 1), default=0.70, show_default=True)
-@click.option("--max-utilization", type=click.FloatRange(0, 1), default=0.90, show_default=True)
+@click.option("--min-utilization", type=FiniteFloat(0, 1), default=0.70, show_default=True)
+@click.option("--max-utilization", type=FiniteFloat(0, 1), default=0.90, show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Plot of objective vs budget (needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print the sweep as JSON.")
 def frontier(manifest, budgets, methods, min_utilization, max_utilization, output, as_json):
@@ -414,6 +488,12 @@ def frontier(manifest, budgets, methods, min_utilization, max_utilization, outpu
     from .report import table
     from .solvers import solve as run_solver
 
+    if output:
+        from .io import check_output
+        from .plots import check_image_path
+
+        check_image_path(output)
+        check_output(output, [manifest], "plot")
     man = load_manifest(manifest)
     options = ModelOptions(methods=tuple(m.strip() for m in methods.split(",") if m.strip()))
     points = []

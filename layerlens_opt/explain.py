@@ -55,6 +55,8 @@ def explain(problem: Problem, layer_name: str | None = None) -> str:
         + ("agrees" if agree else "DISAGREES (the floor may bind; see the notes)"),
         f"integer optimum {alloc.objective:.6f} ({alloc.total_params:,} params, gap to the LP bound {(bound - alloc.objective) / max(abs(bound), 1e-12):.1e})",
         "",
+        *([f"note: the {len(problem.pairs)} pairwise interaction terms are not in this LP; prices and steps below are for the "
+           "separable gains (the integer optimum above includes the pairs)", ""] if problem.pairs else []),
         "A layer moves up a rank when that step's gain per 1,000 parameters beats the price, and keeps a rank",
         "when giving it up would lose more than the price returns. Steps are within the layer's method.",
         "",
@@ -81,6 +83,8 @@ def explain(problem: Problem, layer_name: str | None = None) -> str:
             why = "next step beats the price but does not fit the budget with the rest"
         elif r_down is not None and r_down < price * 1000:
             why = "kept for the floor/integrality (its last step is below the price)"
+        elif down is None:
+            why = "at the bottom: no step up pays the price"
         else:
             why = "at the price: up is not worth it, down would lose more"
         rows.append((info.name, f"{method} r{int(problem.option_rank[choice])}" if method != "none" else "none",

@@ -72,9 +72,9 @@ def write_peft(allocation: Mapping[str, Any], out_dir: str | Path, **kwargs) -> 
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LayerlensError(f"cannot create folder {out_dir}: {exc.strerror}") from None
-    path = out_dir / "adapter_config.json"
-    path.write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
-    return path
+    from .io import json_text, write_atomic
+
+    return write_atomic(out_dir / "adapter_config.json", json_text(config, "peft config"), (), "peft config")
 
 
 COLUMNS = ("name", "kind", "block", "method", "rank", "params", "utility", "gain")

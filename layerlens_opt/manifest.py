@@ -121,6 +121,8 @@ def load_manifest(path: str | Path) -> Manifest:
         raise ManifestError(
             f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         ) from None
+    except RecursionError:
+        raise ManifestError(f"{path}: the JSON is nested too deeply to be a manifest") from None
     return parse_manifest(data, source=str(path))
 
 
@@ -128,9 +130,15 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+#: the largest layer dimension accepted (far beyond any model; keeps every cost exact in int64)
+MAX_DIM = 2**31
+
+
 def _positive_int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ManifestError(f"{where} must be a positive integer, got {value!r}")
+    if value > MAX_DIM:
+        raise ManifestError(f"{where} is {value:.3g}, above the largest dimension accepted ({MAX_DIM:,}); check the number")
     return value
 
 
@@ -188,7 +196,7 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
         raise ManifestError(f"{source}: 'metric_weights' must be an object mapping metric name to weight")
     for key, value in weights.items():
         if not _is_number(value) or not math.isfinite(value) or value < 0:
-            raise ManifestError(f"{source}: metric_weights[{key!r}] must be a non-negative number, got {value!r}")
+            raise ManifestError(f"{source}: metric_weights[{key!r}] must be a non-negative finite number, got {value!r}")
     check_weights(weights, metric_names, source)
 
     model = data.get("model", {})
@@ -201,8 +209,8 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
         table = metadata.get(key)
         if table is None:
             continue
-        if not isinstance(table, dict) or not all(_is_number(v) for v in table.values()):
-            raise ManifestError(f"{source}: metadata.{key} must map layer names to numbers")
+        if not isinstance(table, dict) or not all(_is_number(v) and math.isfinite(v) for v in table.values()):
+            raise ManifestError(f"{source}: metadata.{key} must map layer names to finite numbers")
         unknown_names = sorted(set(table) - set(seen))
         if unknown_names:
             raise ManifestError(
@@ -366,4 +374,6 @@ def _parse_layer(raw: Any, index: int, source: str) -> Layer:
 
 def save_manifest(manifest: Manifest, path: str | Path) -> None:
     """Write ``manifest`` as JSON (the current schema version)."""
-    Path(path).write_text(json.dumps(manifest.to_dict(), indent=1) + "\n", encoding="utf-8")
+    from .io import json_text, write_atomic
+
+    write_atomic(path, json_text(manifest.to_dict(), "manifest"), (), "manifest")

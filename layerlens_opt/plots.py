@@ -22,6 +22,27 @@ def _pyplot():
     return plt
 
 
+#: image formats written (the file name's extension chooses)
+IMAGE_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg")
+
+
+def check_image_path(path: str) -> None:
+    """A plot needs a file name ending in a known image extension; say which ones otherwise."""
+    suffix = path.rsplit(".", 1)[-1].lower() if "." in str(path).rsplit("/", 1)[-1] else ""
+    if suffix not in IMAGE_FORMATS:
+        raise LayerlensError(f"cannot plot to {path}: the file name must end in one of {', '.join('.' + f for f in IMAGE_FORMATS)}")
+
+
+def _save(fig, path: str, plt) -> None:
+    """Through the one atomic writer (temp file + rename), then close the figure."""
+    from .io import write_atomic
+
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format=str(path).rsplit(".", 1)[-1].lower()), (), "plot")
+    finally:
+        plt.close(fig)
+
+
 def _row_label(name: str, block: int | None) -> str:
     """The module's name inside its block (``attention.self.query``), or the whole name."""
     if block is None:
@@ -68,8 +89,7 @@ def plot_allocation(allocation: Mapping[str, Any], path: str) -> None:
     ax.set_title(f"{allocation.get('solver')} allocation: {allocation.get('total_params', 0):,} of "
                  f"{allocation.get('budget', 0):,} params ({allocation.get('utilization', 0):.0%}); numbers are ranks", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, plt)
 
 
 def plot_frontier(points: Sequence[Mapping[str, Any]], path: str, title: str = "") -> None:
@@ -89,5 +109,4 @@ def plot_frontier(points: Sequence[Mapping[str, Any]], path: str, title: str = "
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, plt)

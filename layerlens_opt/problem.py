@@ -75,6 +75,11 @@ class Constraints:
             raise LayerlensError(
                 f"min utilization {lo} is above max utilization {hi}; the window is empty — swap or widen them"
             )
+        if self.lo > self.hi:
+            raise LayerlensError(
+                f"the window {lo:.0%}-{hi:.0%} of a budget of {self.budget:,} holds no whole number of parameters "
+                f"([{lo * self.budget:g}, {hi * self.budget:g}]); raise the budget or widen the window"
+            )
         if self.min_methods < 0:
             raise LayerlensError(f"min_methods must be >= 0, got {self.min_methods}")
         for method, cap in self.method_caps:
@@ -131,6 +136,9 @@ class ModelOptions:
             check_method(m, "method set")
         for m, ranks in self.ranks.items():
             check_method(m, "ranks")
+            if not METHODS[m].ranked:
+                ranked = ", ".join(n for n in METHOD_NAMES if METHODS[n].ranked)
+                raise LayerlensError(f"--ranks {m}: {m} has no rank (one option per layer); ranks apply to {ranked}")
             if not ranks or any(isinstance(r, bool) or not isinstance(r, int) or r <= 0 for r in ranks):
                 raise LayerlensError(f"ranks for {m!r} must be positive integers, got {list(ranks)!r}")
         if self.normalization not in NORMALIZATIONS:
@@ -236,6 +244,11 @@ class Problem:
         """
         c = self.constraints
         smallest, largest = self.cost_range()
+        if largest == 0 and c.lo > 0:
+            return (
+                "no layer can take any method that costs parameters (every option is 'none'); "
+                "offer methods (--methods) the layers accept, or fix the manifest's allowed_methods"
+            )
         if largest < c.lo:
             return (
                 f"the largest possible allocation uses {largest:,} parameters, {largest / c.budget:.0%} of the budget "
@@ -257,6 +270,8 @@ def compute_utilities(manifest: Manifest, weights: Mapping[str, float] | None = 
     names = list(manifest.metric_names)
     weights = dict(manifest.metric_weights if weights is None else weights)
     check_weights(weights, names, "metric weights")
+    top_weight = max(weights.values())
+    weights = {k: v / top_weight for k, v in weights.items()}  # sums of huge weights stay finite
     total = float(sum(weights.values()))
     utility = np.zeros(len(manifest.layers))
     for name in names:
@@ -311,6 +326,21 @@ def _prefix_layers(manifest: Manifest) -> tuple[set[int], str | None]:
     return eligible, None
 
 
+def allowed_methods(manifest: Manifest, options: ModelOptions) -> dict[str, set[str]]:
+    """Layer name -> the methods of ``options.methods`` it accepts (its ``allowed_methods``, else its kind's; prefix on one layer per block)."""
+    prefix_ok, _ = _prefix_layers(manifest)
+    out = {}
+    for l, layer in enumerate(manifest.layers):
+        if layer.allowed_methods is not None:
+            fits = set(layer.allowed_methods)
+        else:
+            fits = {m for m, spec in METHODS.items() if layer.kind in spec.fits}
+            if layer.kind == "attention" and l not in prefix_ok:
+                fits.discard("prefix")
+        out[layer.name] = fits & set(options.methods)
+    return out
+
+
 def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOptions | None = None) -> Problem:
     """Build the problem: options per layer with exact cost and gain, compatibility applied."""
     options = options or ModelOptions()
@@ -319,6 +349,7 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
         utility = (1.0 - options.shrink) * utility + options.shrink * utility.mean()
     pairs = _pair_terms(manifest, options) if options.interactions else ()
     prefix_ok, prefix_note = _prefix_layers(manifest)
+    accepted = allowed_methods(manifest, ModelOptions(methods=METHOD_NAMES))
     notes: list[str] = []
 
     layer_of: list[int] = []
@@ -333,13 +364,9 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
     prefix_pruned = False
 
     for l, layer in enumerate(manifest.layers):
-        if layer.allowed_methods is not None:
-            fits = set(layer.allowed_methods)
-        else:
-            fits = {m for m, spec in METHODS.items() if layer.kind in spec.fits}
-            if layer.kind == "attention" and "prefix" in fits and l not in prefix_ok:
-                fits.discard("prefix")
-                prefix_pruned = prefix_pruned or "prefix" in options.methods
+        fits = accepted[layer.name]
+        if layer.kind == "attention" and layer.allowed_methods is None and l not in prefix_ok:
+            prefix_pruned = prefix_pruned or "prefix" in options.methods
         methods = tuple(m for m in wanted if m in fits)
         if not methods:
             raise LayerlensError(
@@ -407,7 +434,8 @@ def _pair_terms(manifest: Manifest, options: ModelOptions) -> tuple[PairTerm, ..
             "linear; use --normalization max or --no-interactions"
         )
     weights = dict(manifest.metric_weights if options.metric_weights is None else options.metric_weights)
-    share = weights[metric] / float(sum(weights.values()))
+    top_weight = max(weights.values())
+    share = (weights[metric] / top_weight) / float(sum(v / top_weight for v in weights.values()))
     top = max(layer.metrics[metric] for layer in manifest.layers)
     scale = share / top * (1.0 - options.shrink) if top > 0 else 0.0
     index = {layer.name: l for l, layer in enumerate(manifest.layers)}

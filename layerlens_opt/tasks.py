@@ -120,4 +120,6 @@ def examples(task: str, split: str, seed: int = 0, n_pairs: int = 6000) -> list[
 
 
 def write_jsonl(rows: list[dict], path: str | Path) -> None:
-    Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    from .io import write_atomic
+
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows), (), "data")

@@ -84,26 +84,40 @@ def load_jsonl(path: str | Path) -> tuple[list[str], list[int], list[Any]]:
     if not path.exists():
         raise LayerlensError(f"data file {path} does not exist")
     texts, labels = [], []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise LayerlensError(f"{path} line {i}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise LayerlensError(f"{path} line {i}: each line must be an object with 'text' and 'label'")
-            if "label" not in row:
-                raise LayerlensError(f"{path} line {i}: no 'label' field (found {', '.join(map(repr, row)) or 'nothing'}); "
-                                     "each line needs {\"text\": ..., \"label\": ...}")
-            if "text" not in row or not isinstance(row["text"], str):
-                raise LayerlensError(f"{path} line {i}: no string 'text' field")
-            texts.append(row["text"])
-            labels.append(row["label"])
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise LayerlensError(f"{path}: not UTF-8 text (byte {exc.start}); save the data as UTF-8 JSONL") from None
+    except OSError as exc:
+        raise LayerlensError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LayerlensError(f"{path} line {i}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise LayerlensError(f"{path} line {i}: each line must be an object with 'text' and 'label'")
+        if "label" not in row:
+            raise LayerlensError(f"{path} line {i}: no 'label' field (found {', '.join(map(repr, row)) or 'nothing'}); "
+                                 "each line needs {\"text\": ..., \"label\": ...}")
+        if "text" not in row or not isinstance(row["text"], str):
+            raise LayerlensError(f"{path} line {i}: no string 'text' field")
+        label = row["label"]
+        if isinstance(label, bool) or not isinstance(label, (str, int)):
+            raise LayerlensError(f"{path} line {i}: label {label!r} must be a string or a whole number")
+        texts.append(row["text"])
+        labels.append(label)
     if not texts:
         raise LayerlensError(f"data file {path} is empty: it needs JSON lines of {{\"text\": ..., \"label\": ...}}")
-    classes = sorted(set(labels), key=lambda v: (str(type(v)), v))
+    kinds = {type(l).__name__ for l in labels}
+    if len(kinds) > 1:
+        first_int = next(l for l in labels if isinstance(l, int))
+        first_str = next(l for l in labels if isinstance(l, str))
+        raise LayerlensError(f"{path}: labels mix numbers and strings (e.g. {first_int!r} and {first_str!r}), which would count as "
+                             "different classes; write every label the same way")
+    classes = sorted(set(labels))
     if len(classes) < 2:
         raise LayerlensError(f"data file {path} has a single label ({classes[0]!r}); classification needs at least two")
     index = {c: i for i, c in enumerate(classes)}
@@ -178,7 +192,12 @@ def load_model(spec: str, n_classes: int, device: str = "cpu", max_length: int =
         factory = getattr(module, func_name, None)
         if not callable(factory):
             raise LayerlensError(f"--model {spec}: {module_name} has no callable {func_name!r}")
-        made = factory()
+        try:
+            made = factory()
+        except Exception as exc:  # the user's code: report it on one line, no traceback
+            raise LayerlensError(f"--model {spec}: the factory raised {type(exc).__name__}: {exc}") from None
+        except SystemExit as exc:
+            raise LayerlensError(f"--model {spec}: the factory called exit({exc.code!r}) instead of returning a model") from None
         if isinstance(made, tuple) and len(made) == 2:
             return _hf_classifier(made[0], made[1], n_classes, device, max_length), spec
         if not isinstance(made, nn.Module):

@@ -1,0 +1,93 @@
+"""Does an allocation file say what it claims? Recomputed from its own fields and, when given, the manifest.
+
+``integrity_failures(allocation, manifest=None)`` returns one sentence per
+problem, each naming the layer and both values; empty means sound. ``validate``
+prints them as FAILs; ``export``, ``plot`` and :func:`layerlens_opt.apply.apply`
+refuse an allocation that has any, so a hand-edited rank or a foreign
+allocation cannot reach training.
+
+Checked: the status (only optimal or feasible allocations carry a usable
+answer); that it has layers; each layer's rank is possible for its method and
+shape and its ``params`` equal the exact cost of method and rank on the layer's
+shape (the manifest's shape when given, else the allocation's own
+``in_features``/``out_features``); ``total_params`` and ``utilization`` equal
+what the layers add up to; with a manifest, every manifest layer appears
+exactly once, no other layer appears, and each method is one the layer accepts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .methods import METHOD_NAMES, METHODS, param_cost
+
+
+def rank_problem(method: str, rank: int, d_in: int, d_out: int) -> str | None:
+    """Why ``rank`` is impossible for ``method`` on a (d_in, d_out) layer, or None."""
+    if method == "none":
+        return None if rank == 0 else f"rank {rank} with method none (must be 0)"
+    if not METHODS[method].ranked:
+        return None if rank == 1 else f"rank {rank} with {method} (one option per layer, reported as rank 1)"
+    if rank < 1:
+        return f"rank {rank} with {method} (must be at least 1)"
+    cap = min(d_in, d_out) if method == "lora" else d_out if method == "adapter" else None
+    if cap is not None and rank > cap:
+        return f"{method} rank {rank} on a {d_in}x{d_out} layer (at most {cap})"
+    return None
+
+
+def integrity_failures(allocation: Mapping[str, Any], manifest=None) -> list[str]:
+    out: list[str] = []
+    status = allocation.get("status")
+    if status not in ("optimal", "feasible"):
+        out.append(f"status is {status!r}: the solve found no usable allocation ({allocation.get('message') or 'no message'})")
+    layers = allocation.get("layers") or []
+    if not layers:
+        out.append("the allocation has no layers")
+        return out
+    shapes: dict[str, tuple[int, int]] = {}
+    allowed: dict[str, set[str]] = {}
+    if manifest is not None:
+        from .problem import ModelOptions, allowed_methods
+
+        shapes = {l.name: (l.in_features, l.out_features) for l in manifest.layers}
+        allowed = allowed_methods(manifest, ModelOptions(methods=METHOD_NAMES))
+        seen: dict[str, int] = {}
+        for l in layers:
+            seen[l["name"]] = seen.get(l["name"], 0) + 1
+        for name, count in seen.items():
+            if name not in shapes:
+                out.append(f"layer {name!r} is not in the manifest (an allocation for another model?)")
+            elif count > 1:
+                out.append(f"layer {name!r} appears {count} times")
+        missing = [n for n in shapes if n not in seen]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            out.append(f"manifest layer(s) {', '.join(map(repr, missing[:3]))}{more} missing from the allocation")
+    total = 0
+    for l in layers:
+        name, method, rank, params = l["name"], l["method"], l["rank"], l["params"]
+        total += params
+        dims = shapes.get(name)
+        if dims is None and manifest is None and l.get("in_features") and l.get("out_features"):
+            dims = (int(l["in_features"]), int(l["out_features"]))
+        if dims is None:
+            if manifest is None:
+                out.append(f"layer {name!r} has no in_features/out_features to check its params against; pass --manifest")
+            continue
+        why = rank_problem(method, rank, *dims)
+        if why:
+            out.append(f"layer {name!r}: {why}")
+            continue
+        cost = param_cost(method, rank, *dims)
+        if cost != params:
+            out.append(f"layer {name!r}: params {params:,} but {method} rank {rank} on {dims[0]}x{dims[1]} costs {cost:,}")
+        if allowed and name in allowed and method not in allowed[name]:
+            out.append(f"layer {name!r}: method {method} is not one the layer accepts ({', '.join(sorted(allowed[name]))})")
+    if allocation.get("total_params") != total:
+        out.append(f"total_params is {allocation.get('total_params')!r} but the layers add up to {total:,}")
+    budget = allocation.get("budget")
+    utilization = allocation.get("utilization")
+    if isinstance(budget, int) and budget > 0 and (not isinstance(utilization, (int, float)) or abs(utilization - total / budget) > 1e-9):
+        out.append(f"utilization is {utilization!r} but {total:,} of {budget:,} is {total / budget:.6g}")
+    return out

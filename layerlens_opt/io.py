@@ -1,0 +1,82 @@
+"""The one writer: every file the tool writes goes through :func:`write_atomic`.
+
+Guarantees (tested): the output is written to a temporary file in the same
+folder and moved into place with ``os.replace`` (a reader sees the old file or
+the whole new one, never half of one; concurrent writers leave one complete
+file); a path that is also an input of the same command is refused; a write
+that fails leaves the old file as it was; JSON is written with
+``allow_nan=False`` (NaN is not JSON, other tools reject it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .errors import LayerlensError
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(path: str | Path, inputs: Iterable[str | Path] = (), what: str = "output") -> Path:
+    """The output path, after refusing a missing folder, a folder in the way and any input of the command."""
+    p = Path(path)
+    if p.exists() and p.is_dir():
+        raise LayerlensError(f"cannot write {what} {path}: it is a folder; give a file name")
+    if not p.resolve().parent.is_dir():
+        raise LayerlensError(f"cannot write {what} {path}: folder {p.parent} does not exist")
+    for source in inputs:
+        if source is not None and (_same(p, Path(source)) or p.resolve() == Path(source).resolve()):
+            raise LayerlensError(f"refusing to write {what} onto {path}: it is an input of this command; choose another file name")
+    return p
+
+
+def write_atomic(path: str | Path, content: str | bytes | Callable[[str], None], inputs: Iterable[str | Path] = (),
+                 what: str = "output") -> Path:
+    """Write ``content`` (text, bytes, or a function that writes a file at the path it is given) atomically to ``path``."""
+    p = check_output(path, inputs, what)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=p.resolve().parent, prefix=f".{p.name}.", suffix=f".tmp{p.suffix}")
+    except OSError as exc:
+        raise LayerlensError(f"cannot write {what} {path}: {exc.strerror or exc}; nothing was changed there") from None
+    try:
+        if callable(content):
+            os.close(fd)
+            content(tmp)
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(content.encode("utf-8") if isinstance(content, str) else content)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, p)
+    except OSError as exc:
+        _remove(tmp)
+        raise LayerlensError(f"cannot write {what} {path}: {exc.strerror or exc}; nothing was changed there") from None
+    except BaseException:
+        _remove(tmp)
+        raise
+    return p
+
+
+def _remove(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
+def json_text(obj: Any, what: str = "output") -> str:
+    """``obj`` as indented JSON; a NaN or infinity is an error (it is not JSON)."""
+    try:
+        return json.dumps(obj, indent=1, allow_nan=False) + "\n"
+    except ValueError:
+        raise LayerlensError(f"the {what} holds a NaN or infinite number, which JSON cannot carry; check the inputs for NaN") from None

@@ -1,0 +1,320 @@
+"""Nothing lost, nothing silently wrong: bad input gets one line and a non-zero exit; outputs are atomic and never clobber inputs.
+
+The fuzz tests (hypothesis) assert, over manifests, allocation files and CLI values:
+exit code in {0, 1, 2, 3, 4, 5}, no traceback, inputs unchanged, any output absent or complete and valid.
+"""
+
+import copy
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from layerlens_opt.cli import main
+
+from conftest import ROOT
+
+SCENARIO = ROOT / "problems" / "scenarios" / "early-sensitive.json"
+EXIT_CODES = {0, 1, 2, 3, 4, 5}
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_clean(r, codes=EXIT_CODES):
+    """A handled outcome: a known exit code and no exception other than SystemExit (no traceback)."""
+    assert r.exit_code in codes, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert "Traceback" not in r.output
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    p = tmp_path / "m.json"
+    p.write_bytes(SCENARIO.read_bytes())
+    return p
+
+
+@pytest.fixture
+def allocation(tmp_path, manifest):
+    p = tmp_path / "a.json"
+    assert run("solve", manifest, "--budget", "50k", "-o", p).exit_code == 0
+    return p
+
+
+# ----------------------------------------------------------------------------- the issue's reproductions
+
+
+def test_readme_weights_and_caps_examples_work(manifest):
+    r = run("solve", manifest, "--budget", 50000, "--weights", "gradient_energy=0.5,fisher=0.3,proxy_eval=0.2")
+    assert r.exit_code == 0, r.output
+    r = run("solve", manifest, "--budget", 50000, "--method-cap", "lora=5,adapter=3", "--json")
+    assert r.exit_code == 0, r.output
+    layers = json.loads(r.output)["layers"]
+    assert sum(l["method"] == "lora" for l in layers) <= 5 and sum(l["method"] == "adapter" for l in layers) <= 3
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--budget", "1e400"], "too large"),
+    (["--budget", "50k", "--weights", "gradient_energy=nan,fisher=1,proxy_eval=1"], "finite number"),
+    (["--budget", "50k", "--weights", "gradient_energy=inf,fisher=1,proxy_eval=1"], "finite number"),
+    (["--budget", "50k", "--weights", "gradient_energy=-1,fisher=1,proxy_eval=1"], "finite number"),
+    (["--budget", "50k", "--ranks", "ia3=4"], "ia3 has no rank"),
+    (["--budget", "1"], "holds no whole number"),
+    (["--budget", "50k", "--shrink", "nan"], "finite"),
+    (["--budget", "50k", "--method-cap", "lora=x"], "whole number"),
+])
+def test_bad_solve_values_get_one_line(manifest, args, fragment):
+    r = run("solve", manifest, *args)
+    assert_clean(r, {1, 2})
+    assert r.exit_code != 0 and fragment in r.output
+
+
+def test_huge_weights_do_not_overflow(manifest):
+    r = run("solve", manifest, "--budget", "50k", "--json", "--weights", "gradient_energy=1e12,fisher=1e12,proxy_eval=1e12")
+    assert r.exit_code == 0
+    assert json.loads(r.output)["objective"] > 0
+    data = json.loads(manifest.read_text())
+    data["metric_weights"] = {"gradient_energy": 1e308, "fisher": 1e308, "proxy_eval": 1e308}
+    manifest.write_text(json.dumps(data))
+    r = run("solve", manifest, "--budget", "50k", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["objective"] > 0
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda d: d["layers"][0].update(in_features=10**30), "largest dimension"),
+    (lambda d: d.update(metadata={"gradient_norms": {d["layers"][0]["name"]: float("nan")}}), "finite numbers"),
+])
+def test_bad_manifests_get_one_line(manifest, edit, fragment):
+    data = json.loads(manifest.read_text())
+    edit(data)
+    manifest.write_text(json.dumps(data))
+    r = run("solve", manifest, "--budget", "50k")
+    assert_clean(r, {1})
+    assert fragment in r.output
+
+
+def test_deeply_nested_files_get_one_line(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    assert_clean(r := run("solve", deep, "--budget", "50k"), {1})
+    assert "nested too deeply" in r.output
+    assert_clean(r := run("validate", deep), {1})
+
+
+def test_output_never_overwrites_an_input(manifest):
+    before = digest(manifest)
+    for flag in ("-o", "--export-lp", "--export-mps"):
+        r = run("solve", manifest, "--budget", "50k", flag, manifest)
+        assert_clean(r, {1})
+        assert "input of this command" in r.output
+    assert digest(manifest) == before
+
+
+def test_failed_solve_leaves_an_earlier_allocation_alone(manifest, allocation):
+    before = digest(allocation)
+    r = run("solve", manifest, "--budget", "60", "-o", allocation)  # infeasible
+    assert r.exit_code == 3
+    assert "not written" in r.output
+    assert digest(allocation) == before
+
+
+def test_concurrent_writers_leave_one_complete_file(manifest, tmp_path):
+    out = tmp_path / "shared.json"
+    cmd = [sys.executable, "-m", "layerlens_opt.cli", "solve", str(manifest), "--budget", "50k", "-o", str(out)]
+    env = dict(os.environ)
+    for _ in range(3):
+        procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env) for _ in range(6)]
+        assert all(p.wait() == 0 for p in procs)
+        assert json.loads(out.read_text())["status"] == "optimal"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".shared.json.")]  # no temp files left behind
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_folder_is_a_clear_error(manifest, tmp_path):  # pragma: no cover - CI runs as root here
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    r = run("solve", manifest, "--budget", "50k", "-o", ro / "a.json")
+    assert_clean(r, {1})
+
+
+def test_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
+    from layerlens_opt.errors import LayerlensError
+    from layerlens_opt.io import write_atomic
+
+    target = tmp_path / "x.json"
+    target.write_text("old")
+
+    def fail(tmp):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(LayerlensError, match="No space left"):
+        write_atomic(target, fail)
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["x.json"]
+
+
+@pytest.mark.parametrize("name, fragment", [("a_noext", "must end in"), ("a.bmpx", "must end in"), ("missing/a.png", "does not exist")])
+def test_plot_paths(allocation, tmp_path, name, fragment):
+    pytest.importorskip("matplotlib")
+    r = run("plot", allocation, "-o", tmp_path / name)
+    assert_clean(r, {1})
+    assert fragment in r.output
+
+
+def test_frontier_bad_points(manifest):
+    for spec, fragment in (("10k:50k:x", "whole number"), ("10k:50k:1000000000", "POINTS be 2 to 200")):
+        r = run("frontier", manifest, "--budgets", spec)
+        assert_clean(r, {1})
+        assert fragment in r.output
+
+
+def test_export_alpha_ratio_nan_is_refused(allocation, tmp_path):
+    r = run("export", allocation, "-o", tmp_path / "peft", "--alpha-ratio", "nan")
+    assert_clean(r, {2})
+    assert not (tmp_path / "peft").exists()
+
+
+def test_explain_at_none_says_so():
+    pytest.importorskip("cvxpy")
+    r = run("explain", SCENARIO, "--budget", "20k")
+    assert r.exit_code == 0
+    none_rows = [line for line in r.output.splitlines() if " none " in line]
+    assert none_rows and not any("down would lose more" in line for line in none_rows)
+
+
+def test_all_none_manifest_message(tmp_path):
+    data = json.loads(SCENARIO.read_text())
+    for layer in data["layers"]:
+        layer["allowed_methods"] = ["none"]
+    p = tmp_path / "none.json"
+    p.write_text(json.dumps(data))
+    r = run("solve", p, "--budget", "50k")
+    assert r.exit_code == 3 and "every option is 'none'" in r.output and "lower the budget to 0" not in r.output
+
+
+# ----------------------------------------------------------------------------- validate recomputes
+
+
+def _edited(allocation, tmp_path, edit, name="edited.json"):
+    data = json.loads(allocation.read_text())
+    edit(data)
+    p = tmp_path / name
+    p.write_text(json.dumps(data))
+    return p
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda d: next(l for l in d["layers"] if l["method"] == "lora").update(rank=512), "rank 512"),
+    (lambda d: next(l for l in d["layers"] if l["method"] != "none").update(params=1), "params 1 but"),
+    (lambda d: d.update(layers=[]), "no layers"),
+    (lambda d: d.update(status="infeasible"), "status is 'infeasible'"),
+    (lambda d: d["layers"].append(copy.deepcopy(d["layers"][0])), "appears 2 times"),
+    (lambda d: d["layers"].pop(), "missing from the allocation"),
+    (lambda d: d.update(total_params=d["total_params"] + 1), "total_params is"),
+])
+def test_validate_fails_what_does_not_add_up(allocation, manifest, tmp_path, edit, fragment):
+    bad = _edited(allocation, tmp_path, edit)
+    r = run("validate", bad, "--manifest", manifest)
+    assert r.exit_code == 5, r.output
+    assert fragment in r.output
+    if "missing" not in fragment and "appears" not in fragment:  # these need the manifest to be seen
+        r = run("export", bad, "-o", tmp_path / "peft")
+        assert r.exit_code == 1 and "fails validation" in r.output
+        assert not (tmp_path / "peft").exists()
+
+
+def test_validate_a_foreign_allocation(tmp_path):
+    llama2 = tmp_path / "a.json"
+    assert run("solve", ROOT / "problems" / "architectures" / "llama2-7b.json", "--budget", "5M", "-o", llama2).exit_code == 0
+    r = run("validate", llama2, "--manifest", ROOT / "problems" / "architectures" / "llama3-8b.json")
+    assert r.exit_code == 5 and "costs" in r.output
+
+
+def test_validate_a_sound_allocation_passes(allocation, manifest):
+    assert run("validate", allocation, "--manifest", manifest).exit_code == 0
+    assert run("validate", allocation).exit_code == 0
+
+
+# ----------------------------------------------------------------------------- fuzz
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=True) | st.text(max_size=8),
+                     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3), max_leaves=8)
+_FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _mutate(data, path_choice, value):
+    """Replace one field somewhere in ``data`` (chosen by ``path_choice``) by ``value``."""
+    paths = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                paths.append(path + [k])
+                walk(v, path + [k])
+        elif isinstance(node, list):
+            for i, v in enumerate(node[:3]):
+                paths.append(path + [i])
+                walk(v, path + [i])
+
+    walk(data, [])
+    path = paths[path_choice % len(paths)]
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return data
+
+
+@_FUZZ
+@given(choice=st.integers(0, 10**6), value=_JSON)
+def test_fuzz_manifests(tmp_path, choice, value):
+    data = _mutate(json.loads(SCENARIO.read_text()), choice, value)
+    m = tmp_path / "fuzz-m.json"
+    m.write_text(json.dumps(data))
+    before = digest(m)
+    out = tmp_path / "fuzz-a.json"
+    if out.exists():
+        out.unlink()
+    r = run("solve", m, "--budget", "50k", "-o", out)
+    assert_clean(r)
+    assert digest(m) == before
+    if out.exists():
+        assert r.exit_code == 0 and json.loads(out.read_text())["status"] in ("optimal", "feasible")
+
+
+@_FUZZ
+@given(choice=st.integers(0, 10**6), value=_JSON)
+def test_fuzz_allocation_files(tmp_path, choice, value):
+    base = tmp_path / "fuzz-base.json"
+    if not base.exists():
+        assert run("solve", SCENARIO, "--budget", "50k", "-o", base).exit_code == 0
+    data = _mutate(json.loads(base.read_text()), choice, value)
+    a = tmp_path / "fuzz-alloc.json"
+    a.write_text(json.dumps(data))
+    before = digest(a)
+    for args in (["validate", a], ["validate", a, "--manifest", SCENARIO], ["export", a, "--format", "csv", "-o", tmp_path / "fuzz.csv"]):
+        r = run(*args)
+        assert_clean(r)
+    assert digest(a) == before
+
+
+@_FUZZ
+@given(budget=st.text(max_size=12) | st.sampled_from(["50k", "1e400", "-5", "0", "1.5", "nan", "1e15", "9" * 30]),
+       weights=st.text(max_size=30) | st.sampled_from(["gradient_energy=1,fisher=1,proxy_eval=1", "a=b", "=,="]),
+       extra=st.sampled_from([[], ["--shrink", "2"], ["--max-rank", "0"], ["--min-utilization", "nan"], ["--ranks", "lora=0"],
+                              ["--method-cap", "none=1"], ["--methods", "bogus"], ["--solver", "nope"], ["--time-limit", "-1"]]))
+def test_fuzz_cli_values(budget, weights, extra):
+    r = run("solve", SCENARIO, "--budget", budget, "--weights", weights, *extra)
+    assert_clean(r)

@@ -2,7 +2,7 @@
 
 An :class:`Allocation` is built from a problem and one chosen option per layer
 by :func:`make_allocation`, which computes totals and the validation metrics
-the same way for every solver. ``to_dict`` gives the JSON object of DESIGN.md;
+the same way for every solver. ``to_dict`` gives the JSON object of docs/design.md (section 3);
 ``load_allocation`` reads one back (for ``validate``, ``compare`` and export).
 """
 

@@ -357,7 +357,10 @@ def _sound_allocation(path: str) -> dict:
 @click.option("--probe-rank", type=click.IntRange(min=1), default=4, show_default=True, help="probe: LoRA rank on every layer.")
 @click.option("--probe-lr", type=FiniteFloat(0, 10, lo_open=True), default=2e-3, show_default=True, help="probe: AdamW learning rate.")
 @click.option("--held-out", type=click.IntRange(min=1), default=512, show_default=True, help="probe: rows kept out of probe training to measure on.")
-@click.option("--no-interactions", is_flag=True, help="probe: skip the leave-pair-out ablations inside each block.")
+@click.option("--no-interactions", is_flag=True, help="probe: measure no pairwise interactions inside blocks.")
+@click.option("--probe-values", type=click.Choice(["leave-one-out", "masks"]), default="leave-one-out", show_default=True,
+              help="probe: a layer's value with all others present, or by regression over random subsets (--probe-masks).")
+@click.option("--probe-masks", type=click.IntRange(min=16), default=256, show_default=True, help="probe: random subsets measured with --probe-values masks.")
 @click.option("--batches", type=click.IntRange(min=1), default=8, show_default=True, help="first-order: batches.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -366,7 +369,7 @@ def _sound_allocation(path: str) -> dict:
 @click.option("--kind-pattern", multiple=True, help="REGEX=KIND overriding the inferred kind (repeatable).")
 @click.option("--block-pattern", help="REGEX with one group capturing the block number.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def profile(model_spec, data_path, output, signal, probe_steps, probe_rank, probe_lr, held_out, no_interactions, batches, batch_size,
+def profile(model_spec, data_path, output, signal, probe_steps, probe_rank, probe_lr, held_out, no_interactions, probe_values, probe_masks, batches, batch_size,
             seed, device, head_steps, kind_pattern, block_pattern, quiet):
     """Profile a torch model on labelled text into a manifest (needs the torch extra)."""
     try:
@@ -383,7 +386,7 @@ def profile(model_spec, data_path, output, signal, probe_steps, probe_rank, prob
     naming = dict(kind_patterns=parse_kind_patterns(kind_pattern), block_pattern=parse_block_pattern(block_pattern), progress=not quiet)
     if signal == "probe":
         config = ProbeConfig(steps=probe_steps, rank=probe_rank, lr=probe_lr, batch_size=batch_size, held_out=held_out,
-                             interactions=not no_interactions, seed=seed, device=device, **naming)
+                             interactions=not no_interactions, values=probe_values, masks=probe_masks, seed=seed, device=device, **naming)
         manifest = probe(model_spec, data_path, config)
     else:
         config = ProfileConfig(batches=batches, batch_size=batch_size, seed=seed, device=device, head_steps=head_steps, **naming)

@@ -1,7 +1,7 @@
 """The method catalog: exact parameter costs, compatibility and the default gain model.
 
 Every number the allocator uses about a PEFT method lives here, so the cost
-table of DESIGN.md and the default gain curve can be read (and tested) in one
+table of docs/design.md and the default gain curve can be read (and tested) in one
 place.
 
 Default gain model
@@ -76,7 +76,7 @@ def check_method(name: str, where: str = "method") -> str:
 
 
 def param_cost(method: str, rank: int, in_features: int, out_features: int) -> int:
-    """Exact trainable parameters of ``method`` at ``rank`` on a layer (DESIGN.md's table).
+    """Exact trainable parameters of ``method`` at ``rank`` on a layer (docs/design.md, section 2).
 
     ``rank`` is the LoRA rank, the adapter bottleneck width or the prefix length;
     IA3 and none ignore it.

@@ -184,3 +184,27 @@ def test_probe_real_minilm(tmp_path):
     assert m["model"]["probe"]["forward_passes"] == 2 + 36 + 36
     r = run("solve", out, "--budget", 9216, "--json")
     assert r.exit_code == 0 and json.loads(r.output)["status"] == "optimal"
+
+
+def test_mask_regression_recovers_an_additive_loss():
+    from layerlens_opt.profiling.probe import _fit_masks
+
+    names = ["a", "b", "c", "d"]
+    truth = {"a": 0.3, "b": 0.0, "c": -0.1, "d": 0.05}
+    pair = 0.07  # a and b together remove this much more
+    gen = random.Random(0)
+    masks = [[gen.random() < 0.5 for _ in names] for _ in range(64)]
+    losses = [1.0 - sum(truth[n] for n, k in zip(names, m) if k) - (pair if m[0] and m[1] else 0.0) for m in masks]
+    values, pairs = _fit_masks(names, masks, losses, [("a", "b")], ridge=0.0)
+    assert values == pytest.approx(truth, abs=1e-9)
+    assert pairs[("a", "b")] == pytest.approx(pair, abs=1e-9)
+
+
+def test_probe_masks_mode(data_file):
+    m = probe(TINY, str(data_file), _config(values="masks", masks=40))
+    manifest = parse_manifest(m)
+    assert m["model"]["probe"]["values"] == "masks" and m["model"]["probe"]["forward_passes"] == 2 + 12 + 12 * 2 + 40
+    assert {i.when for i in manifest.interactions} == {"both"} and len(manifest.interactions) == 30
+    assert set(m["metadata"]["probe_leave_one_out"]) == {l.name for l in manifest.layers}
+    for layer in manifest.layers:
+        assert layer.metrics[PROBE_METRIC] == max(0.0, m["metadata"]["probe_loss_drop_raw"][layer.name])

@@ -62,6 +62,8 @@ PROBE_METRIC = "probe_loss_drop"
 
 MIN_HELD_OUT = 100
 
+VALUE_MODES = ("leave-one-out", "masks")
+
 
 @dataclass
 class ProbeConfig:
@@ -71,6 +73,10 @@ class ProbeConfig:
     batch_size: int = 32
     held_out: int = 512
     interactions: bool = True
+    #: how layer values are measured: "leave-one-out" (all others present) or "masks" (random subsets, regression)
+    values: str = "leave-one-out"
+    masks: int = 256
+    keep: float = 0.5
     seed: int = 0
     device: str = "cpu"
     max_length: int = 64
@@ -174,6 +180,10 @@ def train_probe(model_spec: str, data_path: str, config: ProbeConfig | None = No
         raise LayerlensError("--probe-steps, --probe-rank and --batch-size must be at least 1")
     if not (config.lr > 0 and math.isfinite(config.lr)):
         raise LayerlensError(f"--probe-lr must be a positive number, got {config.lr!r}")
+    if config.values not in VALUE_MODES:
+        raise LayerlensError(f"--probe-values {config.values!r}: choose {' or '.join(VALUE_MODES)}")
+    if config.values == "masks" and (config.masks < 16 or not 0 < config.keep < 1):
+        raise LayerlensError(f"--probe-masks must be at least 16 and the keep share in (0, 1), got {config.masks} and {config.keep}")
     if config.held_out < MIN_HELD_OUT:
         raise LayerlensError(f"--held-out {config.held_out} is too few to measure layer values (noise swamps them); use at least {MIN_HELD_OUT}, 512 or more is better")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
@@ -234,7 +244,14 @@ def probe(model_spec: str, data_path: str, config: ProbeConfig | None = None) ->
     pairs = [p for members in blocks.values() for p in combinations(members, 2)] if config.interactions else []
     jobs: list[tuple] = [("drop", n) for n in names]
     jobs += [("rank", n, k) for n in names for k in config.ranks if k < rank_of[n]]
-    jobs += [("pair", a, b) for a, b in pairs]
+    masks = None
+    if config.values == "masks":
+        gen = torch.Generator().manual_seed(config.seed)
+        masks = (torch.rand((config.masks, len(names)), generator=gen) < config.keep).tolist()
+        jobs += [("mask", m) for m in range(config.masks)]
+    else:
+        jobs += [("pair", a, b) for a, b in pairs]
+    mask_loss: dict[int, float] = {}
     without: dict[str, float] = {}
     truncated: dict[tuple[str, int], float] = {}
     pair_loss: dict[tuple[str, str], float] = {}
@@ -243,11 +260,19 @@ def probe(model_spec: str, data_path: str, config: ProbeConfig | None = None) ->
             without[job[1]] = loss(remove=[job[1]])
         elif job[0] == "rank":
             truncated[job[1], job[2]] = loss(truncate={job[1]: job[2]})
+        elif job[0] == "mask":
+            mask_loss[job[1]] = loss(remove=[n for n, kept in zip(names, masks[job[1]]) if not kept])
         else:
             pair_loss[job[1], job[2]] = loss(remove=[job[1], job[2]])
     measure_s = time.perf_counter() - t1
 
     drop = {n: without[n] - full for n in names}
+    value, interactions = drop, []
+    if masks is not None:
+        value, pair_values = _fit_masks(names, masks, [mask_loss[m] for m in range(len(masks))], pairs)
+        interactions = [{"layers": [a, b], "value": v, "when": "both"} for (a, b), v in pair_values.items()]
+    else:
+        interactions = [{"layers": [a, b], "value": (pair_loss[a, b] - full) - drop[a] - drop[b], "when": "either"} for a, b in pairs]
     manifest_layers = []
     for l in found:
         n = l["name"]
@@ -266,12 +291,11 @@ def probe(model_spec: str, data_path: str, config: ProbeConfig | None = None) ->
         entry: dict[str, Any] = {"name": n, "kind": l["kind"], "in_features": l["in_features"], "out_features": l["out_features"]}
         if l["block"] is not None:
             entry["block"] = l["block"]
-        entry["metrics"] = {PROBE_METRIC: max(0.0, d)}
+        entry["metrics"] = {PROBE_METRIC: max(0.0, value[n])}
         entry["allowed_methods"] = ["lora", "none"]
         entry["gain_curves"] = {"lora": curve or {str(rank_of[n]): 1.0}}
         manifest_layers.append(entry)
 
-    interactions = [{"layers": [a, b], "value": (pair_loss[a, b] - full) - drop[a] - drop[b], "when": "either"} for a, b in pairs]
     manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "model": {
@@ -285,6 +309,7 @@ def probe(model_spec: str, data_path: str, config: ProbeConfig | None = None) ->
                 "method": "lora", "rank": config.rank, "alpha": 2 * config.rank, "steps": config.steps, "lr": config.lr,
                 "batch_size": config.batch_size, "train_examples": run.train_examples, "held_out_examples": len(run.held_texts),
                 "held_out_loss": full, "held_out_loss_without_adapters": base,
+                "values": config.values, **({"masks": config.masks, "keep": config.keep} if masks is not None else {}),
                 "forward_passes": 2 + len(jobs), "pairs": len(pairs),
                 "seconds_training": round(run.seconds, 2), "seconds_measuring": round(measure_s, 2),
             },
@@ -294,7 +319,8 @@ def probe(model_spec: str, data_path: str, config: ProbeConfig | None = None) ->
         "metric_weights": {PROBE_METRIC: 1.0},
         "layers": manifest_layers,
         "metadata": {
-            "probe_loss_drop_raw": drop,
+            "probe_loss_drop_raw": value,
+            **({"probe_leave_one_out": drop} if masks is not None else {}),
             "gain_sources": {"lora": f"probe (rank {config.rank}, {config.steps} steps)",
                              "adapter": "not offered: not measured by the probe",
                              "prefix": "not offered: not measured by the probe",
@@ -304,6 +330,29 @@ def probe(model_spec: str, data_path: str, config: ProbeConfig | None = None) ->
     if config.interactions:
         manifest["interactions"] = {"metric": PROBE_METRIC, "pairs": interactions}
     return manifest
+
+
+def _fit_masks(names, masks, losses, pairs, ridge: float = 1e-3):
+    """Least squares of held-out loss on which layers were kept (and, for ``pairs``, kept together).
+
+    ``loss ~ c - sum_i v_i z_i - sum_(i,j) v_ij z_i z_j``: v_i is the loss a layer's update removes on
+    average over random subsets of the others (a Banzhaf-style value, robust to the redundancy that makes
+    leave-one-out values vanish), v_ij what a pair adds beyond that when both are kept. A small ridge
+    term keeps the pair coefficients finite when few masks hold a pair.
+    """
+    import numpy as np
+
+    Z = np.asarray(masks, dtype=float)
+    index = {n: i for i, n in enumerate(names)}
+    cols = [np.ones(len(Z))] + [Z[:, i] for i in range(len(names))] + [Z[:, index[a]] * Z[:, index[b]] for a, b in pairs]
+    X = np.stack(cols, 1)
+    y = np.asarray(losses, dtype=float)
+    scale = ridge * len(y)
+    penalty = np.sqrt(scale) * np.eye(X.shape[1])[1:]
+    beta = np.linalg.lstsq(np.vstack([X, penalty]), np.concatenate([y, np.zeros(X.shape[1] - 1)]), rcond=None)[0]
+    values = {n: float(-beta[1 + i]) for i, n in enumerate(names)}
+    pair_values = {p: float(-beta[1 + len(names) + k]) for k, p in enumerate(pairs)}
+    return values, pair_values
 
 
 class _Naming:

@@ -23,6 +23,9 @@ _EXPORTS = {
     "solve": "layerlens_opt.solvers",
     "SolverOptions": "layerlens_opt.solvers",
     "LayerlensError": "layerlens_opt.errors",
+    "load_allocation": "layerlens_opt.allocation",
+    "apply": "layerlens_opt.inject",
+    "to_peft_config": "layerlens_opt.export",
 }
 
 

@@ -436,7 +436,7 @@ def export(allocation, fmt, output, module_prefix, alpha_ratio):
         click.echo(f"wrote {path}: LoRA on {n} modules")
         others = ex.others_than_lora(data)
         if others:
-            click.echo("not in the peft config (peft cannot mix them with LoRA; use layerlens_opt.apply.apply): "
+            click.echo("not in the peft config (peft cannot mix them with LoRA; use layerlens_opt.apply): "
                        + ", ".join(f"{m} x{c}" for m, c in sorted(others.items())), err=True)
     else:
         _write(output, ex.to_csv(data) if fmt == "csv" else ex.to_markdown(data), [allocation], fmt)

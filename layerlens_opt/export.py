@@ -4,7 +4,7 @@ peft and the allocation
 -----------------------
 Only the LoRA part of an allocation exports to peft: one ``LoraConfig`` cannot
 mix LoRA with bottleneck adapters, per-layer prefixes or IA3. Allocations that
-use those need :func:`layerlens_opt.apply.apply`, which injects all four.
+use those need :func:`layerlens_opt.apply`, which injects all four.
 
 ``rank_pattern`` / ``alpha_pattern`` keys are the full module names with
 regex metacharacters escaped. peft matches a key with
@@ -34,6 +34,8 @@ def lora_config(allocation: Mapping[str, Any], alpha_ratio: float = 2.0, dropout
     ``alpha = alpha_ratio * rank`` per module (the pilot's alpha = 2r). ``prefix``
     is prepended to every module name (when the trainer's model wraps the profiled one).
     """
+    if hasattr(allocation, "to_dict"):
+        allocation = allocation.to_dict()
     lora = [l for l in allocation["layers"] if l["method"] == "lora"]
     if not lora:
         raise LayerlensError("the allocation gives LoRA to no layer; there is nothing to export to peft")
@@ -51,6 +53,15 @@ def lora_config(allocation: Mapping[str, Any], alpha_ratio: float = 2.0, dropout
         "rank_pattern": {re.escape(n): r for n, r in zip(names, ranks)},
         "alpha_pattern": {re.escape(n): alpha_ratio * r for n, r in zip(names, ranks)},
     }
+
+
+def to_peft_config(allocation: Mapping[str, Any], **kwargs):
+    """The allocation's LoRA part as a ``peft.LoraConfig`` in memory (needs peft); keyword arguments as :func:`lora_config`."""
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise LayerlensError("to_peft_config needs peft: pip install 'layerlens-opt[torch]'") from None
+    return LoraConfig(**lora_config(allocation, **kwargs))
 
 
 def others_than_lora(allocation: Mapping[str, Any]) -> dict[str, int]:

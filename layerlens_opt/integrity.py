@@ -2,7 +2,7 @@
 
 ``integrity_failures(allocation, manifest=None)`` returns one sentence per
 problem, each naming the layer and both values; empty means sound. ``validate``
-prints them as FAILs; ``export``, ``plot`` and :func:`layerlens_opt.apply.apply`
+prints them as FAILs; ``export``, ``plot`` and :func:`layerlens_opt.apply`
 refuse an allocation that has any, so a hand-edited rank or a foreign
 allocation cannot reach training.
 

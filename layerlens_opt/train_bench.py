@@ -42,7 +42,9 @@ from pathlib import Path
 TASKS = ("pairs", "emotion", "frequency")
 BUDGETS = (9216, 41472)
 WINDOW = (0.98, 1.0)
-MODELS = ("first-order", "probe", "probe+interactions")
+MODELS = ("first-order", "probe", "probe+interactions", "probe masks", "probe masks+interactions")
+#: probe variants: value mode -> (manifest file stem, label in tables)
+PROBES = {"leave-one-out": ("probe", "probe"), "masks": ("probe-masks", "probe masks")}
 
 
 # ----------------------------------------------------------------------------- allocations
@@ -122,7 +124,7 @@ def train_once(job: dict) -> dict:
     """Train one contender on one seed; returns test accuracy, trainable params and seconds."""
     import torch
 
-    from .apply import apply
+    from .inject import apply
     from .profiling.probe import train_steps
     from .profiling.profiler import load_model
 
@@ -158,13 +160,16 @@ def gain_models(task: str, out: Path, args) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / "train.jsonl"
     write_jsonl(examples(task, "train"), data)
-    paths = {"first-order": folder / "first-order.json", "probe": folder / "probe.json"}
+    paths = {"first-order": folder / "first-order.json"}
+    for mode in args.probes:
+        paths[PROBES[mode][1]] = folder / f"{PROBES[mode][0]}.json"
     made = {}
     for name, path in paths.items():
         if not path.exists():
             t0 = time.perf_counter()
-            if name == "probe":
-                manifest = probe("minilm", str(data), ProbeConfig(device=args.device, progress=not args.quiet))
+            if name.startswith("probe"):
+                mode = next(m for m, (_, label) in PROBES.items() if label == name)
+                manifest = probe("minilm", str(data), ProbeConfig(device=args.device, progress=not args.quiet, values=mode))
             else:
                 manifest = profile("minilm", str(data), ProfileConfig(device=args.device, progress=not args.quiet))
             manifest["model"]["wall_seconds"] = round(time.perf_counter() - t0, 2)
@@ -174,7 +179,7 @@ def gain_models(task: str, out: Path, args) -> dict:
 
 
 def contenders(task: str, budget: int, models: dict) -> list[tuple[str, dict]]:
-    fo, pr = models["paths"]["first-order"], models["paths"]["probe"]
+    fo = models["paths"]["first-order"]
     manifest = json.loads(fo.read_text())
     dims = {l["name"]: (l["in_features"], l["out_features"]) for l in manifest["layers"]}
     qv = [n for n in dims if n.endswith(("query", "value"))]
@@ -187,8 +192,10 @@ def contenders(task: str, budget: int, models: dict) -> list[tuple[str, dict]]:
         out.append((f"uniform all linear r={r_all}", uniform(list(dims), r_all, dims)))
     out.append(("heuristic (first-order)", solved(fo, budget, "heuristic")))
     out.append(("ILP (first-order)", solved(fo, budget, "auto")))
-    out.append(("ILP (probe, separable)", solved(pr, budget, "auto", interactions=False)))
-    out.append(("ILP (probe + interactions)", solved(pr, budget, "auto", interactions=True)))
+    for name, path in models["paths"].items():
+        if name.startswith("probe"):
+            out.append((f"ILP ({name}, separable)", solved(path, budget, "auto", interactions=False)))
+            out.append((f"ILP ({name} + interactions)", solved(path, budget, "auto", interactions=True)))
     return out
 
 
@@ -204,9 +211,15 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=2, help="runs trained at once (CPU), one thread each")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--probes", default="leave-one-out", help="probe value modes to measure and solve: leave-one-out, masks (comma-separated)")
+    parser.add_argument("--only", default="", help="train only contenders whose label contains one of these (comma-separated); "
+                        "every contender is still evaluated under every gain model")
     parser.add_argument("--replot", nargs="+", type=Path, metavar="RESULTS_DIR",
                         help="rebuild results.md/png in --out from earlier runs' results.json + models.json (merged), without training")
     args = parser.parse_args(argv)
+    args.probes = [m.strip() for m in args.probes.split(",") if m.strip()]
+    if any(m not in PROBES for m in args.probes):
+        parser.error(f"--probes takes {', '.join(PROBES)}")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.replot:
         results, models = [], []
@@ -214,6 +227,12 @@ def main(argv=None) -> None:
             results += json.loads((folder / "results.json").read_text())
             if (folder / "models.json").exists():
                 models += json.loads((folder / "models.json").read_text())
+        best: dict = {}  # per contender, the entry evaluated under the most gain models
+        for m in models:
+            key = (m["task"], m["budget"], m["method"])
+            if key not in best or len(m["predicted"]) > len(best[key]["predicted"]):
+                best[key] = m
+        models = list(best.values())
         report(results, models, args.out, f"merged from {', '.join(str(p) for p in args.replot)}.")
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -223,17 +242,22 @@ def main(argv=None) -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     jobs, models_out, runs = [], [], []
+    only = [k.strip() for k in args.only.split(",") if k.strip()]
     for task in tasks:
         models = gain_models(task, args.out, args)
         for budget in budgets:
             for label, allocation in contenders(task, budget, models):
                 signature = json.dumps(sorted((l["name"], l["method"], l["rank"]) for l in allocation["layers"] if l["method"] != "none"))
-                pred = {"first-order": predicted(models["paths"]["first-order"], allocation, False),
-                        "probe": predicted(models["paths"]["probe"], allocation, False),
-                        "probe+interactions": predicted(models["paths"]["probe"], allocation, True)}
+                pred = {"first-order": predicted(models["paths"]["first-order"], allocation, False)}
+                for name, path in models["paths"].items():
+                    if name.startswith("probe"):
+                        pred[name] = predicted(path, allocation, False)
+                        pred[f"{name}+interactions"] = predicted(path, allocation, True)
                 models_out.append({"task": task, "budget": budget, "method": label, "params": allocation["total_params"],
                                    "predicted": pred, "signature": signature, "profile_seconds": models["seconds"],
                                    "allocation": [f"{l['name']}:r{l['rank']}" for l in allocation["layers"] if l["method"] != "none"]})
+                if only and not any(k in label for k in only):
+                    continue
                 runs.append((task, budget, label, signature))
                 for seed in range(args.seeds):
                     job = {"task": task, "seed": seed, "allocation": allocation, "steps": args.steps, "batch_size": args.batch_size,
@@ -296,16 +320,10 @@ def summarize(results: list[dict]) -> list[tuple]:
 
 
 def spearman(x: list[float], y: list[float]) -> float | None:
-    from .metrics import average_ranks
+    """Spearman correlation over at least 3 points (fewer say nothing), else None."""
+    from .metrics import spearman as rank_correlation
 
-    import numpy as np
-
-    if len(x) < 3:
-        return None
-    rx, ry = average_ranks(np.asarray(x, float)), average_ranks(np.asarray(y, float))
-    if rx.std() == 0 or ry.std() == 0:
-        return None
-    return float(np.corrcoef(rx, ry)[0, 1])
+    return rank_correlation(x, y) if len(x) >= 3 else None
 
 
 def fidelity(rows: list[tuple], models: list[dict]) -> dict[str, dict[str, float | None]]:
@@ -314,8 +332,11 @@ def fidelity(rows: list[tuple], models: list[dict]) -> dict[str, dict[str, float
     acc = {(t, b, m): a for t, b, m, _, a, *_ in rows}
     for task in dict.fromkeys(r[0] for r in rows):
         entries = [m for m in models if m["task"] == task and (task, m["budget"], m["method"]) in acc]
-        out[task] = {name: spearman([m["predicted"][name] for m in entries], [acc[task, m["budget"], m["method"]] for m in entries])
-                     for name in MODELS}
+        out[task] = {}
+        for name in MODELS:
+            have = [m for m in entries if name in m["predicted"]]
+            out[task][name] = spearman([m["predicted"][name] for m in have], [acc[task, m["budget"], m["method"]] for m in have]) \
+                if len(have) == len(entries) else None
     return out
 
 
@@ -343,16 +364,22 @@ def report(results: list[dict], models: list[dict], out: Path, footer: str) -> N
         md.append("")
     fid = fidelity(rows, models)
     if models:
+        shown = [n for n in MODELS if any(per[n] is not None for per in fid.values())]
         md += ["### fidelity: Spearman(predicted objective, measured accuracy) over a task's contenders and budgets", "",
-               "| task | " + " | ".join(MODELS) + " |", "|---|" + "---|" * len(MODELS)]
+               "| task | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
         for task, per in fid.items():
-            md.append(f"| {task} | " + " | ".join("-" if per[n] is None else f"{per[n]:+.2f}" for n in MODELS) + " |")
+            md.append(f"| {task} | " + " | ".join("-" if per[n] is None else f"{per[n]:+.2f}" for n in shown) + " |")
         md.append("")
-        md += ["### cost: profiling wall time next to one training run", "", "| task | first-order s | probe s | training run s |", "|---|---|---|---|"]
+        signals = ["first-order"] + [label for _, label in PROBES.values()]
+        md += ["### cost: profiling wall time next to one training run (seconds)", "",
+               "| task | " + " | ".join(signals) + " | training run |", "|---|" + "---|" * (len(signals) + 1)]
         for task in fid:
-            secs = next((m["profile_seconds"] for m in models if m["task"] == task), {})
+            secs: dict = {}
+            for m in models:
+                if m["task"] == task:
+                    secs.update({k: v for k, v in m["profile_seconds"].items() if v})
             run_s = statistics.mean(r[6] for r in rows if r[0] == task)
-            md.append(f"| {task} | {secs.get('first-order') or 0:.0f} | {secs.get('probe') or 0:.0f} | {run_s:.0f} |")
+            md.append(f"| {task} | " + " | ".join(f"{secs[s]:.0f}" if s in secs else "-" for s in signals) + f" | {run_s:.0f} |")
         md.append("")
     text = "\n".join(md) + f"\n{footer}\n"
     (out / "results.md").write_text(text)

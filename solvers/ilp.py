@@ -175,10 +175,22 @@ def _backend(name: str, options: SolverOptions, warm: bool):
     raise ValueError(name)
 
 
+#: the most option variables handed to PuLP: its objects take ~2-3 KB per variable, so this keeps the
+#: model build of CBC/HiGHS around 1-2 GB on a 24 GB machine instead of exhausting it
+MAX_LP_VARIABLES = 400_000
+
+
 def _run(problem: Problem, backend: str, options: SolverOptions, keep=None, floor=True, start=None):
     """Build, solve, read back. Returns (status, choice or None, bound or None, build s, solve s, warm used)."""
     import pulp
 
+    n_vars = problem.n_options if keep is None else len(keep)
+    if n_vars > MAX_LP_VARIABLES:
+        return Status.ERROR, None, None, 0.0, 0.0, False, (
+            f"the integer program would have {n_vars:,} option variables, more than {backend} through PuLP can build within "
+            f"this machine's memory (limit {MAX_LP_VARIABLES:,}); offer fewer ranks (--ranks, --max-rank) or drop the side "
+            "constraints and interaction terms that send the problem to an LP solver"
+        )
     t0 = time.perf_counter()
     prob, x = build_model(problem, keep, floor=floor)
     warm = False

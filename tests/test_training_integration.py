@@ -9,7 +9,7 @@ transformers = pytest.importorskip("transformers")
 
 from click.testing import CliRunner  # noqa: E402
 
-from layerlens_opt.apply import apply, trainable_parameters  # noqa: E402
+from layerlens_opt.inject import apply, trainable_parameters  # noqa: E402
 from layerlens_opt.cli import main  # noqa: E402
 from layerlens_opt.export import lora_config, to_csv, to_markdown  # noqa: E402
 from layerlens_opt.manifest import parse_manifest  # noqa: E402
@@ -162,3 +162,27 @@ def test_explain_cross_checks_the_lp_with_cvxpy():
     r = CliRunner().invoke(main, ["explain", str(SCENARIOS[2]), "--budget", "50k", "--layer", "encoder.layer.0"])
     assert r.exit_code == 0, r.output
     assert "agrees" in r.output and "encoder.layer.0" in r.output
+
+
+def test_public_api_five_lines():
+    """The README's Python example: solve, apply to a model, and a peft LoraConfig in memory."""
+    import layerlens_opt as ll
+
+    model = tiny_bert(2)
+    problem = ll.build_problem(bert_manifest(model), ll.Constraints(budget=2000), ll.ModelOptions(methods=("lora", "none")))
+    allocation = ll.solve(problem)
+    added = ll.apply(model, allocation)
+    assert added == allocation.total_params == trainable_parameters(model)
+    config = ll.to_peft_config(allocation)
+    assert type(config).__name__ == "LoraConfig"
+    assert set(config.target_modules) == {l.name for l in allocation.layers if l.method == "lora"}
+
+
+def test_apply_refuses_an_allocation_for_another_shape():
+    model = tiny_bert(2)
+    data = {"layers": [{"name": "encoder.layer.0.attention.self.query", "method": "lora", "rank": 1, "params": 99}]}
+    with pytest.raises(Exception, match="costs 32"):
+        apply(model, data)
+    data["layers"][0].update(rank=64, params=64 * 32)
+    with pytest.raises(Exception, match="at most 16"):
+        apply(model, data)

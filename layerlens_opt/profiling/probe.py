@@ -173,7 +173,7 @@ class TrainedProbe:
 
 def train_probe(model_spec: str, data_path: str, config: ProbeConfig | None = None) -> TrainedProbe:
     """Step 1: uniform LoRA on every adaptable layer, trained ``config.steps`` steps on the non-held-out rows."""
-    from ..apply import LoRALinear, apply
+    from ..inject import LoRALinear, apply
 
     config = config or ProbeConfig()
     if config.steps < 1 or config.rank < 1 or config.batch_size < 1:

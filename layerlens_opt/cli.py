@@ -46,6 +46,14 @@ def parse_count(text: str, what: str = "budget") -> int:
     return int(round(value))
 
 
+def parse_methods(text: str) -> tuple[str, ...]:
+    """``--methods``: the methods offered; ``none`` (leave a layer as it is) is implied unless given as ``-none``."""
+    items = [m.strip() for m in text.split(",") if m.strip()]
+    if "-none" in items:
+        return tuple(m for m in items if m not in ("-none", "none"))
+    return tuple(items) + (() if "none" in items else ("none",))
+
+
 class CountType(click.ParamType):
     name = "COUNT"
 
@@ -128,7 +136,7 @@ _problem_options = _stack(  # every command that builds a problem from a manifes
         click.option("--budget", "-b", type=CountType(), required=True, help="Trainable-parameter budget: 50000, 50k, 1.2M."),
         click.option("--min-utilization", type=FiniteFloat(0, 1), default=0.70, show_default=True, help="Floor of the budget window."),
         click.option("--max-utilization", type=FiniteFloat(0, 1), default=0.90, show_default=True, help="Cap of the budget window."),
-        click.option("--methods", default="lora,adapter,prefix,none", show_default=True, help="Comma-separated methods to offer (ia3 available)."),
+        click.option("--methods", default="lora,adapter,prefix,none", show_default=True, help="Comma-separated methods to offer (ia3 available); 'none' is implied, '-none' forbids it."),
         click.option("--ranks", multiple=True, help="Candidate ranks per method, e.g. --ranks lora=1,2,4,8 (repeatable)."),
         click.option("--max-rank", type=click.IntRange(min=1), help="Largest rank/prefix length offered on any layer."),
         click.option("--weights", help="Metric weights, e.g. gradient_energy=0.5,fisher=0.3,proxy_eval=0.2 (default: the manifest's)."),
@@ -156,7 +164,7 @@ def _build(kw):
 
     t0 = time.perf_counter()
     manifest = load_manifest(kw["manifest"])
-    methods = tuple(m.strip() for m in kw["methods"].split(",") if m.strip())
+    methods = parse_methods(kw["methods"])
     ranks = _pairs(kw["ranks"], "--ranks", _ranks, r"[;\s]+", "give positive whole ranks, e.g. lora=1,2,4,8")
     weights = _pairs([kw["weights"]], "--weights", _weight, hint="a weight is a finite number >= 0") if kw.get("weights") else None
     caps = _pairs(kw["method_cap"], "--method-cap", _cap, hint="a cap is a whole number of layers >= 0")
@@ -498,7 +506,7 @@ def frontier(manifest, budgets, methods, min_utilization, max_utilization, outpu
         check_image_path(output)
         check_output(output, [manifest], "plot")
     man = load_manifest(manifest)
-    options = ModelOptions(methods=tuple(m.strip() for m in methods.split(",") if m.strip()))
+    options = ModelOptions(methods=parse_methods(methods))
     points = []
     with click.progressbar(_budgets(budgets), label="solving budgets", file=sys.stderr) as bar:
         for b in bar:

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from layerlens_opt.cli import main, parse_count
 from layerlens_opt.errors import LayerlensError
 
-from conftest import SCENARIOS, layer, manifest
+from conftest import ROOT, SCENARIOS, layer, manifest
 
 SCENARIO = str(SCENARIOS[0])
 ALLOCATION_KEYS = {"schema_version", "solver", "status", "objective", "bound", "gap", "budget", "total_params",
@@ -186,3 +186,12 @@ def test_export_peft_into_a_file_path_is_a_clear_error(tmp_path):
     assert_one_line_error(run("export", out, "--format", "peft", "-o", target), 1, "is a file; --format peft writes a folder")
     r = run("export", out, "--format", "peft", "-o", tmp_path / "adapter")
     assert r.exit_code == 0 and (tmp_path / "adapter" / "adapter_config.json").exists()
+
+
+def test_methods_imply_none_unless_excluded():
+    minilm = ROOT / "problems" / "profiled" / "minilm-vader-pairs.json"
+    r = run("solve", minilm, "--budget", 9216, "--methods", "lora", "--json")
+    assert r.exit_code == 0, r.output
+    assert {l["method"] for l in json.loads(r.output)["layers"]} == {"lora", "none"}
+    r = run("solve", minilm, "--budget", 9216, "--methods", "lora,-none", "--json")
+    assert r.exit_code == 3  # every layer must take LoRA: 41,472 parameters do not fit

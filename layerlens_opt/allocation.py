@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import AllocationError
-from .methods import METHOD_NAMES
+from .methods import DEFAULT_WINDOW, METHOD_NAMES
 from .metrics import compute_metrics, verdicts, violations
 from .problem import Problem
 
@@ -293,7 +293,7 @@ def load_allocation(path: str | Path) -> dict[str, Any]:
         raise AllocationError(f"{path}: constraints.tie_blocks must be true or false, got {constraints['tie_blocks']!r}")
     if constraints.setdefault("budget", budget) != budget:
         raise AllocationError(f"{path}: constraints.budget {constraints['budget']!r} differs from 'budget' {budget!r}")
-    window = data.get("utilization_window") or [0.70, 0.90]
+    window = data.get("utilization_window") or list(DEFAULT_WINDOW)
     if not (isinstance(window, list) and len(window) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in window)):
         raise AllocationError(f"{path}: 'utilization_window' must be [min, max], got {window!r}")
     constraints.setdefault("min_utilization", window[0])

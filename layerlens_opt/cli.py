@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from .errors import LayerlensError
+from .methods import DEFAULT_WINDOW
 
 EXIT_INFEASIBLE = 3
 EXIT_ERROR = 4
@@ -134,8 +135,8 @@ def _stack(*decorators):
 _problem_options = _stack(  # every command that builds a problem from a manifest
         click.argument("manifest", type=click.Path(exists=True, dir_okay=False)),
         click.option("--budget", "-b", type=CountType(), required=True, help="Trainable-parameter budget: 50000, 50k, 1.2M."),
-        click.option("--min-utilization", type=FiniteFloat(0, 1), default=0.70, show_default=True, help="Floor of the budget window."),
-        click.option("--max-utilization", type=FiniteFloat(0, 1), default=0.90, show_default=True, help="Cap of the budget window."),
+        click.option("--min-utilization", type=FiniteFloat(0, 1), default=DEFAULT_WINDOW[0], show_default=True, help="Floor of the budget window."),
+        click.option("--max-utilization", type=FiniteFloat(0, 1), default=DEFAULT_WINDOW[1], show_default=True, help="Cap of the budget window."),
         click.option("--methods", default="lora,adapter,prefix,none", show_default=True, help="Comma-separated methods to offer (ia3 available); 'none' is implied, '-none' forbids it."),
         click.option("--ranks", multiple=True, help="Candidate ranks per method, e.g. --ranks lora=1,2,4,8 (repeatable)."),
         click.option("--max-rank", type=click.IntRange(min=1), help="Largest rank/prefix length offered on any layer."),
@@ -488,8 +489,8 @@ def _budgets(text: str) -> list[int]:
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
 @click.option("--budgets", required=True, help="START:STOP[:POINTS] (e.g. 10k:200k) or a list 10k,20k,50k.")
 @click.option("--methods", default="lora,adapter,prefix,none", show_default=True)
-@click.option("--min-utilization", type=FiniteFloat(0, 1), default=0.70, show_default=True)
-@click.option("--max-utilization", type=FiniteFloat(0, 1), default=0.90, show_default=True)
+@click.option("--min-utilization", type=FiniteFloat(0, 1), default=DEFAULT_WINDOW[0], show_default=True)
+@click.option("--max-utilization", type=FiniteFloat(0, 1), default=DEFAULT_WINDOW[1], show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Plot of objective vs budget (needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print the sweep as JSON.")
 def frontier(manifest, budgets, methods, min_utilization, max_utilization, output, as_json):

@@ -41,6 +41,9 @@ DEFAULT_METHODS = ("lora", "adapter", "prefix", "none")
 
 DEFAULT_RANKS = (1, 2, 4, 8, 16, 32, 64)
 
+#: the default budget-utilization window (share of the budget an allocation must spend)
+DEFAULT_WINDOW = (0.70, 0.90)
+
 
 @dataclass(frozen=True)
 class MethodSpec:

@@ -36,7 +36,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .methods import METHODS
+from .methods import DEFAULT_WINDOW, METHODS
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 
@@ -188,7 +188,7 @@ def verdict(name: str, value: Any, constraints: Mapping[str, Any] | None = None)
         ok = bool(value)
     elif name == "budget_utilization":
         c = constraints or {}
-        ok = c.get("min_utilization", 0.70) - 1e-9 <= value <= c.get("max_utilization", 0.90) + 1e-9
+        ok = c.get("min_utilization", DEFAULT_WINDOW[0]) - 1e-9 <= value <= c.get("max_utilization", DEFAULT_WINDOW[1]) + 1e-9
     else:
         limit = float(THRESHOLDS[name][0].split()[-1])
         ok = value >= limit - 1e-12

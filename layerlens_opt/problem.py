@@ -32,6 +32,7 @@ from .metrics import average_ranks
 from .methods import (
     DEFAULT_METHODS,
     DEFAULT_RANKS,
+    DEFAULT_WINDOW,
     METHOD_NAMES,
     METHODS,
     check_method,
@@ -57,8 +58,8 @@ class Constraints:
     """
 
     budget: int
-    min_utilization: float = 0.70
-    max_utilization: float = 0.90
+    min_utilization: float = DEFAULT_WINDOW[0]
+    max_utilization: float = DEFAULT_WINDOW[1]
     min_methods: int = 0
     method_caps: tuple[tuple[str, int], ...] = ()
     tie_blocks: bool = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
+from .methods import DEFAULT_WINDOW
 from .metrics import THRESHOLDS, verdicts
 
 
@@ -79,7 +80,7 @@ def validation_table(metrics: Mapping[str, Any], constraints: Mapping[str, Any])
     for name in THRESHOLDS:
         threshold = THRESHOLDS[name][0]
         if name == "budget_utilization":
-            threshold = f"{constraints.get('min_utilization', 0.7):.2f}-{constraints.get('max_utilization', 0.9):.2f}"
+            threshold = f"{constraints.get('min_utilization', DEFAULT_WINDOW[0]):.2f}-{constraints.get('max_utilization', DEFAULT_WINDOW[1]):.2f}"
         rows.append((name, _cell(metrics.get(name)), threshold, checks[name]))
     return table(("metric", "value", "threshold", "check"), rows, "lrll")
 

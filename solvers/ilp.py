@@ -12,6 +12,8 @@ second, which the fast path of :mod:`layerlens_opt.solvers.exact` never pays.
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -150,7 +152,7 @@ def _status_table():
     }
 
 
-def _backend(name: str, options: SolverOptions, warm: bool):
+def _backend(name: str, options: SolverOptions, warm: bool, log_path: str | None = None):
     import warnings
 
     import pulp
@@ -160,6 +162,7 @@ def _backend(name: str, options: SolverOptions, warm: bool):
             warnings.simplefilter("ignore", DeprecationWarning)
             return pulp.PULP_CBC_CMD(
                 msg=False, timeLimit=options.time_limit, threads=options.threads, warmStart=warm, gapRel=0, gapAbs=0,
+                logPath=log_path,
                 # CBC derives a cutoff increment and prunes nodes that cannot beat the incumbent by
                 # that much: warm-started, it then called an answer 7e-6 below the optimum "optimal"
                 options=["increment 0"],
@@ -200,13 +203,23 @@ def _run(problem: Problem, backend: str, options: SolverOptions, keep=None, floo
             v.setInitialValue(1 if o in chosen else 0)
         warm = True
     t1 = time.perf_counter()
+    log_path = None
+    if backend == "cbc":
+        import tempfile
+
+        fd, log_path = tempfile.mkstemp(prefix="layerlens-cbc-", suffix=".log")
+        os.close(fd)
     try:
-        prob.solve(_backend(backend, options, warm))
+        prob.solve(_backend(backend, options, warm, log_path))
     except pulp.PulpSolverError as exc:
         return Status.ERROR, None, None, t1 - t0, time.perf_counter() - t1, warm, f"{backend} failed: {exc}"
+    finally:
+        cbc_bound = _cbc_bound(log_path) if log_path else None
+        if log_path:
+            os.unlink(log_path)
     t2 = time.perf_counter()
     status = _status_table().get((prob.status, prob.sol_status), Status.ERROR)
-    bound = None
+    bound = cbc_bound if status == Status.FEASIBLE else None
     if backend == "highs" and status in (Status.OPTIMAL, Status.FEASIBLE):
         try:
             bound = -float(prob.solverModel.getInfo().mip_dual_bound)  # HiGHS minimised -objective
@@ -221,6 +234,19 @@ def _run(problem: Problem, backend: str, options: SolverOptions, keep=None, floo
             choice.append(max(vals)[1])
     message = "" if choice is not None or status == Status.INFEASIBLE else f"{backend} stopped without an allocation (PuLP: {pulp.LpSolution[prob.sol_status]})"
     return status, choice, bound, t1 - t0, t2 - t1, warm, message
+
+
+_CBC_BOUND = re.compile(r"best possible (-?[\d.]+(?:e[-+]?\d+)?)")
+
+
+def _cbc_bound(log_path: str) -> float | None:
+    """CBC's own best bound from its log (it minimises minus our objective, so the sign flips), or None."""
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            found = _CBC_BOUND.findall(f.read())
+    except OSError:
+        return None
+    return -float(found[-1]) if found else None
 
 
 def solve_ilp(problem: Problem, options: SolverOptions, backend: str = "cbc", pre: "mckp.Presolve | None" = None) -> Allocation:

@@ -98,16 +98,23 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
 
 
 def consistency(utility: Sequence[float], rank: Sequence[float]) -> float | None:
-    """Share of pairs (i, j) with utility_i > utility_j where rank_i >= rank_j."""
+    """Share of pairs (i, j) with utility_i > utility_j where rank_i >= rank_j.
+
+    O(n log n) per distinct rank (a handful): for each layer, the layers of lower utility are
+    counted by binary search among all layers and among those of rank <= its own.
+    """
     u = np.asarray(utility, dtype=float)
     r = np.asarray(rank, dtype=float)
-    good = total = 0
-    step = 1024
-    for s in range(0, len(u), step):
-        higher = u[s : s + step, None] > u[None, :]
-        total += int(higher.sum())
-        good += int((higher & (r[s : s + step, None] >= r[None, :])).sum())
-    return good / total if total else None
+    lower = np.searchsorted(np.sort(u), u, side="left")  # layers of strictly lower utility
+    total = int(lower.sum())
+    if not total:
+        return None
+    good = 0
+    for value in np.unique(r):
+        mine = r == value
+        pool = np.sort(u[r <= value])
+        good += int(np.searchsorted(pool, u[mine], side="left").sum())
+    return good / total
 
 
 def violations(layers: Iterable[Mapping[str, Any]], constraints: Mapping[str, Any]) -> list[str]:

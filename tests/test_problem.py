@@ -128,3 +128,18 @@ def test_shrink_pulls_utilities_toward_their_mean():
     assert u1 == pytest.approx([0.5 * 1.0 + 0.5 * 0.625, 0.5 * 0.25 + 0.5 * 0.625])
     with pytest.raises(LayerlensError, match="shrink must be in"):
         ModelOptions(shrink=1.5)
+
+
+def test_rank_utility_consistency_matches_the_pairwise_definition():
+    import numpy as np
+
+    from layerlens_opt.metrics import consistency
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 25))
+        u = rng.integers(0, 5, n).astype(float)  # ties on purpose
+        r = rng.choice([0, 1, 2, 4, 8], n).astype(float)
+        pairs = [(i, j) for i in range(n) for j in range(n) if u[i] > u[j]]
+        expected = sum(r[i] >= r[j] for i, j in pairs) / len(pairs) if pairs else None
+        assert consistency(u, r) == (None if expected is None else pytest.approx(expected))

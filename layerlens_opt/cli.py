@@ -188,8 +188,11 @@ def _solve(problem, build_seconds, kw, solver=None):
 
     from .solvers import SolverOptions, solve
 
+    limit = kw["time_limit"]
+    if limit is not None:  # the clock started when the command did: reading the manifest counts
+        limit = max(1e-3, limit - build_seconds)
     options = SolverOptions(
-        time_limit=kw["time_limit"], threads=kw["threads"], warm_start=not kw["no_warm_start"], presolve=not kw["no_presolve"]
+        time_limit=limit, threads=kw["threads"], warm_start=not kw["no_warm_start"], presolve=not kw["no_presolve"]
     )
     alloc = solve(problem, solver or kw["solver"], options)
     seconds = dict(alloc.seconds)

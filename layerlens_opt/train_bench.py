@@ -96,6 +96,66 @@ def predicted(manifest_path: Path, allocation: dict, interactions: bool) -> floa
     return total
 
 
+# ----------------------------------------------------------------------------- external anchors (peft)
+
+#: peft's names for MiniLM's linear layers (the 36 the profiler finds; the pooler is not used by mean pooling)
+ANCHOR_TARGETS = {"q,v": r".*encoder\.layer\.\d+\.attention\.self\.(query|value)$",
+                  "all linear": r".*encoder\.layer\.\d+\..*(query|key|value|dense)$"}
+
+
+def _anchor(model, job: dict, train_x: list[str]):
+    """Wrap ``model.encoder`` in peft's EVA or AdaLoRA; returns (per-step hook, trainable-parameter counter).
+
+    EVA (``init_lora_weights="eva"``, rho=2): the rank budget r x modules is redistributed by the
+    explained variance of each layer's inputs on 64 training batches, then trained like LoRA.
+    AdaLoRA: starts at ``init_r`` = 2 x ``target_r`` and prunes singular values to the budget
+    ``target_r`` x modules between 10% and 70% of the steps (deltaT 10); its orthogonality
+    penalty is not added (our loss is computed outside the peft model). Parameters counted are the
+    final ones: for AdaLoRA the ranks kept at the end times (d_in + d_out + 1).
+    """
+    import torch
+    from peft import AdaLoraConfig, EvaConfig, LoraConfig, get_peft_model, initialize_lora_eva_weights
+    from transformers import AutoTokenizer
+
+    from .profiling.profiler import _minilm_path
+
+    kind, target, r = job["anchor"]
+    regex = ANCHOR_TARGETS[target]
+    if kind == "eva":
+        config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=regex, init_lora_weights="eva", eva_config=EvaConfig(rho=2.0))
+        peft_model = get_peft_model(model.encoder, config, low_cpu_mem_usage=True)
+        tokenizer = AutoTokenizer.from_pretrained(_minilm_path())
+        gen = torch.Generator().manual_seed(job["seed"])
+        batches = []
+        for _ in range(64):
+            idx = torch.randint(len(train_x), (job["batch_size"],), generator=gen).tolist()
+            enc = tokenizer([train_x[i] for i in idx], padding=True, truncation=True, max_length=64, return_tensors="pt")
+            batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+        initialize_lora_eva_weights(peft_model, batches, show_progress_bar=False)
+
+        def count():
+            return sum(p.numel() for n, p in peft_model.named_parameters() if p.requires_grad and "lora_" in n)
+
+        return None, count
+    init_r = 2 * r
+    config = AdaLoraConfig(init_r=init_r, target_r=r, lora_alpha=2 * init_r, target_modules=regex,
+                           tinit=job["steps"] // 10, tfinal=3 * job["steps"] // 10, deltaT=10, total_step=job["steps"])
+    peft_model = get_peft_model(model.encoder, config)
+
+    def on_step(step):
+        peft_model.base_model.update_and_allocate(step)
+
+    def count():
+        total = 0
+        for name, module in peft_model.named_modules():
+            if hasattr(module, "lora_E") and "default" in module.lora_E:
+                kept = int((module.lora_E["default"].detach() != 0).sum())
+                total += kept * (module.in_features + module.out_features + 1)
+        return total
+
+    return on_step, count
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -138,10 +198,18 @@ def train_once(job: dict) -> dict:
     train_x, train_y, test_x, test_y, n_classes = _task_data(job["task"])
     torch.manual_seed(job["seed"])
     model, _ = load_model("minilm", n_classes, job["device"])
-    params = apply(model.encoder, job["allocation"])
+    on_step, count = None, None
+    t0 = time.perf_counter()
+    if job.get("anchor"):
+        on_step, count = _anchor(model, job, train_x)
+    else:
+        params = apply(model.encoder, job["allocation"])
     for p in model.head.parameters():
         p.requires_grad_(True)
-    seconds = train_steps(model, train_x, train_y, job["steps"], job["batch_size"], job["lr"], job["seed"])
+    seconds = train_steps(model, train_x, train_y, job["steps"], job["batch_size"], job["lr"], job["seed"], on_step=on_step)
+    if count is not None:
+        params = count()
+        seconds = time.perf_counter() - t0  # EVA's initialization is part of its cost
     correct = 0
     with torch.no_grad():
         for s in range(0, len(test_x), 256):
@@ -196,6 +264,12 @@ def contenders(task: str, budget: int, models: dict) -> list[tuple[str, dict]]:
         if name.startswith("probe"):
             out.append((f"ILP ({name}, separable)", solved(path, budget, "auto", interactions=False)))
             out.append((f"ILP ({name} + interactions)", solved(path, budget, "auto", interactions=True)))
+    # external anchors (peft): their ranks are decided during initialization or training, so their
+    # parameters are counted after the run; the rank budget is that of the uniform baseline at this budget
+    target, r = ("all linear", r_all) if r_all >= 1 else ("q,v", r_qv)
+    if r >= 1:
+        for kind, label in (("eva", f"EVA (peft, rho=2) {target} r={r}"), ("adalora", f"AdaLoRA (peft) {target} r={r}")):
+            out.append((label, {"anchor": (kind, target, r), "layers": [], "total_params": 0}))
     return out
 
 
@@ -205,6 +279,7 @@ def main(argv=None) -> None:
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1 (add seeds to a run, then --replot both)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -242,11 +317,21 @@ def main(argv=None) -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     jobs, models_out, runs = [], [], []
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     only = [k.strip() for k in args.only.split(",") if k.strip()]
     for task in tasks:
         models = gain_models(task, args.out, args)
         for budget in budgets:
             for label, allocation in contenders(task, budget, models):
+                if "anchor" in allocation:
+                    if only and not any(k in label for k in only):
+                        continue
+                    signature = json.dumps(allocation["anchor"])
+                    runs.append((task, budget, label, signature))
+                    jobs += [{"task": task, "seed": seed, "allocation": allocation, "anchor": allocation["anchor"], "steps": args.steps,
+                              "batch_size": args.batch_size, "lr": args.lr, "device": args.device, "signature": signature}
+                             for seed in seeds]
+                    continue
                 signature = json.dumps(sorted((l["name"], l["method"], l["rank"]) for l in allocation["layers"] if l["method"] != "none"))
                 pred = {"first-order": predicted(models["paths"]["first-order"], allocation, False)}
                 for name, path in models["paths"].items():
@@ -259,7 +344,7 @@ def main(argv=None) -> None:
                 if only and not any(k in label for k in only):
                     continue
                 runs.append((task, budget, label, signature))
-                for seed in range(args.seeds):
+                for seed in seeds:
                     job = {"task": task, "seed": seed, "allocation": allocation, "steps": args.steps, "batch_size": args.batch_size,
                            "lr": args.lr, "device": args.device, "signature": signature}
                     if not any(j["task"] == task and j["seed"] == seed and j["signature"] == signature for j in jobs):
@@ -268,10 +353,10 @@ def main(argv=None) -> None:
     done = _train_all(jobs, args)
     results = []
     for task, budget, label, signature in runs:
-        for seed in range(args.seeds):
+        for seed in seeds:
             results.append({"task": task, "budget": budget, "method": label, "seed": seed, **done[(task, seed, signature)]})
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    report(results, models_out, args.out, f"{args.seeds} seeds, {args.steps} steps, batch {args.batch_size}, AdamW lr {args.lr}, "
+    report(results, models_out, args.out, f"seeds {seeds.start}-{seeds.stop - 1}, {args.steps} steps, batch {args.batch_size}, AdamW lr {args.lr}, "
            f"device {args.device}; runs with identical allocations trained once.")
 
 
@@ -314,7 +399,7 @@ def summarize(results: list[dict]) -> list[tuple]:
         rs = sorted((r for r in results if r.get("task", "pairs") == task and r["budget"] == budget and r["method"] == label),
                     key=lambda r: r["seed"])
         accs = [r["accuracy"] for r in rs]
-        rows.append((task, budget, label, rs[0]["params"], statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0,
+        rows.append((task, budget, label, round(statistics.mean(r["params"] for r in rs)), statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0,
                      statistics.mean(r["seconds"] for r in rs), accs))
     return rows
 
@@ -400,7 +485,7 @@ def _plot(rows, path):
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.42 * n_rows + 2.0), squeeze=False)
     for ax, (task, b) in zip(axes[0], panels):
         sel = [r for r in rows if (r[0], r[1]) == (task, b)]
-        colors = ["#bebada" if r[2].startswith("uniform") else "#fb8072" if "probe" in r[2] else "#80b1d3" for r in sel]
+        colors = ["#bebada" if r[2].startswith("uniform") else "#fb8072" if "probe" in r[2] else "#8dd3c7" if "peft" in r[2] else "#80b1d3" for r in sel]
         ax.barh([f"{r[2]}\n({r[3]:,})" for r in sel], [100 * r[4] for r in sel], xerr=[100 * r[5] for r in sel], color=colors)
         for y, r in enumerate(sel):
             ax.plot([100 * a for a in r[7]], [y] * len(r[7]), "k.", ms=3)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from layerlens_opt.allocation import Allocation, Status, choice_violations, make_allocation
@@ -183,8 +184,11 @@ def _backend(name: str, options: SolverOptions, warm: bool, log_path: str | None
 MAX_LP_VARIABLES = 400_000
 
 
-def _run(problem: Problem, backend: str, options: SolverOptions, keep=None, floor=True, start=None):
-    """Build, solve, read back. Returns (status, choice or None, bound or None, build s, solve s, warm used)."""
+def _run(problem: Problem, backend: str, options: SolverOptions, keep=None, floor=True, start=None, deadline=None):
+    """Build, solve, read back. Returns (status, choice or None, bound or None, build s, solve s, warm used).
+
+    With a ``deadline`` (``time.perf_counter()`` seconds) the solver gets what is left of it after
+    the build (at least 1 s: CBC needs that to return its incumbent)."""
     import pulp
 
     n_vars = problem.n_options if keep is None else len(keep)
@@ -203,6 +207,8 @@ def _run(problem: Problem, backend: str, options: SolverOptions, keep=None, floo
             v.setInitialValue(1 if o in chosen else 0)
         warm = True
     t1 = time.perf_counter()
+    if deadline is not None:
+        options = replace(options, time_limit=max(1.0, deadline - t1))
     log_path = None
     if backend == "cbc":
         import tempfile
@@ -249,7 +255,8 @@ def _cbc_bound(log_path: str) -> float | None:
     return -float(found[-1]) if found else None
 
 
-def solve_ilp(problem: Problem, options: SolverOptions, backend: str = "cbc", pre: "mckp.Presolve | None" = None) -> Allocation:
+def solve_ilp(problem: Problem, options: SolverOptions, backend: str = "cbc", pre: "mckp.Presolve | None" = None,
+              deadline: float | None = None) -> Allocation:
     """Solve with CBC or HiGHS. With ``options.presolve`` and no side constraints, the model
     is first reduced by the knapsack presolve (dominance + reduced-cost fixing), warm
     started from its incumbent, and re-solved in full only if the utilization floor binds.
@@ -258,12 +265,14 @@ def solve_ilp(problem: Problem, options: SolverOptions, backend: str = "cbc", pr
 
     notes: list[str] = []
     c = problem.constraints
+    if deadline is None and options.time_limit is not None:
+        deadline = time.perf_counter() + options.time_limit
     if problem.pairs:
         # the knapsack presolve's dominance, bound and fixing assume separable gains
         lp_bound, seconds = None, {}
         notes.append(f"{len(problem.pairs)} pairwise interaction terms in the model (variables w_k); no knapsack presolve")
     else:
-        pre = pre or mckp.presolve(problem)  # auto's fallback hands over the presolve it already ran
+        pre = pre or mckp.presolve(problem, deadline)  # auto's fallback hands over the presolve it already ran
         # the cap-only LP bound is a relaxation of every variant (floor, side constraints)
         lp_bound = pre.bound
         seconds = {"presolve": pre.seconds}
@@ -275,7 +284,7 @@ def solve_ilp(problem: Problem, options: SolverOptions, backend: str = "cbc", pr
             f"presolve: {problem.n_options:,} options -> {len(keep):,} after dominance and reduced-cost fixing "
             f"({pre.core_layers} layers left free); LP bound {pre.bound:.6g}"
         )
-        status, choice, bound, tb, ts, warm, message = _run(problem, backend, options, keep, floor=False, start=pre.incumbent)
+        status, choice, bound, tb, ts, warm, message = _run(problem, backend, options, keep, floor=False, start=pre.incumbent, deadline=deadline)
         seconds.update(build=tb, solve=ts)
         if warm:
             notes.append(f"warm start: the presolve incumbent (objective {pre.incumbent_value:.6g})")
@@ -299,7 +308,7 @@ def solve_ilp(problem: Problem, options: SolverOptions, backend: str = "cbc", pr
             start = h
         else:
             notes.append("warm start not used: the heuristic's allocation breaks a constraint")
-    status, choice, bound, tb, ts, warm, message = _run(problem, backend, options, None, floor=True, start=start)
+    status, choice, bound, tb, ts, warm, message = _run(problem, backend, options, None, floor=True, start=start, deadline=deadline)
     seconds["build"] = seconds.get("build", 0.0) + tb
     seconds["solve"] = seconds.get("solve", 0.0) + ts
     if warm:

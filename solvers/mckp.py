@@ -112,8 +112,10 @@ def lagrangian_bound(problem: Problem, options, price: float, cap: int) -> float
     return total
 
 
-def presolve(problem: Problem) -> Presolve:
-    """Dominance, LP bound, incumbent and reduced-cost fixing for the cap-only problem."""
+def presolve(problem: Problem, deadline: float | None = None) -> Presolve:
+    """Dominance, LP bound, incumbent and reduced-cost fixing for the cap-only problem.
+
+    Past ``deadline`` (``time.perf_counter()`` seconds) the incumbent is not improved by single moves."""
     t0 = time.perf_counter()
     cap = problem.constraints.hi
     cost = problem.option_cost.tolist()
@@ -149,6 +151,8 @@ def presolve(problem: Problem) -> Presolve:
             choice[l] = to
             used += dc
     for _ in range(8):
+        if deadline is not None and time.perf_counter() > deadline:
+            break
         slack = cap - used
         best_gain, best_move = 0.0, None
         for l, opts in enumerate(options):
@@ -212,16 +216,23 @@ class CoreResult:
     reason: str = ""
 
 
+#: states the core DP keeps for backtracking, summed over its layers (8 bytes each: about 200 MB)
+MAX_STORED_STATES = 25_000_000
+
+
 def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_states: int = 400_000,
-               deadline: float | None = None) -> CoreResult:
+               deadline: float | None = None, max_stored: int | None = None) -> CoreResult:
     """Exact DP over the core layers; proves the cap-only optimum (with at least
     ``min_methods`` distinct methods besides none, when asked).
 
     States are Pareto-optimal (cost, gain) pairs of the core layers processed so
     far — one frontier per set of methods used, when ``min_methods`` is set —
     pruned by the Lagrangian bound against the incumbent. Stops (choice None)
-    when the frontier exceeds ``max_states`` or the deadline passes.
+    when the frontier exceeds ``max_states``, the states kept for backtracking exceed
+    ``max_stored`` (memory) or the deadline passes.
     """
+    max_stored = MAX_STORED_STATES if max_stored is None else max_stored
+    stored = 0
     cost = problem.option_cost
     gain = problem.option_gain
     price = pre.price
@@ -287,11 +298,15 @@ def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_sta
         peak = max(peak, len(c))
         if len(c) > max_states:
             return CoreResult(None, peak, f"the core's frontier grew past {max_states:,} states")
+        stored += len(c)
+        if stored > max_stored:
+            return CoreResult(None, peak, f"the core search would keep more than {max_stored:,} states "
+                              f"(about {8 * max_stored // 10**6:,} MB) for backtracking")
         s_cost, s_gain = c, g
         if min_methods:
             s_mask = mask
-        parents.append(parent)
-        picks.append(pick)
+        parents.append(parent.astype(np.int32))
+        picks.append(pick.astype(np.int32))
 
     if min_methods:
         counts = np.array([bin(int(m)).count("1") for m in s_mask])

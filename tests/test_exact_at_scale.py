@@ -124,3 +124,46 @@ def test_time_limited_cbc_reports_its_own_best_bound():
     assert alloc.status == Status.FEASIBLE
     assert exact.objective - 1e-9 <= alloc.bound <= lp_bound + 1e-9
     assert alloc.bound < lp_bound  # CBC's bound is the tighter one here
+
+
+def test_time_limit_spent_before_cbc_reports_the_presolve_incumbent(monkeypatch):
+    """When the core search stops at the time limit and too little time is left to build a CBC
+    model, auto answers with the presolve's incumbent (feasible, with its LP gap) instead of
+    overrunning the limit in PuLP and CBC."""
+    from layerlens_opt.allocation import choice_violations
+    from layerlens_opt.solvers import exact, ilp
+
+    data = synthetic(300, seed=4)
+    problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"]))
+    exact_alloc = solve(problem, "cbc", SolverOptions(presolve=False))
+    monkeypatch.setattr(mckp, "solve_core", lambda *a, **k: mckp.CoreResult(None, 1, "the time limit stopped the core search"))
+
+    def no_cbc(*a, **k):
+        raise AssertionError("CBC must not be started once the time limit is spent")
+
+    monkeypatch.setattr(ilp, "solve_ilp", no_cbc)
+    monkeypatch.setattr(exact, "BUILD_SECONDS_PER_VARIABLE", 1e6)  # as if building the model took forever
+    alloc = solve(problem, "auto", SolverOptions(time_limit=30))
+    assert alloc.status == Status.FEASIBLE and alloc.layers
+    assert not choice_violations(problem, alloc.choice)
+    assert alloc.bound >= exact_alloc.objective - 1e-9 >= alloc.objective - 1e-9
+    assert any("presolve's incumbent" in n for n in alloc.notes)
+
+
+def test_without_a_time_limit_the_fallback_still_runs_cbc(monkeypatch):
+    data = synthetic(300, seed=4)
+    problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"]))
+    monkeypatch.setattr(mckp, "solve_core", lambda *a, **k: mckp.CoreResult(None, 1, "the core's frontier grew past 1 states"))
+    alloc = solve(problem, "auto")
+    assert alloc.status == Status.OPTIMAL and alloc.solver == "auto/cbc"
+
+
+def test_core_memory_bound_hands_over_to_cbc(monkeypatch):
+    """The DP's backtracking memory is bounded: past the bound auto says so and CBC answers exactly."""
+    data = synthetic(300, seed=4)
+    problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"]))
+    free = solve(problem, "auto")
+    monkeypatch.setattr(mckp, "MAX_STORED_STATES", 1)
+    bounded = solve(problem, "auto")
+    assert bounded.solver == "auto/cbc" and any("for backtracking" in n for n in bounded.notes)
+    assert bounded.status == Status.OPTIMAL and abs(bounded.objective - free.objective) <= 1e-9 * max(1.0, abs(free.objective))

@@ -390,7 +390,7 @@ def profile(model_spec, data_path, output, signal, probe_steps, probe_rank, prob
         from .profiling.profiler import profile as run_profile
     except ImportError as exc:
         raise LayerlensError(f"profiling needs torch ({exc.name} is missing): pip install torch==2.13.0 && pip install -e '.[torch]'") from None
-    from .profiling.naming import parse_block_pattern, parse_kind_patterns
+    from .naming import parse_block_pattern, parse_kind_patterns
 
     from .io import check_output, json_text
 

@@ -20,7 +20,6 @@ double normalisation and its mismatched keys cannot happen.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
@@ -29,6 +28,7 @@ import numpy as np
 from .errors import LayerlensError
 from .manifest import Manifest, check_weights
 from .metrics import average_ranks
+from .naming import role
 from .methods import (
     DEFAULT_METHODS,
     DEFAULT_RANKS,
@@ -44,8 +44,6 @@ from .methods import (
 
 NORMALIZATIONS = ("max", "rank")
 
-_VALUE_NAME = re.compile(r"(^|[._])(value|v_proj|v|v_lin|to_v|wv|v_linear)$")
-_FUSED_QKV_NAME = re.compile(r"(^|[._])(c_attn|qkv|query_key_value|wqkv|in_proj)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -310,8 +308,8 @@ def _prefix_layers(manifest: Manifest) -> tuple[set[int], str | None]:
     attention_total = 0
     for key, members in by_block.items():
         attention_total += len(members)
-        values = [i for i in members if _VALUE_NAME.search(manifest.layers[i].name)]
-        fused = [i for i in members if _FUSED_QKV_NAME.search(manifest.layers[i].name)]
+        values = [i for i in members if role(manifest.layers[i].name) == "v"]
+        fused = [i for i in members if role(manifest.layers[i].name) == "qkv"]
         if values:
             eligible.add(values[0])
         elif fused:

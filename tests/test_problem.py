@@ -89,6 +89,17 @@ def test_prefix_offered_on_value_projection_only():
     assert any("prefix offered on 2 of 8 attention layers" in n for n in p.notes)
 
 
+@pytest.mark.parametrize("q,k,v", [("q_linear", "k_linear", "v_linear"), ("q_proj", "k_proj", "V_PROJ"), ("to_q", "to_k", "to_v")])
+def test_value_projection_found_by_the_profilers_naming_rules(q, k, v):
+    """The problem builder and the profiler read names through one rule table (layerlens_opt.naming)."""
+    from layerlens_opt.naming import infer
+
+    names = [f"blocks.0.attn.{s}" for s in (q, k, v)]
+    p = build_problem(parse_manifest(manifest([layer(n, kind="attention", block=0) for n in names])), Constraints(100_000))
+    assert [info.name for info in p.layers if "prefix" in info.methods] == [names[2]]
+    assert [infer(n)[1] for n in names] == ["q", "k", "v"]
+
+
 def test_layer_with_no_acceptable_method_is_named():
     m = parse_manifest(manifest([layer("emb", kind="embedding"), layer("b")]))
     with pytest.raises(LayerlensError, match="layer 'emb' \\(kind embedding\\) can take none of the methods lora"):

@@ -12,7 +12,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from layerlens_opt.cli import main  # noqa: E402
 from layerlens_opt.manifest import parse_manifest  # noqa: E402
-from layerlens_opt.profiling import naming  # noqa: E402
+from layerlens_opt import naming  # noqa: E402
 from layerlens_opt.profiling.profiler import ProfileConfig, _per_example_sq_norms, profile  # noqa: E402
 
 from conftest import ROOT  # noqa: E402

@@ -28,7 +28,7 @@ def tiny_bert(layers=12):
 
 
 def bert_manifest(model):
-    from layerlens_opt.profiling.naming import infer
+    from layerlens_opt.naming import infer
 
     layers = []
     for i, (name, mod) in enumerate((n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)):

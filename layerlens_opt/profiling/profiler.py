@@ -54,7 +54,7 @@ from typing import Any, Callable
 
 from ..errors import LayerlensError
 from ..methods import DEFAULT_RANKS
-from .naming import infer
+from ..naming import infer
 
 import torch
 from torch import nn

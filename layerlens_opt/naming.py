@@ -1,7 +1,10 @@
-"""Kind and block of a layer from its module name (BERT, RoBERTa, ViT, GPT-2, LLaMA naming).
+"""Kind, role and block of a layer from its module name (BERT, RoBERTa, ViT, GPT-2, LLaMA naming).
 
-Pure Python, no torch: the rules are tested on names alone. A user's patterns
-(``--kind-pattern REGEX=KIND``, ``--block-pattern REGEX``) are tried first.
+The one place these rules live: the profiler uses them to describe layers, the
+problem builder to find the value projection (or fused q,k,v) of a block that may
+take prefix tuning. Pure Python, no torch: the rules are tested on names alone.
+A user's patterns (``--kind-pattern REGEX=KIND``, ``--block-pattern REGEX``) are
+tried first by the profiler.
 """
 
 from __future__ import annotations
@@ -9,17 +12,17 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from ..errors import LayerlensError
-from ..methods import KINDS
+from .errors import LayerlensError
+from .methods import KINDS
 
 # (pattern, kind, role) tried in order; role is informative (q, k, v, o, up, down, gate)
 RULES: tuple[tuple[re.Pattern, str, str], ...] = tuple(
-    (re.compile(p), kind, role)
+    (re.compile(p, re.IGNORECASE), kind, role)
     for p, kind, role in [
-        (r"(^|\.)(query|q_proj|q_lin|to_q|wq|q)$", "attention", "q"),
-        (r"(^|\.)(key|k_proj|k_lin|to_k|wk|k)$", "attention", "k"),
-        (r"(^|\.)(value|v_proj|v_lin|to_v|wv|v)$", "attention", "v"),
-        (r"(^|\.)(c_attn|qkv|query_key_value|wqkv|in_proj)$", "attention", "qkv"),
+        (r"(^|[._])(query|q_proj|q_lin|q_linear|to_q|wq|q)$", "attention", "q"),
+        (r"(^|[._])(key|k_proj|k_lin|k_linear|to_k|wk|k)$", "attention", "k"),
+        (r"(^|[._])(value|v_proj|v_lin|v_linear|to_v|wv|v)$", "attention", "v"),
+        (r"(^|[._])(c_attn|qkv|query_key_value|wqkv|in_proj)$", "attention", "qkv"),
         (r"attention\.output\.dense$|(^|\.)(o_proj|out_lin|to_out(\.0)?|wo|out_proj)$|attn\.c_proj$|attn\.(proj|dense)$", "attention", "o"),
         (r"(^|\.)(gate_proj|w1)$", "mlp", "gate"),
         (r"intermediate\.dense$|(^|\.)(up_proj|c_fc|fc1|lin1|w3|dense_h_to_4h)$|mlp\.fc_in$", "mlp", "up"),
@@ -70,3 +73,11 @@ def infer(name: str, user_kinds=(), user_block: re.Pattern | None = None) -> tup
         if pat.search(name):
             return kind, role, block
     return ("linear" if block is not None else "other"), "", block
+
+
+def role(name: str) -> str:
+    """The built-in role of a module name ('q', 'k', 'v', 'qkv', 'o', 'gate', 'up', 'down'), or ''."""
+    for pat, _kind, r in RULES:
+        if pat.search(name):
+            return r
+    return ""

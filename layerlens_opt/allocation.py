@@ -48,9 +48,10 @@ class LayerChoice:
     utility: float
     in_features: int | None = None
     out_features: int | None = None
+    group: str | None = None  # a tied group's label: its layers share method and rank
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "kind": self.kind,
             "block": self.block,
@@ -62,6 +63,9 @@ class LayerChoice:
             "gain": self.gain,
             "utility": self.utility,
         }
+        if self.group is not None:
+            out["group"] = self.group
+        return out
 
 
 @dataclass(frozen=True)
@@ -119,8 +123,12 @@ class Allocation:
 
 def choice_violations(problem: Problem, choice: Sequence[int]) -> list[str]:
     """What one option per layer breaks (empty when feasible), without computing any metric."""
-    layers = [{"method": problem.method_of(o), "params": int(problem.option_cost[o]), "block": problem.layers[l].block}
-              for l, o in enumerate(choice)]
+    layers = []
+    for l, o in enumerate(choice):
+        info = problem.layers[l]
+        n = len(info.members) or 1
+        row = {"method": problem.method_of(o), "params": int(problem.option_cost[o]) // n}
+        layers += [{**row, "block": member.block} for _, member in info.members] if info.members else [{**row, "block": info.block}]
     return violations(layers, problem.constraints.to_dict())
 
 
@@ -158,25 +166,37 @@ def make_allocation(
     if len(choice) != problem.n_layers:
         raise ValueError(f"choice has {len(choice)} entries for {problem.n_layers} layers")
     layers = []
+    allowed = []
     for l, o in enumerate(choice):
         info = problem.layers[l]
         if int(problem.option_layer[o]) != l:
             raise ValueError(f"option {o} does not belong to layer {l} ({info.name})")
-        layers.append(
-            LayerChoice(
-                name=info.name, kind=info.kind, block=info.block, method=problem.method_of(o),
-                rank=int(problem.option_rank[o]), params=int(problem.option_cost[o]),
-                gain=float(problem.option_gain[o]), utility=info.utility,
-                in_features=info.in_features, out_features=info.out_features,
-            )
-        )
+        method, rank = problem.method_of(o), int(problem.option_rank[o])
+        if info.members:  # a tied group: every member listed, in manifest order below
+            k = o - int(problem.layer_start[l])
+            share = int(problem.option_cost[o]) // len(info.members)
+            for (i, m), gains in zip(info.members, info.member_gains):
+                layers.append((i, LayerChoice(
+                    name=m.name, kind=m.kind, block=m.block, method=method, rank=rank, params=share, gain=float(gains[k]),
+                    utility=m.utility, in_features=m.in_features, out_features=m.out_features, group=info.group)))
+                allowed.append((i, m.methods))
+            continue
+        i = problem.layer_index[l] if problem.layer_index is not None else l
+        layers.append((i, LayerChoice(
+            name=info.name, kind=info.kind, block=info.block, method=method, rank=rank, params=int(problem.option_cost[o]),
+            gain=float(problem.option_gain[o]), utility=info.utility, in_features=info.in_features, out_features=info.out_features)))
+        allowed.append((i, info.methods))
+    if problem.layer_index is not None:
+        layers.sort(key=lambda t: t[0])
+        allowed.sort(key=lambda t: t[0])
+    layers = [c for _, c in layers]
     objective = problem.value(choice)  # the layers' gains plus any active pair terms
     total = sum(layer.params for layer in layers)
     if status == Status.OPTIMAL and bound is None:
         bound = objective
     metrics = compute_metrics(
         [layer.to_dict() for layer in layers], constraints,
-        problem.gradient_norms, problem.fisher_traces, [info.methods for info in problem.layers],
+        problem.gradient_norms, problem.fisher_traces, [m for _, m in allowed],
     )
     return Allocation(
         solver=solver, status=status, objective=objective, bound=bound, gap=gap_of(objective, bound),
@@ -200,6 +220,9 @@ def _check_layer_fields(path, layer: dict) -> None:
     gain = layer.get("gain")
     if gain is not None and not _number(gain):
         raise AllocationError(f"{path}: layer {name!r} field 'gain' must be a finite number, got {gain!r}")
+    group = layer.get("group")
+    if group is not None and (not isinstance(group, str) or not group):
+        raise AllocationError(f"{path}: layer {name!r} field 'group' must be a non-empty string, got {group!r}")
     block = layer.get("block")
     if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 0):
         raise AllocationError(f"{path}: layer {name!r} field 'block' must be a non-negative integer or null, got {block!r}")
@@ -266,6 +289,8 @@ def load_allocation(path: str | Path) -> dict[str, Any]:
         if key in constraints and (not isinstance(constraints[key], (int, float)) or isinstance(constraints[key], bool)
                                    or not 0 <= constraints[key] <= 1):
             raise AllocationError(f"{path}: constraints.{key} must be a number in [0, 1], got {constraints[key]!r}")
+    if constraints.get("tie_groups") is not None and not isinstance(constraints["tie_groups"], str):
+        raise AllocationError(f"{path}: constraints.tie_groups must be a regex string or null, got {constraints['tie_groups']!r}")
     caps = constraints.get("method_caps")
     if caps is not None and (not isinstance(caps, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in caps.values())):
         raise AllocationError(f"{path}: constraints.method_caps must map methods to whole numbers")

@@ -146,6 +146,8 @@ _problem_options = _stack(  # every command that builds a problem from a manifes
         click.option("--min-methods", type=click.IntRange(min=0), default=0, help="At least K distinct methods besides none."),
         click.option("--method-cap", multiple=True, help="At most N layers with a method, e.g. --method-cap prefix=4 (repeatable)."),
         click.option("--tie-blocks", is_flag=True, help="All layers of a block use one method (or none)."),
+        click.option("--tie-groups", metavar="REGEX", help="Layers whose names give the same capture groups under REGEX share one method "
+                     "and rank, e.g. 'layers\\.(\\d+)\\.mlp\\.experts\\.\\d+\\.(\\w+)' (besides the manifest's 'group' fields)."),
         click.option("--no-interactions", is_flag=True, help="Ignore the manifest's pairwise interaction terms (separable gains only)."),
 )
 
@@ -176,6 +178,7 @@ def _build(kw):
         min_methods=kw["min_methods"],
         method_caps=tuple(sorted(caps.items())),
         tie_blocks=kw["tie_blocks"],
+        tie_groups=kw.get("tie_groups"),
     )
     options = ModelOptions(methods=methods, ranks=ranks, metric_weights=weights, normalization=kw["normalization"], max_rank=kw["max_rank"],
                            shrink=kw["shrink"], interactions=not kw.get("no_interactions", False))

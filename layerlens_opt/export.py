@@ -10,14 +10,15 @@ use those need :func:`layerlens_opt.apply`, which injects all four.
 regex metacharacters escaped. peft matches a key with
 ``re.match(rf"(.*\\.)?({key})$", name)``: an escaped full name matches that
 module (also under a wrapper prefix such as ``base_model.model.``) and never
-another — ``layer\\.1\\.`` cannot match ``layer.11.``.
+another — ``layer\\.1\\.`` cannot match ``layer.11.``. A tied group gets one
+key: its names with the differing digit runs as ``\\d+``, used only when it
+matches exactly the group's layers among the allocation's (else one key per layer).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -42,6 +43,22 @@ def lora_config(allocation: Mapping[str, Any], alpha_ratio: float = 2.0, dropout
     names = [prefix + l["name"] for l in lora]
     ranks = [int(l["rank"]) for l in lora]
     default_r = max(set(ranks), key=ranks.count)
+    # one pattern per tied group where a pattern covers exactly its layers; every other layer by its own name
+    keys: dict[str, int] = {}
+    everyone = [prefix + l["name"] for l in allocation["layers"]]
+    members: dict[str, list[int]] = {}
+    for k, l in enumerate(lora):
+        if l.get("group") is not None:
+            members.setdefault(l["group"], []).append(k)
+    covered: set[int] = set()
+    for group, ks in members.items():
+        pattern = group_pattern([names[k] for k in ks], everyone) if len(ks) > 1 else None
+        if pattern is not None:
+            keys[pattern] = ranks[ks[0]]
+            covered.update(ks)
+    for k, (n, r) in enumerate(zip(names, ranks)):
+        if k not in covered:
+            keys[re.escape(n)] = r
     return {
         "peft_type": "LORA",
         "task_type": None,
@@ -50,9 +67,29 @@ def lora_config(allocation: Mapping[str, Any], alpha_ratio: float = 2.0, dropout
         "lora_alpha": alpha_ratio * default_r,
         "lora_dropout": dropout,
         "bias": "none",
-        "rank_pattern": {re.escape(n): r for n, r in zip(names, ranks)},
-        "alpha_pattern": {re.escape(n): alpha_ratio * r for n, r in zip(names, ranks)},
+        "rank_pattern": keys,
+        "alpha_pattern": {k: alpha_ratio * r for k, r in keys.items()},
     }
+
+
+def group_pattern(names: list[str], everyone: list[str]) -> str | None:
+    """A peft pattern key matching exactly ``names`` among ``everyone``: the names with the digit runs
+    that differ between them replaced by ``\\d+``; None when the names differ otherwise or the
+    pattern would also match another layer."""
+    tokens = [re.split(r"(\d+)", n) for n in names]
+    if any(len(t) != len(tokens[0]) for t in tokens):
+        return None
+    parts = []
+    for column in zip(*tokens):
+        if len(set(column)) == 1:
+            parts.append(re.escape(column[0]))
+        elif all(c.isdigit() for c in column):
+            parts.append(r"\d+")
+        else:
+            return None
+    pattern = "".join(parts)
+    matcher = re.compile(rf"(.*\.)?({pattern})$")  # how peft matches rank_pattern keys
+    return pattern if {n for n in everyone if matcher.match(n)} == set(names) else None
 
 
 def to_peft_config(allocation: Mapping[str, Any], **kwargs):

@@ -12,7 +12,10 @@ shape and its ``params`` equal the exact cost of method and rank on the layer's
 shape (the manifest's shape when given, else the allocation's own
 ``in_features``/``out_features``); ``total_params`` and ``utilization`` equal
 what the layers add up to; with a manifest, every manifest layer appears
-exactly once, no other layer appears, and each method is one the layer accepts.
+exactly once, no other layer appears, and each method is one the layer accepts;
+the layers of a tied group (the manifest's ``group`` fields and the allocation's
+``constraints.tie_groups`` regex when a manifest is given, else the layers' own
+``group`` fields) share one method and rank.
 """
 
 from __future__ import annotations
@@ -84,10 +87,37 @@ def integrity_failures(allocation: Mapping[str, Any], manifest=None) -> list[str
             out.append(f"layer {name!r}: params {params:,} but {method} rank {rank} on {dims[0]}x{dims[1]} costs {cost:,}")
         if allowed and name in allowed and method not in allowed[name]:
             out.append(f"layer {name!r}: method {method} is not one the layer accepts ({', '.join(sorted(allowed[name]))})")
+    out += _group_failures(allocation, layers, manifest)
     if allocation.get("total_params") != total:
         out.append(f"total_params is {allocation.get('total_params')!r} but the layers add up to {total:,}")
     budget = allocation.get("budget")
     utilization = allocation.get("utilization")
     if isinstance(budget, int) and budget > 0 and (not isinstance(utilization, (int, float)) or abs(utilization - total / budget) > 1e-9):
         out.append(f"utilization is {utilization!r} but {total:,} of {budget:,} is {total / budget:.6g}")
+    return out
+
+
+def _group_failures(allocation, layers, manifest) -> list[str]:
+    """Tied groups whose layers do not share one method and rank."""
+    by_name = {l["name"]: l for l in layers}
+    if manifest is not None:
+        from .problem import tied_groups
+
+        regex = (allocation.get("constraints") or {}).get("tie_groups")
+        try:
+            found = tied_groups(manifest, regex)
+        except Exception as exc:  # a tampered regex: re.error and friends
+            return [f"constraints.tie_groups {regex!r} is not a usable regex ({exc})"]
+        groups = {(k[1:] if k.startswith("~") else k): [manifest.layers[i].name for i in members] for k, members in found.items()}
+    else:
+        groups = {}
+        for l in layers:
+            if l.get("group") is not None:
+                groups.setdefault(l["group"], []).append(l["name"])
+    out = []
+    for label, names in groups.items():
+        choices = {(by_name[n]["method"], by_name[n]["rank"]) for n in names if n in by_name}
+        if len(choices) > 1:
+            shown = ", ".join(f"{m} r={r}" for m, r in sorted(choices, key=str))
+            out.append(f"tied group {label!r} mixes {shown}; its layers must share one method and rank")
     return out

@@ -25,7 +25,7 @@ DEFAULT_METRIC_WEIGHTS = {"gradient_energy": 0.4, "fisher": 0.4, "proxy_eval": 0
 
 TOP_KEYS = {"schema_version", "model", "metric_weights", "layers", "metadata", "interactions"}
 REQUIRED_TOP = ("schema_version", "layers")
-LAYER_KEYS = {"name", "kind", "in_features", "out_features", "block", "metrics", "allowed_methods", "gain_curves"}
+LAYER_KEYS = {"name", "kind", "in_features", "out_features", "block", "metrics", "allowed_methods", "gain_curves", "group"}
 REQUIRED_LAYER = ("name", "kind", "in_features", "out_features", "metrics")
 
 
@@ -42,6 +42,8 @@ class Layer:
     allowed_methods: tuple[str, ...] | None = None
     #: method -> ((rank, captured fraction), ...), ranks ascending
     gain_curves: Mapping[str, tuple[tuple[int, float], ...]] = field(default_factory=dict)
+    #: layers naming the same group take the same method and rank (tied groups)
+    group: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -57,6 +59,8 @@ class Layer:
             out["allowed_methods"] = list(self.allowed_methods)
         if self.gain_curves:
             out["gain_curves"] = {m: {str(r): v for r, v in pts} for m, pts in self.gain_curves.items()}
+        if self.group is not None:
+            out["group"] = self.group
         return out
 
 
@@ -329,6 +333,10 @@ def _parse_layer(raw: Any, index: int, source: str) -> Layer:
                 )
         allowed = tuple(dict.fromkeys(allowed))
 
+    group = raw.get("group")
+    if group is not None and (not isinstance(group, str) or not group):
+        raise ManifestError(f"{where} field 'group' must be a non-empty string naming the layer's tied group, got {group!r}")
+
     curves_raw = raw.get("gain_curves", {})
     if not isinstance(curves_raw, dict):
         raise ManifestError(f"{where} field 'gain_curves' must be an object: method -> {{rank: fraction}}")
@@ -369,6 +377,7 @@ def _parse_layer(raw: Any, index: int, source: str) -> Layer:
         block=block,
         allowed_methods=allowed,
         gain_curves=curves,
+        group=group,
     )
 
 

@@ -142,6 +142,14 @@ def violations(layers: Iterable[Mapping[str, Any]], constraints: Mapping[str, An
         for block, methods in sorted(per_block.items()):
             if len(methods) > 1:
                 out.append(f"block {block} mixes methods {', '.join(sorted(methods))} although blocks are tied")
+    per_group: dict[str, set] = {}
+    for layer in layers:
+        if layer.get("group") is not None:
+            per_group.setdefault(layer["group"], set()).add((layer["method"], layer.get("rank")))
+    for group, choices in sorted(per_group.items()):
+        if len(choices) > 1:
+            shown = ", ".join(f"{m} r={r}" for m, r in sorted(choices, key=str))
+            out.append(f"tied group {group!r} mixes {shown}; its layers must share one method and rank")
     k = constraints.get("min_methods") or 0
     used_methods = {layer["method"] for layer in layers} - {"none"}
     if len(used_methods) < k:

@@ -20,6 +20,7 @@ double normalisation and its mismatched keys cannot happen.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
@@ -52,7 +53,10 @@ class Constraints:
 
     ``method_caps`` limits how many layers may use a method; ``tie_blocks``
     lets the layers of one block use at most one method besides none;
-    ``min_methods`` asks for at least that many distinct methods (none excluded).
+    ``min_methods`` asks for at least that many distinct methods (none excluded);
+    ``tie_groups`` is a regex: layers whose names give the same tuple of capture
+    groups under it (``re.search``) form one tied group (same method and rank),
+    besides the groups a manifest names in its layers' ``group`` fields.
     """
 
     budget: int
@@ -61,8 +65,14 @@ class Constraints:
     min_methods: int = 0
     method_caps: tuple[tuple[str, int], ...] = ()
     tie_blocks: bool = False
+    tie_groups: str | None = None
 
     def __post_init__(self) -> None:
+        if self.tie_groups is not None:
+            try:
+                re.compile(self.tie_groups)
+            except (re.error, TypeError) as exc:
+                raise LayerlensError(f"--tie-groups {self.tie_groups!r}: bad regex ({exc}); e.g. 'layers\\.(\\d+)\\.mlp\\.experts\\.\\d+\\.(\\w+)'") from None
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget <= 0:
             raise LayerlensError(f"budget must be a positive number of parameters, got {self.budget!r}")
         lo, hi = self.min_utilization, self.max_utilization
@@ -111,6 +121,7 @@ class Constraints:
             "min_methods": self.min_methods,
             "method_caps": {m: c for m, c in self.method_caps},
             "tie_blocks": self.tie_blocks,
+            **({"tie_groups": self.tie_groups} if self.tie_groups is not None else {}),
         }
 
 
@@ -161,6 +172,11 @@ class LayerInfo:
     out_features: int
     utility: float
     methods: tuple[str, ...]
+    #: a tied group: its members (manifest index, layer) in manifest order, and each member's gain
+    #: per option of the group (the group's options cost the members' costs summed, gain their gains summed)
+    members: tuple[tuple[int, "LayerInfo"], ...] = ()
+    member_gains: tuple[tuple[float, ...], ...] = ()
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -197,6 +213,13 @@ class Problem:
     fisher_traces: tuple[float, ...] | None = None
     #: pairwise terms of the objective (from the manifest's ``interactions``)
     pairs: tuple[PairTerm, ...] = ()
+    #: manifest index of each problem layer (None: the identity, no tied groups)
+    layer_index: tuple[int, ...] | None = None
+
+    @property
+    def n_members(self) -> tuple[int, ...]:
+        """Manifest layers behind each problem layer (1, or a tied group's size)."""
+        return tuple(len(info.members) or 1 for info in self.layers)
 
     @property
     def n_layers(self) -> int:
@@ -222,7 +245,9 @@ class Problem:
         return total
 
     def with_constraints(self, constraints: Constraints) -> "Problem":
-        """The same layers and options under other constraints."""
+        """The same layers and options under other constraints (the tied groups are part of the layers)."""
+        if constraints.tie_groups != self.constraints.tie_groups:
+            raise LayerlensError("tied groups shape the problem's layers; build a new problem to change --tie-groups")
         return replace(self, constraints=constraints)
 
     def cost_range(self) -> tuple[int, int]:
@@ -392,6 +417,21 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
     if prefix_pruned and prefix_note:
         notes.append(prefix_note)
 
+    layer_index = None
+    groups = tied_groups(manifest, constraints.tie_groups)
+    if groups:
+        if constraints.tie_blocks:
+            for key, members in groups.items():
+                blocks = {manifest.layers[i].block for i in members}
+                if len(blocks) > 1:
+                    raise LayerlensError(f"tied group {key!r} spans blocks {sorted(blocks, key=str)}; --tie-blocks needs every group inside one block")
+        infos, layer_of, method_of, rank_of, cost_of, gain_of, starts, layer_index = _merge_groups(
+            manifest, groups, infos, layer_of, method_of, rank_of, cost_of, gain_of, starts)
+        where = {i: g for g, i in enumerate(layer_index)}
+        group_of = {i: where[members[0]] for members in groups.values() for i in members}
+        pairs = tuple(replace(p, i=group_of.get(p.i, where.get(p.i)), j=group_of.get(p.j, where.get(p.j))) for p in pairs)
+        notes.append(f"{len(groups)} tied groups ({sum(len(m) for m in groups.values()):,} layers) solved as one choice each")
+
     def frozen(values: Sequence, dtype) -> np.ndarray:
         arr = np.asarray(values, dtype=dtype)
         arr.setflags(write=False)
@@ -419,7 +459,82 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
         gradient_norms=per_layer("gradient_norms"),
         fisher_traces=per_layer("fisher_traces"),
         pairs=pairs,
+        layer_index=layer_index,
     )
+
+
+def tied_groups(manifest: Manifest, regex: str | None = None) -> dict[str, list[int]]:
+    """Group label -> manifest indices (2 or more) of the layers tied together: a layer's ``group``
+    field, else the capture groups of ``regex`` in its name (``re.search``; no match: alone)."""
+    pattern = re.compile(regex) if regex else None
+    found: dict[str, list[int]] = {}
+    for i, layer in enumerate(manifest.layers):
+        if layer.group is not None:
+            key = layer.group
+        elif pattern is not None and (m := pattern.search(layer.name)):
+            key = "/".join(g if g is not None else "" for g in m.groups()) if pattern.groups else m.group(0)
+            key = f"~{key}"  # regex groups never merge with a manifest's named group
+        else:
+            continue
+        found.setdefault(key, []).append(i)
+    return {k: v for k, v in found.items() if len(v) > 1}
+
+
+def _merge_groups(manifest, groups, infos, layer_of, method_of, rank_of, cost_of, gain_of, starts):
+    """Each tied group becomes one layer of the problem at its first member's place: options
+    (method, rank) shared by all members, costs and gains summed. Members must match in shape and options."""
+    first = {members[0]: key for key, members in groups.items()}
+    grouped = {i for members in groups.values() for i in members}
+    out = ([], [], [], [], [], [], [0], [])
+    n_infos, n_layer, n_method, n_rank, n_cost, n_gain, n_starts, index = out
+
+    def options(l):
+        return [(method_of[o], rank_of[o]) for o in range(starts[l], starts[l + 1])]
+
+    for l, info in enumerate(infos):
+        if l in grouped and l not in first:
+            continue
+        k = len(n_infos)
+        if l in first:
+            key = first[l]
+            members = groups[key]
+            label = key[1:] if key.startswith("~") else key
+            ref = manifest.layers[members[0]]
+            for i in members[1:]:
+                other = manifest.layers[i]
+                if (other.in_features, other.out_features) != (ref.in_features, ref.out_features):
+                    raise LayerlensError(
+                        f"tied group {label!r}: layer {other.name!r} is {other.in_features}x{other.out_features} but {ref.name!r} is "
+                        f"{ref.in_features}x{ref.out_features}; a group's layers must have one shape (narrow --tie-groups or the 'group' fields)")
+                if options(i) != options(members[0]):
+                    raise LayerlensError(
+                        f"tied group {label!r}: layer {other.name!r} accepts methods {', '.join(infos[i].methods)} but {ref.name!r} accepts "
+                        f"{', '.join(infos[members[0]].methods)}; a group's layers must accept the same methods (check kind and allowed_methods)")
+            span = range(starts[members[0]], starts[members[0] + 1])
+            member_gains = tuple(tuple(gain_of[starts[i] + (o - span.start)] for o in span) for i in members)
+            for n, o in enumerate(span):
+                n_layer.append(k)
+                n_method.append(method_of[o])
+                n_rank.append(rank_of[o])
+                n_cost.append(cost_of[o] * len(members))
+                n_gain.append(float(sum(g[n] for g in member_gains)))
+            blocks = {infos[i].block for i in members}
+            n_infos.append(LayerInfo(
+                name=f"group {label}", kind=info.kind, block=blocks.pop() if len(blocks) == 1 else None,
+                in_features=info.in_features, out_features=info.out_features,
+                utility=float(np.mean([infos[i].utility for i in members])), methods=info.methods,
+                members=tuple((i, infos[i]) for i in members), member_gains=member_gains, group=label))
+        else:
+            for o in range(starts[l], starts[l + 1]):
+                n_layer.append(k)
+                n_method.append(method_of[o])
+                n_rank.append(rank_of[o])
+                n_cost.append(cost_of[o])
+                n_gain.append(gain_of[o])
+            n_infos.append(info)
+        n_starts.append(len(n_cost))
+        index.append(l)
+    return n_infos, n_layer, n_method, n_rank, n_cost, n_gain, n_starts, tuple(index)
 
 
 def _pair_terms(manifest: Manifest, options: ModelOptions) -> tuple[PairTerm, ...]:

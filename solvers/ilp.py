@@ -59,11 +59,13 @@ def build_model(problem: Problem, keep=None, *, floor: bool = True, name: str = 
 
     by_method: dict[int, list] = {}
     for o, v in x.items():
-        by_method.setdefault(method[o], []).append(v)
+        by_method.setdefault(method[o], []).append((o, v))
+    size = problem.n_members
+    weight = {o: size[l] for l in range(problem.n_layers) for o in range(starts[l], starts[l + 1])} if c.method_caps else {}
     none = METHOD_NAMES.index("none")
     for m_name, cap in c.method_caps:
         m = METHOD_NAMES.index(m_name)
-        terms = [(v, 1) for v in by_method.get(m, [])]
+        terms = [(v, weight[o]) for o, v in by_method.get(m, [])]  # a tied group counts as its layers
         prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(terms), pulp.LpConstraintLE, f"cap_{m}", cap))
     if c.min_methods:
         used = []
@@ -73,7 +75,7 @@ def build_model(problem: Problem, keep=None, *, floor: bool = True, name: str = 
             y = prob.add_variable(f"y_{m}", cat=pulp.LpBinary)
             used.append((y, 1))
             prob.addConstraint(
-                pulp.LpConstraint(pulp.LpAffineExpression([(y, 1)] + [(v, -1) for v in vars_m]), pulp.LpConstraintLE, f"uses_{m}", 0)
+                pulp.LpConstraint(pulp.LpAffineExpression([(y, 1)] + [(v, -1) for _, v in vars_m]), pulp.LpConstraintLE, f"uses_{m}", 0)
             )
         prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(used), pulp.LpConstraintGE, "min_methods", c.min_methods))
     if problem.pairs:

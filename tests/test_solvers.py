@@ -26,7 +26,9 @@ def check_allocation(problem, alloc):
         assert problem.option_layer[o] == problem.layers.index(info)
         assert choice.params == problem.option_cost[o]
     assert alloc.total_params == sum(l.params for l in alloc.layers)
-    assert alloc.objective == pytest.approx(sum(l.gain for l in alloc.layers))
+    pairs = problem.value(alloc.choice) - sum(float(problem.option_gain[o]) for o in alloc.choice)
+    assert alloc.objective == pytest.approx(sum(l.gain for l in alloc.layers) + pairs)
+    assert (pairs == 0.0) or problem.pairs  # only pair terms add to the layers' gains
     assert alloc.metrics["compatibility_rate"] == 1.0
 
 

@@ -321,7 +321,7 @@ def validate(allocation, manifest, as_json):
         from .problem import ModelOptions, allowed_methods
 
         man = load_manifest(manifest)
-        accepted = allowed_methods(man, ModelOptions(methods=METHOD_NAMES))
+        accepted = allowed_methods(man, ModelOptions(methods=tuple(METHOD_NAMES)))
         allowed = [accepted.get(l["name"], set()) for l in layers]
         tables = [man.metadata.get(key) for key in ("gradient_norms", "fisher_traces")]
         grads, fisher = [[float(t[l["name"]]) for l in layers] if isinstance(t, dict) and all(l["name"] in t for l in layers) else None
@@ -447,7 +447,7 @@ def export(allocation, fmt, output, module_prefix, alpha_ratio):
     data = _sound_allocation(allocation)
     if fmt == "peft":
         path = ex.write_peft(data, output, alpha_ratio=alpha_ratio, prefix=module_prefix)
-        n = sum(1 for l in data["layers"] if l["method"] == "lora")
+        n = len(ex.lora_config(data)["target_modules"])
         click.echo(f"wrote {path}: LoRA on {n} modules")
         others = ex.others_than_lora(data)
         if others:

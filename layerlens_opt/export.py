@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import LayerlensError
+from .methods import METHODS
 
 FORMATS = ("peft", "csv", "markdown")
 
@@ -37,7 +38,7 @@ def lora_config(allocation: Mapping[str, Any], alpha_ratio: float = 2.0, dropout
     """
     if hasattr(allocation, "to_dict"):
         allocation = allocation.to_dict()
-    lora = [l for l in allocation["layers"] if l["method"] == "lora"]
+    lora = [l for l in allocation["layers"] if METHODS[l["method"]].peft_lora]
     if not lora:
         raise LayerlensError("the allocation gives LoRA to no layer; there is nothing to export to peft")
     names = [prefix + l["name"] for l in lora]
@@ -102,10 +103,10 @@ def to_peft_config(allocation: Mapping[str, Any], **kwargs):
 
 
 def others_than_lora(allocation: Mapping[str, Any]) -> dict[str, int]:
-    """Methods other than LoRA/none in the allocation, with their layer counts."""
+    """Methods other than LoRA/none in the allocation (those a peft LoraConfig cannot express), with their layer counts."""
     out: dict[str, int] = {}
     for l in allocation["layers"]:
-        if l["method"] not in ("lora", "none"):
+        if not METHODS[l["method"]].peft_lora and not METHODS[l["method"]].is_none:
             out[l["method"]] = out.get(l["method"], 0) + 1
     return out
 

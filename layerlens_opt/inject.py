@@ -170,6 +170,25 @@ def _set(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
+#: method -> injector(model, module name, module, rank, alpha_ratio, named modules) -> (name to replace, new module).
+#: The new module wraps the old one as ``wrapped``; its other parameters are the trainable ones.
+INJECTORS: dict = {}
+
+
+def register_injector(method: str, injector=None):
+    """Register how ``method`` (a catalog entry, :func:`layerlens_opt.methods.register_method`) is injected;
+    usable as a decorator."""
+    from .methods import METHODS
+
+    def add(fn):
+        if method not in METHODS:
+            raise ValueError(f"register the method {method!r} in layerlens_opt.methods before its injector")
+        INJECTORS[method] = fn
+        return fn
+
+    return add(injector) if injector is not None else add
+
+
 def apply(model: nn.Module, allocation: Mapping[str, Any] | Any, alpha_ratio: float = 2.0, freeze: bool = True) -> int:
     """Inject the allocation into ``model`` (in place) and return the trainable parameters added.
 
@@ -196,21 +215,11 @@ def apply(model: nn.Module, allocation: Mapping[str, Any] | Any, alpha_ratio: fl
             if why or cost != layer["params"]:
                 raise LayerlensError(f"allocation layer {layer['name']!r}: " + (why or f"params {layer['params']:,} but {method} rank {rank} "
                                      f"on this model's {d_in}x{d_out} module costs {cost:,}") + "; is it the model the allocation was solved for?")
-        if method == "lora":
-            new = LoRALinear(base, rank, alpha_ratio * rank)
-        elif method == "adapter":
-            new = AdapterOut(base, rank)
-        elif method == "ia3":
-            new = IA3Out(base)
-        elif method == "prefix":
-            # the allocation names the value projection (or the attention module itself)
-            attn_name = WRAPPED.sub("", full).rpartition(".")[0] if not hasattr(base, "query") else full
-            attn_name = _resolve(model, attn_name, modules)
-            attn = model.get_submodule(attn_name)
-            new = PrefixSelfAttention(attn, rank)
-            full = attn_name
-        else:
-            raise LayerlensError(f"layer {layer['name']!r}: unknown method {method!r}")
+        injector = INJECTORS.get(method)
+        if injector is None:
+            raise LayerlensError(f"layer {layer['name']!r}: no injector for method {method!r}; register one with "
+                                 "layerlens_opt.inject.register_injector")
+        full, new = injector(model, full, base, rank, alpha_ratio, modules)
         for name, p in new.named_parameters():
             if not name.startswith("wrapped."):  # only the new module's own parameters
                 p.requires_grad_(True)
@@ -222,3 +231,26 @@ def apply(model: nn.Module, allocation: Mapping[str, Any] | Any, alpha_ratio: fl
 
 def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@register_injector("lora")
+def _inject_lora(model, name, base, rank, alpha_ratio, modules):
+    return name, LoRALinear(base, rank, alpha_ratio * rank)
+
+
+@register_injector("adapter")
+def _inject_adapter(model, name, base, rank, alpha_ratio, modules):
+    return name, AdapterOut(base, rank)
+
+
+@register_injector("ia3")
+def _inject_ia3(model, name, base, rank, alpha_ratio, modules):
+    return name, IA3Out(base)
+
+
+@register_injector("prefix")
+def _inject_prefix(model, name, base, rank, alpha_ratio, modules):
+    # the allocation names the value projection (or the attention module itself)
+    attn_name = WRAPPED.sub("", name).rpartition(".")[0] if not hasattr(base, "query") else name
+    attn_name = _resolve(model, attn_name, modules)
+    return attn_name, PrefixSelfAttention(model.get_submodule(attn_name), rank)

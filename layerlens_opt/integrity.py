@@ -27,13 +27,14 @@ from .methods import METHOD_NAMES, METHODS, param_cost
 
 def rank_problem(method: str, rank: int, d_in: int, d_out: int) -> str | None:
     """Why ``rank`` is impossible for ``method`` on a (d_in, d_out) layer, or None."""
-    if method == "none":
-        return None if rank == 0 else f"rank {rank} with method none (must be 0)"
-    if not METHODS[method].ranked:
-        return None if rank == 1 else f"rank {rank} with {method} (one option per layer, reported as rank 1)"
+    spec = METHODS[method]
+    if not spec.ranked:
+        fixed = spec.fixed_rank
+        return None if rank == fixed else (f"rank {rank} with method {method} (must be {fixed})" if fixed == 0 else
+                                           f"rank {rank} with {method} (one option per layer, reported as rank {fixed})")
     if rank < 1:
         return f"rank {rank} with {method} (must be at least 1)"
-    cap = min(d_in, d_out) if method == "lora" else d_out if method == "adapter" else None
+    cap = spec.rank_cap(d_in, d_out)
     if cap is not None and rank > cap:
         return f"{method} rank {rank} on a {d_in}x{d_out} layer (at most {cap})"
     return None
@@ -54,7 +55,7 @@ def integrity_failures(allocation: Mapping[str, Any], manifest=None) -> list[str
         from .problem import ModelOptions, allowed_methods
 
         shapes = {l.name: (l.in_features, l.out_features) for l in manifest.layers}
-        allowed = allowed_methods(manifest, ModelOptions(methods=METHOD_NAMES))
+        allowed = allowed_methods(manifest, ModelOptions(methods=tuple(METHOD_NAMES)))
         seen: dict[str, int] = {}
         for l in layers:
             seen[l["name"]] = seen.get(l["name"], 0) + 1

@@ -24,18 +24,29 @@ ia3        0.25        -          one scaling vector (curve = 1)
 
 The efficiencies are priors, not measurements: a profiled manifest's
 ``gain_curves`` replace the curve for that layer and method.
+
+Adding a method
+---------------
+One :class:`MethodSpec` passed to :func:`register_method` (its exact cost, rank
+cap, default curve, the layer kinds it fits) and, to train it, one injector
+passed to :func:`layerlens_opt.inject.register_injector`. Nothing else in the
+package compares method names: solvers, reports, validation and export read
+this catalog (tests/test_method_catalog.py adds a toy method this way and
+solves, validates, exports and applies it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from .errors import LayerlensError
 
 KINDS = ("attention", "mlp", "linear", "block", "embedding", "other")
 
-#: Method order used everywhere (tables, variable indices, the heuristic's sequence).
-METHOD_NAMES = ("none", "ia3", "prefix", "adapter", "lora")
+#: Method order used everywhere (tables, variable indices, the heuristic's sequence); registered
+#: methods are appended (a list, so every module that imported it sees them)
+METHOD_NAMES: list[str] = []
 
 DEFAULT_METHODS = ("lora", "adapter", "prefix", "none")
 
@@ -47,13 +58,31 @@ DEFAULT_WINDOW = (0.70, 0.90)
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """What the allocator knows about one method."""
+    """What the allocator knows about one method.
+
+    ``cost(rank, d_in, d_out)`` is its exact trainable parameter count on a layer;
+    ``rank_cap(d_in, d_out)`` the largest rank that makes sense there (None: no cap);
+    an unranked method has the single rank ``fixed_rank``; ``one_per_block`` methods
+    (prefix) are offered on one attention layer per block; ``peft_lora``: peft's
+    ``LoraConfig`` can express it; ``color`` for plots.
+    """
 
     name: str
     efficiency: float
     half_rank: float | None
     fits: frozenset[str]
     ranked: bool
+    cost: Callable[[int, int, int], int] = lambda rank, d_in, d_out: 0
+    rank_cap: Callable[[int, int], int | None] = lambda d_in, d_out: None
+    fixed_rank: int = 1
+    one_per_block: bool = False
+    peft_lora: bool = False
+    color: str = "#cccccc"
+
+    @property
+    def is_none(self) -> bool:
+        """The absence of a method ('none': no parameters, rank 0)."""
+        return not self.ranked and self.fixed_rank == 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.efficiency <= 1.0:
@@ -62,13 +91,33 @@ class MethodSpec:
             raise ValueError(f"MethodSpec {self.name!r}: half_rank must be positive, got {self.half_rank!r}")
 
 
-METHODS: dict[str, MethodSpec] = {
-    "none": MethodSpec("none", 0.0, None, frozenset(KINDS), ranked=False),
-    "ia3": MethodSpec("ia3", 0.25, None, frozenset({"attention", "mlp", "linear"}), ranked=False),
-    "prefix": MethodSpec("prefix", 0.60, 4.0, frozenset({"attention", "block"}), ranked=True),
-    "adapter": MethodSpec("adapter", 0.90, 6.0, frozenset({"attention", "mlp", "block"}), ranked=True),
-    "lora": MethodSpec("lora", 1.00, 8.0, frozenset({"attention", "mlp", "linear", "block"}), ranked=True),
-}
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Add ``spec`` to the catalog (after the built-in methods); a name may be registered once."""
+    if spec.name in METHODS:
+        raise ValueError(f"method {spec.name!r} is already registered")
+    if not spec.name or not spec.name.replace("_", "").isalnum():
+        raise ValueError(f"method name {spec.name!r} must be a non-empty identifier")
+    METHODS[spec.name] = spec
+    METHOD_NAMES.append(spec.name)
+    return spec
+
+
+for _spec in (
+    MethodSpec("none", 0.0, None, frozenset(KINDS), ranked=False, fixed_rank=0, color="#eeeeee"),
+    MethodSpec("ia3", 0.25, None, frozenset({"attention", "mlp", "linear"}), ranked=False,
+               cost=lambda r, d_in, d_out: d_out, color="#b3de69"),
+    MethodSpec("prefix", 0.60, 4.0, frozenset({"attention", "block"}), ranked=True,
+               cost=lambda r, d_in, d_out: 2 * r * d_out, one_per_block=True, color="#80b1d3"),
+    MethodSpec("adapter", 0.90, 6.0, frozenset({"attention", "mlp", "block"}), ranked=True,
+               cost=lambda r, d_in, d_out: 2 * d_out * r + r + d_out, rank_cap=lambda d_in, d_out: d_out, color="#fdb462"),
+    MethodSpec("lora", 1.00, 8.0, frozenset({"attention", "mlp", "linear", "block"}), ranked=True,
+               cost=lambda r, d_in, d_out: r * (d_in + d_out), rank_cap=lambda d_in, d_out: min(d_in, d_out), peft_lora=True,
+               color="#fb8072"),
+):
+    register_method(_spec)
 
 
 def check_method(name: str, where: str = "method") -> str:
@@ -84,17 +133,10 @@ def param_cost(method: str, rank: int, in_features: int, out_features: int) -> i
     ``rank`` is the LoRA rank, the adapter bottleneck width or the prefix length;
     IA3 and none ignore it.
     """
-    if method == "none":
-        return 0
-    if method == "lora":
-        return rank * (in_features + out_features)
-    if method == "adapter":
-        return 2 * out_features * rank + rank + out_features
-    if method == "prefix":
-        return 2 * rank * out_features
-    if method == "ia3":
-        return out_features
-    raise ValueError(f"unknown method {method!r}; valid methods are {', '.join(METHOD_NAMES)}")
+    spec = METHODS.get(method)
+    if spec is None:
+        raise ValueError(f"unknown method {method!r}; valid methods are {', '.join(METHOD_NAMES)}")
+    return int(spec.cost(rank, in_features, out_features))
 
 
 def default_ranks(method: str, in_features: int, out_features: int, ranks: tuple[int, ...] = DEFAULT_RANKS) -> tuple[int, ...]:
@@ -104,16 +146,10 @@ def default_ranks(method: str, in_features: int, out_features: int, ranks: tuple
     ``d_out`` (a wider one is no longer a bottleneck). A prefix length is not
     tied to the layer's size. IA3 has one option (reported as rank 1), none has rank 0.
     """
-    if method == "none":
-        return (0,)
-    if method == "ia3":
-        return (1,)
-    if method == "lora":
-        cap = min(in_features, out_features)
-    elif method == "adapter":
-        cap = out_features
-    else:
-        cap = None
+    spec = METHODS[method]
+    if not spec.ranked:
+        return (spec.fixed_rank,)
+    cap = spec.rank_cap(in_features, out_features)
     out = tuple(r for r in ranks if cap is None or r <= cap)
     return out if out else (cap,)
 
@@ -121,7 +157,7 @@ def default_ranks(method: str, in_features: int, out_features: int, ranks: tuple
 def default_curve(method: str, rank: int) -> float:
     """The parametric captured fraction ``1 - 2**(-rank/half_rank)`` (1 for IA3, 0 for none)."""
     spec = METHODS[method]
-    if method == "none":
+    if spec.is_none:
         return 0.0
     if spec.half_rank is None:
         return 1.0

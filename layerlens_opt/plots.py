@@ -6,9 +6,7 @@ import re
 from typing import Any, Mapping, Sequence
 
 from .errors import LayerlensError
-from .methods import METHOD_NAMES
-
-COLORS = {"none": "#eeeeee", "ia3": "#b3de69", "prefix": "#80b1d3", "adapter": "#fdb462", "lora": "#fb8072"}
+from .methods import METHOD_NAMES, METHODS
 
 
 def _pyplot():
@@ -75,7 +73,7 @@ def plot_allocation(allocation: Mapping[str, Any], path: str) -> None:
     for (r, c), l in cells.items():
         grid[r][c] = METHOD_NAMES.index(l["method"])
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * n_cols + 3), max(2.5, 0.45 * len(rows) + 1.5)))
-    ax.imshow(grid, cmap=ListedColormap([COLORS[m] for m in METHOD_NAMES]), vmin=0, vmax=len(METHOD_NAMES) - 1, aspect="auto")
+    ax.imshow(grid, cmap=ListedColormap([METHODS[m].color for m in METHOD_NAMES]), vmin=0, vmax=len(METHOD_NAMES) - 1, aspect="auto")
     for (r, c), l in cells.items():
         if l["method"] != "none":
             ax.text(c, r, str(l["rank"]), ha="center", va="center", fontsize=8)
@@ -85,7 +83,7 @@ def plot_allocation(allocation: Mapping[str, Any], path: str) -> None:
     ax.set_yticklabels(rows, fontsize=8)
     ax.set_xlabel("block")
     used = [m for m in METHOD_NAMES if any(l["method"] == m for l in layers)]
-    ax.legend(handles=[Patch(color=COLORS[m], label=m) for m in used], loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    ax.legend(handles=[Patch(color=METHODS[m].color, label=m) for m in used], loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     ax.set_title(f"{allocation.get('solver')} allocation: {allocation.get('total_params', 0):,} of "
                  f"{allocation.get('budget', 0):,} params ({allocation.get('utilization', 0):.0%}); numbers are ranks", fontsize=9)
     fig.tight_layout()

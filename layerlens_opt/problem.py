@@ -350,6 +350,11 @@ def _prefix_layers(manifest: Manifest) -> tuple[set[int], str | None]:
     return eligible, None
 
 
+def _per_block_methods() -> set[str]:
+    """Methods that attach to an attention block, not a projection (prefix): one layer per block takes them."""
+    return {m for m, spec in METHODS.items() if spec.one_per_block}
+
+
 def allowed_methods(manifest: Manifest, options: ModelOptions) -> dict[str, set[str]]:
     """Layer name -> the methods of ``options.methods`` it accepts (its ``allowed_methods``, else its kind's; prefix on one layer per block)."""
     prefix_ok, _ = _prefix_layers(manifest)
@@ -360,7 +365,7 @@ def allowed_methods(manifest: Manifest, options: ModelOptions) -> dict[str, set[
         else:
             fits = {m for m, spec in METHODS.items() if layer.kind in spec.fits}
             if layer.kind == "attention" and l not in prefix_ok:
-                fits.discard("prefix")
+                fits -= _per_block_methods()
         out[layer.name] = fits & set(options.methods)
     return out
 
@@ -373,7 +378,7 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
         utility = (1.0 - options.shrink) * utility + options.shrink * utility.mean()
     pairs = _pair_terms(manifest, options) if options.interactions else ()
     prefix_ok, prefix_note = _prefix_layers(manifest)
-    accepted = allowed_methods(manifest, ModelOptions(methods=METHOD_NAMES))
+    accepted = allowed_methods(manifest, ModelOptions(methods=tuple(METHOD_NAMES)))
     notes: list[str] = []
 
     layer_of: list[int] = []
@@ -390,7 +395,7 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
     for l, layer in enumerate(manifest.layers):
         fits = accepted[layer.name]
         if layer.kind == "attention" and layer.allowed_methods is None and l not in prefix_ok:
-            prefix_pruned = prefix_pruned or "prefix" in options.methods
+            prefix_pruned = prefix_pruned or bool(_per_block_methods() & set(options.methods))
         methods = tuple(m for m in wanted if m in fits)
         if not methods:
             raise LayerlensError(

@@ -122,3 +122,43 @@ def _group_failures(allocation, layers, manifest) -> list[str]:
             shown = ", ".join(f"{m} r={r}" for m, r in sorted(choices, key=str))
             out.append(f"tied group {label!r} mixes {shown}; its layers must share one method and rank")
     return out
+
+
+def validate_allocation(allocation: Mapping[str, Any], manifest=None) -> tuple[list[str], dict, dict]:
+    """Everything ``validate`` reports: (integrity failures, metrics, verdict per check).
+
+    With a manifest, the metrics are recomputed against it (compatibility with what each layer
+    accepts, correlations with its gradient norms and Fisher traces); without one, the
+    correlations are those the solver computed and the allocation carries."""
+    from .metrics import compute_metrics, verdicts
+
+    layers = allocation["layers"]
+    grads = fisher = allowed = None
+    if manifest is not None:
+        from .problem import ModelOptions, allowed_methods
+
+        accepted = allowed_methods(manifest, ModelOptions(methods=tuple(METHOD_NAMES)))
+        allowed = [accepted.get(l["name"], set()) for l in layers]
+        tables = [manifest.metadata.get(key) for key in ("gradient_norms", "fisher_traces")]
+        grads, fisher = [[float(t[l["name"]]) for l in layers] if isinstance(t, dict) and all(l["name"] in t for l in layers) else None
+                         for t in tables]
+    failures = integrity_failures(allocation, manifest)
+    metrics = compute_metrics(layers, allocation["constraints"], grads, fisher, allowed)
+    if manifest is None:  # correlations need the profile; keep what the solver computed
+        for key in ("utility_gradient_correlation", "utility_fisher_correlation"):
+            metrics[key] = (allocation.get("metrics") or {}).get(key)
+    return failures, metrics, verdicts(metrics, allocation["constraints"])
+
+
+def sound_allocation(path) -> dict:
+    """The allocation file, refused (one line) when its own fields do not add up: what ``export``,
+    ``plot`` and ``apply`` act on."""
+    from .allocation import load_allocation
+    from .errors import LayerlensError
+
+    data = load_allocation(path)
+    failures = integrity_failures(data)
+    if failures:
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise LayerlensError(f"{path} fails validation: {failures[0]}{more}; run `layerlens-opt validate {path}`")
+    return data

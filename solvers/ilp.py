@@ -155,7 +155,13 @@ def _status_table():
     }
 
 
-def _backend(name: str, options: SolverOptions, warm: bool, log_path: str | None = None):
+#: below this many variables CBC runs without its Cgl preprocessing: CBC 2.10's preprocessing reduced a
+#: 7-variable model to nothing and called a wrong answer optimal (tests/test_tied_groups.py found it);
+#: small models do not need it
+PREPROCESS_MIN_VARIABLES = 5_000
+
+
+def _backend(name: str, options: SolverOptions, warm: bool, log_path: str | None = None, preprocess: bool = True):
     import warnings
 
     import pulp
@@ -168,7 +174,7 @@ def _backend(name: str, options: SolverOptions, warm: bool, log_path: str | None
                 logPath=log_path,
                 # CBC derives a cutoff increment and prunes nodes that cannot beat the incumbent by
                 # that much: warm-started, it then called an answer 7e-6 below the optimum "optimal"
-                options=["increment 0"],
+                options=["increment 0"] + ([] if preprocess else ["preprocess off"]),
             )
     if name == "highs":
         try:
@@ -186,7 +192,8 @@ def _backend(name: str, options: SolverOptions, warm: bool, log_path: str | None
 MAX_LP_VARIABLES = 400_000
 
 
-def _run(problem: Problem, backend: str, options: SolverOptions, keep=None, floor=True, start=None, deadline=None):
+def _run(problem: Problem, backend: str, options: SolverOptions, keep=None, floor=True, start=None, deadline=None,
+         preprocess: bool = True):
     """Build, solve, read back. Returns (status, choice or None, bound or None, build s, solve s, warm used).
 
     With a ``deadline`` (``time.perf_counter()`` seconds) the solver gets what is left of it after
@@ -217,10 +224,20 @@ def _run(problem: Problem, backend: str, options: SolverOptions, keep=None, floo
 
         fd, log_path = tempfile.mkstemp(prefix="layerlens-cbc-", suffix=".log")
         os.close(fd)
+    small = n_vars < PREPROCESS_MIN_VARIABLES
     try:
-        prob.solve(_backend(backend, options, warm, log_path))
+        prob.solve(_backend(backend, options, warm, log_path, preprocess=preprocess and not small))
     except pulp.PulpSolverError as exc:
-        return Status.ERROR, None, None, t1 - t0, time.perf_counter() - t1, warm, f"{backend} failed: {exc}"
+        if backend == "cbc" and preprocess and small:
+            # CBC without preprocessing stops on an infeasible model without a solution file; with it, it says so
+            try:
+                prob.solve(_backend(backend, options, warm, log_path, preprocess=True))
+            except pulp.PulpSolverError as again:
+                exc = again
+            else:
+                exc = None
+        if exc is not None:
+            return Status.ERROR, None, None, t1 - t0, time.perf_counter() - t1, warm, f"{backend} failed: {exc}"
     finally:
         cbc_bound = _cbc_bound(log_path) if log_path else None
         if log_path:
@@ -240,6 +257,10 @@ def _run(problem: Problem, backend: str, options: SolverOptions, keep=None, floo
         for l in range(problem.n_layers):
             vals = [(v.value() or 0.0, o) for o in range(starts[l], starts[l + 1]) if (v := x.get(o)) is not None]
             choice.append(max(vals)[1])
+    if (backend == "cbc" and preprocess and not small and start is not None and choice is not None
+            and problem.value(start) > problem.value(choice) + 1e-9 * max(1.0, abs(problem.value(start)))):
+        # CBC answered worse than the feasible start it was given: a preprocessing fault; solve again without it
+        return _run(problem, backend, options, keep, floor, start, deadline, preprocess=False)
     message = "" if choice is not None or status == Status.INFEASIBLE else f"{backend} stopped without an allocation (PuLP: {pulp.LpSolution[prob.sol_status]})"
     return status, choice, bound, t1 - t0, t2 - t1, warm, message
 

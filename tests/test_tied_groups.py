@@ -186,3 +186,22 @@ def test_tie_blocks_with_a_group_across_blocks_is_refused():
     m = moe_manifest(blocks=2, experts=2)
     with pytest.raises(LayerlensError, match="spans blocks"):
         build_problem(m, Constraints(2_000, tie_blocks=True, tie_groups=r"experts\.\d+\.(\w+)"))
+
+
+def test_cbc_preprocessing_fault_is_caught(monkeypatch):
+    """CBC 2.10's preprocessing reduced this 7-variable model to nothing and called a worse answer optimal;
+    small models run without it, and a larger one whose answer is worse than its start is solved again."""
+    from layerlens_opt.solvers import ilp
+
+    m = moe_manifest(blocks=1, experts=2, seed=0)
+    opts = ModelOptions(methods=("lora", "none"), ranks={"lora": (1, 2)})
+    budget = int(build_problem(m, Constraints(10**9), opts).cost_range()[1] * 0.4375)
+    grouped = build_problem(m, Constraints(budget, 0.5, 1.0, tie_groups=MOE), opts)
+    best = solve(grouped, "auto").objective
+    assert solve(grouped, "cbc").objective == pytest.approx(best, rel=1e-12)
+    monkeypatch.setattr(ilp, "PREPROCESS_MIN_VARIABLES", 0)  # as if the model were large: preprocessing on
+    calls = []
+    real = ilp._backend
+    monkeypatch.setattr(ilp, "_backend", lambda *a, **k: calls.append(k.get("preprocess")) or real(*a, **k))
+    assert solve(grouped, "cbc").objective == pytest.approx(best, rel=1e-12)
+    assert calls == [True, False], "the faulty answer must be detected and solved again without preprocessing"

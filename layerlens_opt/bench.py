@@ -162,6 +162,24 @@ def with_pairs(time_limit: float):
     return table(("problem", "layers", "pair terms", "wall s", "status", "gap", "solver"), rows, "lrrrlrl")
 
 
+def moe(time_limit: float):
+    """The generated MoE manifests, with every block's experts tied per projection and without ties."""
+    from .generate import MOE_ARCHITECTURES, architecture
+
+    ties = r"layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.\d+\.(\w+)"
+    rows = []
+    for key in MOE_ARCHITECTURES:
+        data = architecture(key)
+        manifest = parse_manifest(data)
+        for label, regex in (("tied experts", ties), ("untied", None)):
+            t0 = time.perf_counter()
+            problem = build_problem(manifest, Constraints(data["model"]["suggested_budget"], tie_groups=regex))
+            alloc, wall = _run(problem, "auto", {"time_limit": time_limit})
+            rows.append((key, label, f"{len(manifest.layers):,}", f"{problem.n_layers:,}", f"{time.perf_counter() - t0:.2f}",
+                         alloc.status.value, f"{alloc.gap:.1e}" if alloc.gap is not None else "-", alloc.solver))
+    return table(("model", "groups", "layers", "problem layers", "build+solve s", "status", "gap", "solver"), rows, "llrrrlrl")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m layerlens_opt.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="72,224,560,2000", help="generated problem sizes (layers)")
@@ -169,11 +187,17 @@ def main(argv=None) -> None:
     parser.add_argument("--time-limit", type=float, default=120.0, help="per solver and problem")
     parser.add_argument("--repeats", type=int, default=5, help="process-time repetitions")
     parser.add_argument("--no-shipped", action="store_true", help="skip problems/architectures")
-    parser.add_argument("--only", choices=["pairs"], help="run one section only")
+    parser.add_argument("--only", choices=["pairs", "moe"], help="run one section only")
     args = parser.parse_args(argv)
+    if args.only == "moe":
+        print(f"# mixture-of-experts manifests (generated; time limit {args.time_limit:g} s)\n", flush=True)
+        print(moe(args.time_limit), flush=True)
+        return
     if args.only == "pairs":
         print("# pairwise interaction terms (auto hands these to CBC: the gains are not separable)\n", flush=True)
         print(with_pairs(args.time_limit), flush=True)
+    print(f"\n# mixture-of-experts manifests (generated; time limit {args.time_limit:g} s)\n", flush=True)
+    print(moe(args.time_limit), flush=True)
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.quick:

@@ -106,7 +106,9 @@ def scenario(name: str, seed: int = 0, blocks: int = 12, hidden: int = 768) -> d
 
 @dataclass(frozen=True)
 class Architecture:
-    """A transformer's published shape. ``style`` picks module names: bert, vit, gpt2, llama."""
+    """A transformer's published shape. ``style`` picks module names: bert, vit, gpt2, llama, and the
+    mixture-of-experts styles mixtral, qwen3-moe and deepseek-v3 (``experts`` routed experts per block,
+    ``expert_intermediate`` their width; deepseek-v3's MLA attention and dense first blocks are built in)."""
 
     name: str
     style: str
@@ -117,6 +119,9 @@ class Architecture:
     kv_heads: int | None = None
     num_parameters: int = 0
     suggested_budget: int = 50000
+    experts: int = 0
+    expert_intermediate: int = 0
+    head_dim: int | None = None
 
 
 ARCHITECTURES = {
@@ -127,6 +132,16 @@ ARCHITECTURES = {
     "llama2-7b": Architecture("meta-llama/Llama-2-7b-hf", "llama", 32, 4096, 11008, 32, 32, num_parameters=6_738_415_616, suggested_budget=4_000_000),
     "llama3-8b": Architecture("meta-llama/Meta-Llama-3-8B", "llama", 32, 4096, 14336, 32, 8, num_parameters=8_030_261_248, suggested_budget=4_000_000),
     "llama3-70b": Architecture("meta-llama/Meta-Llama-3-70B", "llama", 80, 8192, 28672, 64, 8, num_parameters=70_553_706_496, suggested_budget=20_000_000),
+    "mixtral-8x22b": Architecture("mistralai/Mixtral-8x22B-v0.1", "mixtral", 56, 6144, 16384, 48, 8, num_parameters=140_620_634_112,
+                                  suggested_budget=40_000_000, experts=8, expert_intermediate=16384),
+}
+
+#: mixture-of-experts models with tens of thousands of linear layers: written by ``--moe`` (large files)
+MOE_ARCHITECTURES = {
+    "qwen3-235b-a22b": Architecture("Qwen/Qwen3-235B-A22B", "qwen3-moe", 94, 4096, 12288, 64, 4, num_parameters=235_093_634_560,
+                                    suggested_budget=60_000_000, experts=128, expert_intermediate=1536, head_dim=128),
+    "deepseek-v3": Architecture("deepseek-ai/DeepSeek-V3", "deepseek-v3", 61, 7168, 18432, 128, None, num_parameters=671_026_419_200,
+                                suggested_budget=100_000_000, experts=256, expert_intermediate=2048),
 }
 
 
@@ -156,6 +171,44 @@ def modules(arch: Architecture) -> list[tuple[str, str, int, int, int, str]]:
                 ("mlp.c_proj", "mlp", f, h, "down"),
             ]
             prefix = f"transformer.h.{b}"
+        elif arch.style in ("mixtral", "qwen3-moe"):
+            hd = arch.head_dim or h // arch.heads
+            q_out, kv_out = arch.heads * hd, (arch.kv_heads or arch.heads) * hd
+            spec = [
+                ("self_attn.q_proj", "attention", h, q_out, "q"),
+                ("self_attn.k_proj", "attention", h, kv_out, "k"),
+                ("self_attn.v_proj", "attention", h, kv_out, "v"),
+                ("self_attn.o_proj", "attention", q_out, h, "o"),
+            ]
+            e_f = arch.expert_intermediate
+            if arch.style == "mixtral":  # w1 gate, w3 up, w2 down
+                for e in range(arch.experts):
+                    spec += [(f"block_sparse_moe.experts.{e}.w1", "mlp", h, e_f, "gate"), (f"block_sparse_moe.experts.{e}.w3", "mlp", h, e_f, "up"),
+                             (f"block_sparse_moe.experts.{e}.w2", "mlp", e_f, h, "down")]
+            else:
+                for e in range(arch.experts):
+                    spec += [(f"mlp.experts.{e}.gate_proj", "mlp", h, e_f, "gate"), (f"mlp.experts.{e}.up_proj", "mlp", h, e_f, "up"),
+                             (f"mlp.experts.{e}.down_proj", "mlp", e_f, h, "down")]
+            prefix = f"model.layers.{b}"
+        elif arch.style == "deepseek-v3":
+            # MLA (config: q_lora_rank 1536, kv_lora_rank 512, qk_nope 128, qk_rope 64, v_head 128); first 3 blocks dense
+            heads = arch.heads
+            spec = [
+                ("self_attn.q_a_proj", "attention", h, 1536, "q"),
+                ("self_attn.q_b_proj", "attention", 1536, heads * (128 + 64), "q"),
+                ("self_attn.kv_a_proj_with_mqa", "attention", h, 512 + 64, "k"),
+                ("self_attn.kv_b_proj", "attention", 512, heads * (128 + 128), "v"),
+                ("self_attn.o_proj", "attention", heads * 128, h, "o"),
+            ]
+            e_f = arch.expert_intermediate
+            if b < 3:
+                spec += [("mlp.gate_proj", "mlp", h, f, "gate"), ("mlp.up_proj", "mlp", h, f, "up"), ("mlp.down_proj", "mlp", f, h, "down")]
+            else:
+                for e in list(range(arch.experts)) + ["shared"]:
+                    root = "mlp.shared_experts" if e == "shared" else f"mlp.experts.{e}"
+                    spec += [(f"{root}.gate_proj", "mlp", h, e_f, "gate"), (f"{root}.up_proj", "mlp", h, e_f, "up"),
+                             (f"{root}.down_proj", "mlp", e_f, h, "down")]
+            prefix = f"model.layers.{b}"
         elif arch.style == "llama":
             spec = [
                 ("self_attn.q_proj", "attention", h, h, "q"),
@@ -168,7 +221,7 @@ def modules(arch: Architecture) -> list[tuple[str, str, int, int, int, str]]:
             ]
             prefix = f"model.layers.{b}"
         else:
-            raise ValueError(f"unknown style {arch.style!r}; use bert, roberta, vit, gpt2 or llama")
+            raise ValueError(f"unknown style {arch.style!r}; use bert, roberta, vit, gpt2, llama, mixtral, qwen3-moe or deepseek-v3")
         for sub, kind, d_in, d_out, role in spec:
             out.append((f"{prefix}.{sub}", kind, d_in, d_out, b, role))
     return out
@@ -184,7 +237,7 @@ def architecture(key: str | Architecture, seed: int = 0) -> dict:
     Sensitivity = role weight x a depth profile (a U: first and last blocks
     matter most) x lognormal noise.
     """
-    arch = ARCHITECTURES[key] if isinstance(key, str) else key
+    arch = {**ARCHITECTURES, **MOE_ARCHITECTURES}[key] if isinstance(key, str) else key
     rng = random.Random(f"{arch.name}:{seed}")
     layers = []
     for name, kind, d_in, d_out, b, role in modules(arch):
@@ -224,13 +277,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="folder to write into (e.g. problems/)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--custom", metavar="NAME", help="write one custom architecture instead of the shipped set")
-    parser.add_argument("--style", default="llama", choices=["bert", "roberta", "vit", "gpt2", "llama"])
+    parser.add_argument("--style", default="llama", choices=["bert", "roberta", "vit", "gpt2", "llama", "mixtral", "qwen3-moe", "deepseek-v3"])
     parser.add_argument("--blocks", type=int, default=32)
     parser.add_argument("--hidden", type=int, default=4096)
     parser.add_argument("--intermediate", type=int, default=11008)
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--kv-heads", type=int, default=None)
     parser.add_argument("--budget", type=int, default=1_000_000, help="suggested budget stored in model.suggested_budget")
+    parser.add_argument("--moe", action="store_true", help="also write the large mixture-of-experts manifests (Qwen3-235B-A22B, "
+                        "DeepSeek-V3: 36k and 45k layers, tens of MB) under OUT/moe/")
     args = parser.parse_args(argv)
     if args.custom:
         arch = Architecture(args.custom, args.style, args.blocks, args.hidden, args.intermediate, args.heads, args.kv_heads,
@@ -243,7 +298,11 @@ def main(argv: list[str] | None = None) -> None:
         write(scenario(name, args.seed), args.out / "scenarios" / f"{name}.json")
     for key in ARCHITECTURES:
         write(architecture(key, args.seed), args.out / "architectures" / f"{key}.json")
-    print(f"wrote {len(SCENARIOS)} scenarios and {len(ARCHITECTURES)} architectures under {args.out}")
+    if args.moe:
+        for key in MOE_ARCHITECTURES:
+            write(architecture(key, args.seed), args.out / "moe" / f"{key}.json")
+    print(f"wrote {len(SCENARIOS)} scenarios and {len(ARCHITECTURES)} architectures"
+          f"{f' and {len(MOE_ARCHITECTURES)} MoE manifests' if args.moe else ''} under {args.out}")
 
 
 if __name__ == "__main__":  # pragma: no cover

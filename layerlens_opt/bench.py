@@ -196,8 +196,6 @@ def main(argv=None) -> None:
     if args.only == "pairs":
         print("# pairwise interaction terms (auto hands these to CBC: the gains are not separable)\n", flush=True)
         print(with_pairs(args.time_limit), flush=True)
-    print(f"\n# mixture-of-experts manifests (generated; time limit {args.time_limit:g} s)\n", flush=True)
-    print(moe(args.time_limit), flush=True)
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.quick:
@@ -233,6 +231,8 @@ def main(argv=None) -> None:
         print(side_constrained(side[0], args.time_limit), flush=True)
     print("\n# pairwise interaction terms (auto hands these to CBC: the gains are not separable)\n", flush=True)
     print(with_pairs(args.time_limit), flush=True)
+    print(f"\n# mixture-of-experts manifests (generated; time limit {args.time_limit:g} s)\n", flush=True)
+    print(moe(args.time_limit), flush=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -158,8 +158,9 @@ def validate(allocation, manifest, as_json):
 @click.option("--model", "-m", "model_spec", required=True, help="Hugging Face model directory, module:function returning an nn.Module, or minilm (all-MiniLM-L6-v2, shipped offline).")
 @click.option("--data", "-d", "data_path", required=True, type=click.Path(dir_okay=False), help="JSONL of {\"text\": ..., \"label\": ...}.")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Manifest file to write.")
-@click.option("--signal", type=click.Choice(["probe", "first-order"]), default="probe", show_default=True,
-              help="probe: short uniform-LoRA run + held-out ablations; first-order: gradient energy, Fisher, one-step proxy.")
+@click.option("--signal", "-S", type=click.Choice(["probe", "first-order"]), default="probe", show_default=True,
+              help="probe: short uniform-LoRA run + held-out ablations; first-order: gradient energy, Fisher, one-step proxy "
+                   "(under torchrun write -S: torchrun's own parser takes --signal for its --signals-to-handle).")
 @click.option("--probe-steps", type=click.IntRange(min=1), default=100, show_default=True, help="probe: training steps.")
 @click.option("--probe-rank", type=click.IntRange(min=1), default=4, show_default=True, help="probe: LoRA rank on every layer.")
 @click.option("--probe-lr", type=FiniteFloat(0, 10, lo_open=True), default=2e-3, show_default=True, help="probe: AdamW learning rate.")
@@ -180,15 +181,16 @@ def profile(model_spec, data_path, output, signal, probe_steps, probe_rank, prob
             seed, device, head_steps, kind_pattern, block_pattern, quiet):
     """Profile a torch model on labelled text into a manifest (needs the torch extra)."""
     from .io import check_output, json_text
-    from .profiling import profile_manifest, summary
+    from .profiling import is_main, profile_manifest, summary
 
     check_output(output, [data_path], "manifest")
     manifest = profile_manifest(model_spec, data_path, signal, kind_pattern=kind_pattern, block_pattern=block_pattern, progress=not quiet,
                                 probe_steps=probe_steps, probe_rank=probe_rank, probe_lr=probe_lr, held_out=held_out,
                                 interactions=not no_interactions, probe_values=probe_values, probe_masks=probe_masks, batches=batches,
                                 batch_size=batch_size, seed=seed, device=device, head_steps=head_steps)
-    _write(output, json_text(manifest, "manifest"), [data_path], "manifest")
-    click.echo(f"{summary(manifest, signal)}; wrote {output}")
+    if is_main():  # under torchrun every rank holds the same manifest; rank 0 writes it
+        _write(output, json_text(manifest, "manifest"), [data_path], "manifest")
+        click.echo(f"{summary(manifest, signal)}; wrote {output}")
 
 
 @main.command()

@@ -17,6 +17,12 @@ def profile_manifest(model_spec: str, data_path: str, signal: str = "probe", *, 
         raise LayerlensError(f"profiling needs torch ({exc.name} is missing): pip install torch==2.13.0 && pip install -e '.[torch]'") from None
     from ..manifest import parse_manifest
     from ..naming import parse_block_pattern, parse_kind_patterns
+    from .dist import init_from_env, world
+
+    init_from_env(device)  # under torchrun: join the process group; each rank profiles its share of the data
+    rank, size = world()
+    if size > 1 and batch_size < size:
+        raise LayerlensError(f"--batch-size {batch_size} is smaller than the {size} processes sharing each batch; raise it")
 
     naming = dict(kind_patterns=parse_kind_patterns(kind_pattern), block_pattern=parse_block_pattern(block_pattern), progress=progress)
     if signal == "probe":
@@ -29,7 +35,16 @@ def profile_manifest(model_spec: str, data_path: str, signal: str = "probe", *, 
     else:
         raise LayerlensError(f"unknown signal {signal!r}; use probe or first-order")
     parse_manifest(manifest, source="profiled manifest")  # what we write must read back
+    if size > 1:
+        manifest["model"]["processes"] = size
     return manifest
+
+
+def is_main() -> bool:
+    """True on the process that writes (rank 0, or the only process)."""
+    from .dist import is_main as main_rank
+
+    return main_rank()
 
 
 def summary(manifest: dict, signal: str) -> str:

@@ -55,6 +55,7 @@ from torch import nn
 from ..errors import LayerlensError
 from ..manifest import SCHEMA_VERSION
 from ..methods import DEFAULT_RANKS
+from .dist import all_sum, all_sum_grads, share, world
 from .profiler import _progress, adaptable_layers, load_jsonl, load_model
 
 #: the metric a probe manifest carries (raw held-out loss increase, clipped at 0)
@@ -100,9 +101,16 @@ def train_steps(model, texts, labels, steps: int, batch_size: int, lr: float, se
     t0 = time.perf_counter()
     for step in _progress(range(steps), progress, desc or "training"):
         idx = torch.randint(len(texts), (batch_size,), generator=gen).tolist()
-        loss = nn.functional.cross_entropy(model([texts[i] for i in idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
+        if world()[1] == 1:
+            loss = nn.functional.cross_entropy(model([texts[i] for i in idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+        else:  # this rank's share of the batch; the summed gradients are the whole batch's mean gradient
+            mine = share(idx)
+            loss = nn.functional.cross_entropy(model([texts[i] for i in mine]), y[mine], reduction="sum") / len(idx)
+            opt.zero_grad()
+            loss.backward()
+            all_sum_grads(trainable)
         opt.step()
         if on_step is not None:
             on_step(step)
@@ -113,11 +121,13 @@ def train_steps(model, texts, labels, steps: int, batch_size: int, lr: float, se
 def held_out_loss(model, texts, y, chunk: int = 256) -> float:
     """Mean cross-entropy over ``texts`` (no gradients, eval mode)."""
     total = 0.0
+    rows = share(list(range(len(texts))))  # with several ranks, each evaluates its share; the sums are added
     with torch.no_grad():
-        for s in range(0, len(texts), chunk):
-            logits = model(texts[s : s + chunk])
-            total += float(nn.functional.cross_entropy(logits, y[s : s + chunk], reduction="sum"))
-    return total / len(texts)
+        for s in range(0, len(rows), chunk):
+            part = rows[s : s + chunk]
+            logits = model([texts[i] for i in part])
+            total += float(nn.functional.cross_entropy(logits.double(), y[part], reduction="sum"))  # float64: values are differences
+    return all_sum(total) / len(texts)
 
 
 class _Ablation:

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import LayerlensError
+from .dist import all_sum, share, world
 from ..methods import DEFAULT_RANKS
 from ..naming import infer
 
@@ -320,6 +321,7 @@ def profile(model_spec: str, data_path: str, config: ProfileConfig | None = None
         l["module"].weight.requires_grad_(True)
         l.update(G=torch.zeros(l["out_features"], l["in_features"], device=config.device), energy=0.0, norm=0.0, fisher=0.0)
     saved: dict[int, torch.Tensor] = {}
+    batch_n = [0]  # set per batch when the batch is shared over ranks
 
     def forward_hook(module, inputs, output):
         key = id(module)
@@ -330,7 +332,7 @@ def profile(model_spec: str, data_path: str, config: ProfileConfig | None = None
             d = grad.detach()
             d = d if d.dim() == 3 else d.unsqueeze(1)
             a = saved.pop(key)
-            n = a.shape[0]
+            n = batch_n[0] or a.shape[0]  # the whole batch's size when this rank holds a share of it
             # loss is a batch mean: an example's own gradient is n x its share
             tracked[key]["fisher"] += float((_per_example_sq_norms(a, d) * n * n).sum())
 
@@ -339,16 +341,24 @@ def profile(model_spec: str, data_path: str, config: ProfileConfig | None = None
     handles = [l["module"].register_forward_hook(forward_hook) for l in layers]
     n_examples = 0
     t0 = time.perf_counter()
+    ranks = world()[1]
     try:
         for idx in _progress(batches, config.progress, "profiling"):
             model.zero_grad(set_to_none=True)
-            loss = loss_fn(model([texts[i] for i in idx]), y_all[idx])
+            if ranks == 1:
+                loss = loss_fn(model([texts[i] for i in idx]), y_all[idx])
+            else:  # this rank's share; the summed gradients are the whole batch's mean gradient
+                mine = share(idx)
+                batch_n[0] = len(idx)
+                loss = nn.functional.cross_entropy(model([texts[i] for i in mine]), y_all[mine], reduction="sum") / len(idx)
             loss.backward()
             n_examples += len(idx)
             for l in layers:
                 g = _weight_grad(l)
                 if g is None:
                     continue
+                if ranks > 1:
+                    g = all_sum(g.contiguous().clone())
                 l["used"] = True
                 l["G"] += g
                 sq = float(g.pow(2).sum())
@@ -359,11 +369,13 @@ def profile(model_spec: str, data_path: str, config: ProfileConfig | None = None
             h.remove()
         saved.clear()
 
-    # gain curves and the proxy evaluation
+    for l in layers:  # per-example Fisher terms were summed over this rank's share of each batch
+        l["fisher"] = all_sum(l["fisher"])
+    # gain curves and the proxy evaluation (every rank computes them alike from the summed gradients)
     held_texts = [texts[i] for i in held_out]
     held_y = y_all[held_out]
     with torch.no_grad():
-        base = float(loss_fn(model(held_texts), held_y))
+        base = float(loss_fn(model(held_texts).double(), held_y))
     manifest_layers = []
     skipped = [l["name"] for l in layers if not l.get("used")]
     layers = [l for l in layers if l.get("used")]
@@ -407,6 +419,7 @@ def profile(model_spec: str, data_path: str, config: ProfileConfig | None = None
             "batches": config.batches, "batch_size": config.batch_size, "seed": config.seed,
             "seconds": round(time.perf_counter() - t0, 2),
             "skipped_layers": skipped,  # linear layers that took no part in the loss (e.g. an unused pooler)
+            "held_out_loss": base,  # what proxy_eval drops are measured from
         },
         "metric_weights": {"gradient_energy": 0.4, "fisher": 0.4, "proxy_eval": 0.2},
         "layers": manifest_layers,
@@ -447,16 +460,19 @@ def _proxy_drop(model, layer, direction, texts, y, loss_fn, base, step) -> float
     if not isinstance(layer["module"], nn.Linear):
         delta = delta.t()
     with torch.no_grad():
+        saved = weight.detach().clone()  # restored bit for bit ((w - d) + d is not w in floating point)
         weight -= delta
         try:
-            after = float(loss_fn(model(texts), y))
+            after = float(loss_fn(model(texts).double(), y))  # float64: the drop is a small difference
         finally:
-            weight += delta
+            weight.copy_(saved)
     return max(0.0, base - after)
 
 
 def _progress(items, enabled: bool, desc: str):
-    if not enabled:
+    from .dist import is_main
+
+    if not enabled or not is_main():  # with several ranks, rank 0 shows the progress
         return items
     try:
         from tqdm import tqdm

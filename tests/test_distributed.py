@@ -1,0 +1,90 @@
+"""Data-parallel profiling: 2 gloo processes under torchrun write the manifest one process writes (within 1e-5 relative)."""
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+
+from conftest import ROOT  # noqa: E402
+
+TESTS = ROOT / "tests"
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    rng = random.Random(1)
+    words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 8))) for _ in range(300)]
+    p = tmp_path / "data.jsonl"
+    p.write_text("".join(json.dumps({"text": w, "label": int("a" in w) + int("b" in w)}) + "\n" for w in words))
+    return p
+
+
+def _profile(args, out, processes):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    if processes == 1:
+        cmd = [sys.executable, "-m", "layerlens_opt.profiling"]
+    else:
+        torchrun = shutil.which("torchrun")
+        if torchrun is None:
+            pytest.skip("torchrun is not on PATH")
+        cmd = [torchrun, "--nproc_per_node", str(processes), "--master_port", str(29500 + random.randrange(400)), "-m", "layerlens_opt.profiling"]
+    r = subprocess.run(cmd + args + ["-o", str(out), "--quiet"], cwd=TESTS, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(out.read_text()), r
+
+
+def _numbers(manifest):
+    """Every per-layer number of a manifest, keyed by where it sits."""
+    out = {}
+    for layer in manifest["layers"]:
+        for k, v in layer["metrics"].items():
+            out[layer["name"], "metric", k] = v
+        for m, curve in layer.get("gain_curves", {}).items():
+            for r, v in curve.items():
+                out[layer["name"], "curve", m, r] = v
+    for pair in (manifest.get("interactions") or {}).get("pairs", []):
+        out[tuple(pair["layers"]), "pair"] = pair["value"]
+    for key in ("gradient_norms", "fisher_traces"):
+        for name, v in (manifest.get("metadata") or {}).get(key, {}).items():
+            out[name, key] = v
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal, extra", [("probe", ["--probe-steps", "20", "--held-out", "120", "--probe-lr", "0.01"]),
+                                           ("first-order", ["--batches", "4"])])
+def test_two_gloo_processes_write_the_one_process_manifest(tmp_path, data_file, signal, extra):
+    args = ["--model", "tiny_models:tiny", "--data", str(data_file), "-S", signal, "--batch-size", "16", *extra]
+    one, _ = _profile(args, tmp_path / "one.json", 1)
+    two, run = _profile(args, tmp_path / "two.json", 2)
+    assert two["model"]["processes"] == 2 and "processes" not in one["model"]
+    a, b = _numbers(one), _numbers(two)
+    assert a.keys() == b.keys() and len(a) > 20
+    if signal == "probe":
+        # probe numbers are differences of held-out losses (and ratios of them): compare them in units of that
+        # loss, since float32 forward passes of different batch shapes agree to ~1e-7 of it, not of the difference
+        loss = one["model"]["probe"]["held_out_loss"]
+        drop = {l["name"]: l["metrics"]["probe_loss_drop"] for l in one["layers"]}
+        rel = {k: abs(a[k] - b[k]) * (drop[k[0]] if k[1] == "curve" else 1.0) / loss for k in a}
+    else:  # sums of gradients: relative to themselves; proxy_eval is a held-out loss drop: in units of that loss
+        loss = one["model"]["held_out_loss"]
+        rel = {k: abs(a[k] - b[k]) / (loss if k[-1] == "proxy_eval" else max(abs(a[k]), 1e-12)) for k in a}
+    worst = max(rel, key=rel.get)
+    assert rel[worst] < 1e-5, f"largest relative difference {rel[worst]:.2e} at {worst}: {a[worst]!r} vs {b[worst]!r}"
+    assert run.stdout.count("wrote") == 1  # rank 0 writes, once
+
+
+def test_batch_smaller_than_the_processes_is_refused(monkeypatch, data_file, tmp_path):
+    from layerlens_opt.errors import LayerlensError
+    from layerlens_opt.profiling import dist, profile_manifest
+
+    monkeypatch.setattr(dist, "init_from_env", lambda device: None)
+    monkeypatch.setattr(dist, "world", lambda: (0, 4))
+    with pytest.raises(LayerlensError, match="smaller than the 4 processes"):
+        profile_manifest("tiny_models:tiny", str(data_file), "first-order", batch_size=2)

@@ -16,11 +16,12 @@ something.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
+
+from .manifest import DEFAULT_METRIC_WEIGHTS
 
 SCENARIOS = (
     "default-uniform",
@@ -48,7 +49,7 @@ def _manifest(model: dict, layers: list[dict]) -> dict:
     return {
         "schema_version": 1,
         "model": model,
-        "metric_weights": {"gradient_energy": 0.4, "fisher": 0.4, "proxy_eval": 0.2},
+        "metric_weights": dict(DEFAULT_METRIC_WEIGHTS),
         "layers": layers,
         "metadata": {
             "gradient_norms": {l["name"]: math.sqrt(l["metrics"]["gradient_energy"]) for l in layers},
@@ -268,8 +269,11 @@ def synthetic(n_layers: int, seed: int = 0) -> dict:
 
 
 def write(manifest: dict, path: Path) -> None:
+    """Validate and write through the one manifest writer (atomic, version 1 without interactions)."""
+    from .manifest import parse_manifest, save_manifest
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    save_manifest(parse_manifest(manifest, source=str(path)), path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -98,7 +98,8 @@ class Manifest:
         return tuple(self.layers[0].metrics) if self.layers else ()
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+        # the lowest version that holds the content: without interactions a version 1 reader can read it
+        out: dict[str, Any] = {"schema_version": SCHEMA_VERSION if self.interaction_metric is not None else 1}
         if self.model:
             out["model"] = dict(self.model)
         out["metric_weights"] = dict(self.metric_weights)
@@ -381,8 +382,9 @@ def _parse_layer(raw: Any, index: int, source: str) -> Layer:
     )
 
 
-def save_manifest(manifest: Manifest, path: str | Path) -> None:
-    """Write ``manifest`` as JSON (the current schema version)."""
+def save_manifest(manifest: Manifest, path: str | Path, inputs=()) -> None:
+    """Write ``manifest`` as JSON, atomically and never onto one of ``inputs`` (version 2 only when it has interactions).
+    The one manifest writer: the profiler, the probe and the generator all write through it."""
     from .io import json_text, write_atomic
 
-    write_atomic(path, json_text(manifest.to_dict(), "manifest"), (), "manifest")
+    write_atomic(path, json_text(manifest.to_dict(), "manifest"), inputs, "manifest")

@@ -54,6 +54,7 @@ from typing import Any, Callable
 
 from ..errors import LayerlensError
 from .dist import all_sum, share, world
+from ..manifest import DEFAULT_METRIC_WEIGHTS
 from ..methods import DEFAULT_RANKS
 from ..naming import infer
 
@@ -421,7 +422,7 @@ def profile(model_spec: str, data_path: str, config: ProfileConfig | None = None
             "skipped_layers": skipped,  # linear layers that took no part in the loss (e.g. an unused pooler)
             "held_out_loss": base,  # what proxy_eval drops are measured from
         },
-        "metric_weights": {"gradient_energy": 0.4, "fisher": 0.4, "proxy_eval": 0.2},
+        "metric_weights": dict(DEFAULT_METRIC_WEIGHTS),
         "layers": manifest_layers,
         "metadata": {
             "gradient_norms": {l["name"]: l["norm"] for l in layers},

@@ -181,7 +181,7 @@ def profile(model_spec, data_path, output, signal, probe_steps, probe_rank, prob
             seed, device, head_steps, kind_pattern, block_pattern, quiet):
     """Profile a torch model on labelled text into a manifest (needs the torch extra)."""
     from .io import check_output
-    from .manifest import parse_manifest, save_manifest
+    from .manifest import save_manifest
     from .profiling import is_main, profile_manifest, summary
 
     check_output(output, [data_path], "manifest")
@@ -190,7 +190,7 @@ def profile(model_spec, data_path, output, signal, probe_steps, probe_rank, prob
                                 interactions=not no_interactions, probe_values=probe_values, probe_masks=probe_masks, batches=batches,
                                 batch_size=batch_size, seed=seed, device=device, head_steps=head_steps)
     if is_main():  # under torchrun every rank holds the same manifest; rank 0 writes it
-        save_manifest(parse_manifest(manifest, source="profiled manifest"), output, [data_path])
+        save_manifest(manifest, output, [data_path])
         click.echo(f"{summary(manifest, signal)}; wrote {output}")
 
 

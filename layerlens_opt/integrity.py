@@ -102,14 +102,16 @@ def _group_failures(allocation, layers, manifest) -> list[str]:
     """Tied groups whose layers do not share one method and rank."""
     by_name = {l["name"]: l for l in layers}
     if manifest is not None:
-        from .problem import tied_groups
+        import re
+
+        from .problem import group_label, tied_groups
 
         regex = (allocation.get("constraints") or {}).get("tie_groups")
         try:
             found = tied_groups(manifest, regex)
-        except Exception as exc:  # a tampered regex: re.error and friends
+        except re.error as exc:  # a hand-edited allocation
             return [f"constraints.tie_groups {regex!r} is not a usable regex ({exc})"]
-        groups = {(k[1:] if k.startswith("~") else k): [manifest.layers[i].name for i in members] for k, members in found.items()}
+        groups = {group_label(k): [manifest.layers[i].name for i in members] for k, members in found.items()}
     else:
         groups = {}
         for l in layers:

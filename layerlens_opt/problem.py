@@ -358,6 +358,7 @@ def _per_block_methods() -> set[str]:
 def allowed_methods(manifest: Manifest, options: ModelOptions) -> dict[str, set[str]]:
     """Layer name -> the methods of ``options.methods`` it accepts (its ``allowed_methods``, else its kind's; prefix on one layer per block)."""
     prefix_ok, _ = _prefix_layers(manifest)
+    per_block = _per_block_methods()
     out = {}
     for l, layer in enumerate(manifest.layers):
         if layer.allowed_methods is not None:
@@ -365,7 +366,7 @@ def allowed_methods(manifest: Manifest, options: ModelOptions) -> dict[str, set[
         else:
             fits = {m for m, spec in METHODS.items() if layer.kind in spec.fits}
             if layer.kind == "attention" and l not in prefix_ok:
-                fits -= _per_block_methods()
+                fits -= per_block
         out[layer.name] = fits & set(options.methods)
     return out
 
@@ -391,11 +392,12 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
     method_index = {m: i for i, m in enumerate(METHOD_NAMES)}
     wanted = [m for m in METHOD_NAMES if m in options.methods]
     prefix_pruned = False
+    per_block_wanted = bool(_per_block_methods() & set(options.methods))
 
     for l, layer in enumerate(manifest.layers):
         fits = accepted[layer.name]
         if layer.kind == "attention" and layer.allowed_methods is None and l not in prefix_ok:
-            prefix_pruned = prefix_pruned or bool(_per_block_methods() & set(options.methods))
+            prefix_pruned = prefix_pruned or per_block_wanted
         methods = tuple(m for m in wanted if m in fits)
         if not methods:
             raise LayerlensError(
@@ -468,9 +470,15 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
     )
 
 
+def group_label(key: str) -> str:
+    """The label a user sees for a :func:`tied_groups` key (regex keys carry a ``~`` so they never merge with a named group)."""
+    return key[1:] if key.startswith("~") else key
+
+
 def tied_groups(manifest: Manifest, regex: str | None = None) -> dict[str, list[int]]:
-    """Group label -> manifest indices (2 or more) of the layers tied together: a layer's ``group``
-    field, else the capture groups of ``regex`` in its name (``re.search``; no match: alone)."""
+    """Group key -> manifest indices (2 or more) of the layers tied together: a layer's ``group``
+    field, else the capture groups of ``regex`` in its name (``re.search``; no match: alone).
+    :func:`group_label` gives the label to show."""
     pattern = re.compile(regex) if regex else None
     found: dict[str, list[int]] = {}
     for i, layer in enumerate(manifest.layers):
@@ -503,7 +511,7 @@ def _merge_groups(manifest, groups, infos, layer_of, method_of, rank_of, cost_of
         if l in first:
             key = first[l]
             members = groups[key]
-            label = key[1:] if key.startswith("~") else key
+            label = group_label(key)
             ref = manifest.layers[members[0]]
             for i in members[1:]:
                 other = manifest.layers[i]

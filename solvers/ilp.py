@@ -257,8 +257,8 @@ def _run(problem: Problem, backend: str, options: SolverOptions, keep=None, floo
         for l in range(problem.n_layers):
             vals = [(v.value() or 0.0, o) for o in range(starts[l], starts[l + 1]) if (v := x.get(o)) is not None]
             choice.append(max(vals)[1])
-    if (backend == "cbc" and preprocess and not small and start is not None and choice is not None
-            and problem.value(start) > problem.value(choice) + 1e-9 * max(1.0, abs(problem.value(start)))):
+    start_value = problem.value(start) if backend == "cbc" and preprocess and not small and start is not None and choice is not None else None
+    if start_value is not None and start_value > problem.value(choice) + 1e-9 * max(1.0, abs(start_value)):
         # CBC answered worse than the feasible start it was given: a preprocessing fault; solve again without it
         return _run(problem, backend, options, keep, floor, start, deadline, preprocess=False)
     message = "" if choice is not None or status == Status.INFEASIBLE else f"{backend} stopped without an allocation (PuLP: {pulp.LpSolution[prob.sol_status]})"

@@ -8,8 +8,9 @@ from ..errors import LayerlensError
 
 def profile_manifest(model_spec: str, data_path: str, signal: str = "probe", *, kind_pattern=(), block_pattern=None, progress=True,
                      probe_steps=100, probe_rank=4, probe_lr=2e-3, held_out=512, interactions=True, probe_values="leave-one-out",
-                     probe_masks=256, batches=8, batch_size=32, seed=0, device="cpu", head_steps=100) -> dict:
-    """The manifest dict of ``profile --signal SIGNAL``, checked to read back as a manifest."""
+                     probe_masks=256, batches=8, batch_size=32, seed=0, device="cpu", head_steps=100):
+    """The :class:`~layerlens_opt.manifest.Manifest` of ``profile --signal SIGNAL`` (what is written must read back:
+    it is parsed once, here; :func:`layerlens_opt.manifest.save_manifest` writes it)."""
     try:
         from .probe import ProbeConfig, probe
         from .profiler import ProfileConfig, profile
@@ -34,10 +35,9 @@ def profile_manifest(model_spec: str, data_path: str, signal: str = "probe", *, 
         manifest = profile(model_spec, data_path, config)
     else:
         raise LayerlensError(f"unknown signal {signal!r}; use probe or first-order")
-    parse_manifest(manifest, source="profiled manifest")  # what we write must read back
     if size > 1:
         manifest["model"]["processes"] = size
-    return manifest
+    return parse_manifest(manifest, source="profiled manifest")
 
 
 def is_main() -> bool:
@@ -47,10 +47,10 @@ def is_main() -> bool:
     return main_rank()
 
 
-def summary(manifest: dict, signal: str) -> str:
-    """'profiled 36 layers (attention 24, mlp 12) of NAME (probe) in 12.3 s'."""
+def summary(manifest, signal: str) -> str:
+    """'profiled 36 layers (attention 24, mlp 12) of NAME (probe) in 12.3 s' for a profiled Manifest."""
     kinds: dict[str, int] = {}
-    for layer in manifest["layers"]:
-        kinds[layer["kind"]] = kinds.get(layer["kind"], 0) + 1
-    return (f"profiled {len(manifest['layers'])} layers ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))}) "
-            f"of {manifest['model']['name']} ({signal}) in {manifest['model']['seconds']:.1f} s")
+    for layer in manifest.layers:
+        kinds[layer.kind] = kinds.get(layer.kind, 0) + 1
+    return (f"profiled {len(manifest.layers)} layers ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))}) "
+            f"of {manifest.model['name']} ({signal}) in {manifest.model['seconds']:.1f} s")

@@ -3,21 +3,27 @@
 An :class:`Allocation` is built from a problem and one chosen option per layer
 by :func:`make_allocation`, which computes totals and the validation metrics
 the same way for every solver. ``to_dict`` gives the JSON object of docs/design.md (section 3);
-``load_allocation`` reads one back (for ``validate``, ``compare`` and export).
+``Allocation.from_dict`` / ``load_allocation`` read one back, every field checked once there
+(the one definition of schema v1 on the reading side); report, export, plots, ``apply`` and the
+CLI take the typed object and never re-check or default a field.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from .errors import AllocationError
 from .methods import DEFAULT_WINDOW, METHOD_NAMES
-from .metrics import compute_metrics, verdicts, violations
+from .metrics import Columns, compute_metrics, verdicts, violations
 from .problem import Problem
 
 SCHEMA_VERSION = 1
@@ -44,7 +50,7 @@ class LayerChoice:
     method: str
     rank: int
     params: int
-    gain: float
+    gain: float | None  # None only in a loaded file that left it out
     utility: float
     in_features: int | None = None
     out_features: int | None = None
@@ -91,9 +97,29 @@ class Allocation:
     def ok(self) -> bool:
         return self.status in (Status.OPTIMAL, Status.FEASIBLE)
 
+    @cached_property
+    def columns(self) -> Columns:
+        """The layers as columns (method, rank, params, utility, block, group, kind): what metrics read."""
+        return Columns.of(self.layers)
+
     @property
     def violations(self) -> list[str]:
-        return violations([layer.to_dict() for layer in self.layers], self.constraints) if self.layers else []
+        return violations(self.columns, self.constraints) if self.layers else []
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """The utilization window (min, max) the allocation was solved under."""
+        return (self.constraints.get("min_utilization", DEFAULT_WINDOW[0]), self.constraints.get("max_utilization", DEFAULT_WINDOW[1]))
+
+    def method_counts(self) -> dict[str, int]:
+        """Layers per method, methods in name order."""
+        return dict(sorted(Counter(self.columns.method).items()))
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "allocation") -> "Allocation":
+        """The allocation a ``solve --json`` object describes, checked field by field (AllocationError names
+        ``source`` and the field); the inverse of :meth:`to_dict`."""
+        return _from_dict(data, source)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -107,7 +133,7 @@ class Allocation:
             "budget": self.budget,
             "total_params": self.total_params,
             "utilization": self.utilization,
-            "utilization_window": [self.constraints.get("min_utilization"), self.constraints.get("max_utilization")],
+            "utilization_window": list(self.window),
             "seconds": dict(self.seconds),
             "warm_start": self.warm_start,
             "constraints": dict(self.constraints),
@@ -123,13 +149,20 @@ class Allocation:
 
 def choice_violations(problem: Problem, choice: Sequence[int]) -> list[str]:
     """What one option per layer breaks (empty when feasible), without computing any metric."""
-    layers = []
+    methods, params, blocks, groups, ranks = [], [], [], [], []
     for l, o in enumerate(choice):
         info = problem.layers[l]
         n = len(info.members) or 1
-        row = {"method": problem.method_of(o), "params": int(problem.option_cost[o]) // n}
-        layers += [{**row, "block": member.block} for _, member in info.members] if info.members else [{**row, "block": info.block}]
-    return violations(layers, problem.constraints.to_dict())
+        method, cost, rank = problem.method_of(o), int(problem.option_cost[o]) // n, int(problem.option_rank[o])
+        for block in ([m.block for _, m in info.members] if info.members else [info.block]):
+            methods.append(method)
+            params.append(cost)
+            blocks.append(block)
+            groups.append(info.group if info.members else None)
+            ranks.append(rank)
+    cols = Columns(method=methods, rank=np.array(ranks, dtype=float), params=np.array(params, dtype=np.int64),
+                   utility=np.zeros(len(methods)), block=blocks, group=groups, kind=["other"] * len(methods))
+    return violations(cols, problem.constraints.to_dict())
 
 
 def gap_of(objective: float | None, bound: float | None) -> float | None:
@@ -195,7 +228,7 @@ def make_allocation(
     if status == Status.OPTIMAL and bound is None:
         bound = objective
     metrics = compute_metrics(
-        [layer.to_dict() for layer in layers], constraints,
+        Columns.of(layers), constraints,
         problem.gradient_norms, problem.fisher_traces, [m for _, m in allowed],
     )
     return Allocation(
@@ -236,8 +269,8 @@ REQUIRED_KEYS = ("schema_version", "solver", "status", "budget", "layers")
 LAYER_REQUIRED = ("name", "method", "rank", "params")
 
 
-def load_allocation(path: str | Path) -> dict[str, Any]:
-    """Read an allocation JSON file and check the fields other commands rely on."""
+def load_allocation(path: str | Path) -> Allocation:
+    """Read an allocation JSON file (``solve --json -o``) as an :class:`Allocation`, every field checked."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -249,6 +282,16 @@ def load_allocation(path: str | Path) -> dict[str, Any]:
         raise AllocationError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except RecursionError:
         raise AllocationError(f"{path}: the JSON is nested too deeply to be an allocation") from None
+    return _from_dict(data, str(path))
+
+
+def as_allocation(allocation: Any, source: str = "allocation") -> Allocation:
+    """An :class:`Allocation` as it is, or a ``solve --json`` dict checked and converted."""
+    return allocation if isinstance(allocation, Allocation) else _from_dict(allocation, source)
+
+
+def _from_dict(data: Any, path: str) -> Allocation:
+    """The one schema check of an allocation object (see :meth:`Allocation.from_dict`)."""
     if not isinstance(data, dict):
         raise AllocationError(f"{path}: the top level must be a JSON object")
     if "layers" in data and "schema_version" in data and "solver" not in data and "budget" not in data:
@@ -260,6 +303,7 @@ def load_allocation(path: str | Path) -> dict[str, Any]:
         raise AllocationError(f"{path}: allocation schema_version {data['schema_version']!r}; this version reads {SCHEMA_VERSION}")
     if not isinstance(data["layers"], list):
         raise AllocationError(f"{path}: 'layers' must be a list")
+    rows = []
     for i, layer in enumerate(data["layers"]):
         if not isinstance(layer, dict):
             raise AllocationError(f"{path}: layers[{i}] must be an object")
@@ -274,9 +318,9 @@ def load_allocation(path: str | Path) -> dict[str, Any]:
                 raise AllocationError(f"{path}: layer {layer['name']!r} field {key!r} must be a non-negative integer, got {value!r}")
         if not isinstance(layer["method"], str) or layer["method"] not in METHOD_NAMES:
             raise AllocationError(f"{path}: layer {layer['name']!r} has unknown method {layer['method']!r}; valid: {', '.join(METHOD_NAMES)}")
-        layer.setdefault("kind", "other")
-        layer.setdefault("utility", 0.0)
+        layer = {"kind": "other", "utility": 0.0, **layer}  # the caller's dict is never changed
         _check_layer_fields(path, layer)
+        rows.append(layer)
     budget = data["budget"]
     if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
         raise AllocationError(f"{path}: 'budget' must be a positive integer, got {budget!r}")
@@ -285,6 +329,7 @@ def load_allocation(path: str | Path) -> dict[str, Any]:
     constraints = data.get("constraints") or {}
     if not isinstance(constraints, dict):
         raise AllocationError(f"{path}: 'constraints' must be an object (as `solve --json` writes it), got {type(constraints).__name__}")
+    constraints = dict(constraints)
     for key in ("min_utilization", "max_utilization"):
         if key in constraints and (not isinstance(constraints[key], (int, float)) or isinstance(constraints[key], bool)
                                    or not 0 <= constraints[key] <= 1):
@@ -323,5 +368,24 @@ def load_allocation(path: str | Path) -> dict[str, Any]:
         raise AllocationError(f"{path}: 'utilization_window' must be [min, max], got {window!r}")
     constraints.setdefault("min_utilization", window[0])
     constraints.setdefault("max_utilization", window[1])
-    data["constraints"] = constraints
-    return data
+    for key in ("total_params", "utilization"):
+        if key not in data:
+            raise AllocationError(f"{path}: missing required key {key!r}; is this an allocation written by `solve --json -o`?")
+    seconds = data.get("seconds") or {}
+    for key, value in seconds.items():
+        if not _number(value):
+            raise AllocationError(f"{path}: seconds.{key} must be a finite number, got {value!r}")
+    warm = data.get("warm_start")
+    if warm is not None and not isinstance(warm, bool):
+        raise AllocationError(f"{path}: 'warm_start' must be true, false or null, got {warm!r}")
+    layers = tuple(
+        LayerChoice(name=l["name"], kind=l["kind"], block=l.get("block"), method=l["method"], rank=l["rank"], params=l["params"],
+                    gain=None if l.get("gain") is None else float(l["gain"]), utility=float(l["utility"]),
+                    in_features=l.get("in_features"), out_features=l.get("out_features"), group=l.get("group"))
+        for l in rows)
+    return Allocation(
+        solver=data["solver"], status=Status(data["status"]), objective=data.get("objective"), bound=data.get("bound"),
+        gap=data.get("gap"), budget=budget, total_params=data["total_params"], utilization=float(data["utilization"]),
+        seconds=dict(seconds), layers=layers, metrics=dict(data.get("metrics") or {}), constraints=constraints,
+        message=data.get("message", ""), notes=tuple(data.get("notes") or ()), warm_start=warm,
+    )

@@ -14,8 +14,8 @@ from pathlib import Path
 import click
 
 from .cliparse import (
-    FiniteFloat, build_from_options as _build, parse_budgets, parse_count, parse_methods, problem_options as _problem_options,
-    solve_from_options as _solve, solver_options as _solver_options,
+    FiniteFloat, OutputPath, build_from_options as _build, parse_budgets, parse_count, parse_methods, problem_options as _problem_options,
+    refuse_inputs, solve_from_options as _solve, solver_options as _solver_options,
 )
 
 __all__ = ["main", "parse_count"]
@@ -48,16 +48,14 @@ def main():
 @_problem_options
 @_solver_options
 @click.option("--json", "as_json", is_flag=True, help="Print the allocation object (schema v1) instead of tables.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the allocation JSON to this file.")
-@click.option("--export-lp", type=click.Path(dir_okay=False), help="Write the full integer program as an LP file.")
-@click.option("--export-mps", type=click.Path(dir_okay=False), help="Write the full integer program as an MPS file.")
+@click.option("--output", "-o", type=OutputPath("allocation"), help="Write the allocation JSON to this file.")
+@click.option("--export-lp", type=OutputPath("LP model"), help="Write the full integer program as an LP file.")
+@click.option("--export-mps", type=OutputPath("MPS model"), help="Write the full integer program as an MPS file.")
 def solve(as_json, output, export_lp, export_mps, **kw):
     """Solve the allocation for MANIFEST under --budget."""
-    from .io import check_output, json_text, write_atomic
+    from .io import json_text, write_atomic
 
-    outputs = [p for p in (output, export_lp, export_mps) if p]
-    for path in outputs:  # refuse a clobbered input or a missing folder before any work
-        check_output(path, [kw["manifest"]] + [o for o in outputs if o is not path])
+    refuse_inputs((output, export_lp, export_mps), [kw["manifest"]])  # before any work
     problem, build_seconds = _build(kw)
     if export_lp or export_mps:
         from .solvers.ilp import export_model
@@ -66,8 +64,7 @@ def solve(as_json, output, export_lp, export_mps, **kw):
             if path:
                 write_atomic(path, lambda tmp, fmt=fmt: export_model(problem, tmp, fmt), [kw["manifest"]], f"{fmt.upper()} model")
     alloc = _solve(problem, build_seconds, kw)
-    data = alloc.to_dict()
-    text = json_text(data, "allocation").rstrip("\n")
+    text = json_text(alloc.to_dict(), "allocation").rstrip("\n")
     if output and alloc.layers:
         _write(output, text + "\n", [kw["manifest"]], "allocation")
     elif output:
@@ -79,13 +76,13 @@ def solve(as_json, output, export_lp, export_mps, **kw):
         from .report import allocation_table, summary
 
         if alloc.layers:
-            click.echo(allocation_table(data))
+            click.echo(allocation_table(alloc))
             click.echo()
-        click.echo(summary(data))
+        click.echo(summary(alloc))
         for path, what in ((export_lp, "LP model"), (export_mps, "MPS model"), (output, "allocation")):
             if path:
                 click.echo(f"wrote {what} to {path}")
-    _exit_for(alloc.status.value, data.get("message", ""), as_json)
+    _exit_for(alloc.status.value, alloc.message, as_json)
 
 
 def _exit_for(status: str, message: str, quiet: bool) -> None:
@@ -107,16 +104,16 @@ def compare(as_json, **kw):
     """Solve MANIFEST with an exact solver and the heuristic; show both side by side."""
     problem, build_seconds = _build(kw)
     solver = kw["solver"] if kw["solver"] != "heuristic" else "auto"
-    exact = _solve(problem, build_seconds, kw, solver).to_dict()
-    heur = _solve(problem, build_seconds, kw, "heuristic").to_dict()
+    exact = _solve(problem, build_seconds, kw, solver)
+    heur = _solve(problem, build_seconds, kw, "heuristic")
     if as_json:
-        click.echo(json.dumps({"exact": exact, "heuristic": heur}, indent=1))
+        click.echo(json.dumps({"exact": exact.to_dict(), "heuristic": heur.to_dict()}, indent=1))
     else:
         from .report import compare_text
 
         click.echo(compare_text(exact, heur))
-    if exact["status"] in ("infeasible", "error"):
-        _exit_for(exact["status"], exact.get("message", ""), True)
+    if not exact.ok:
+        _exit_for(exact.status.value, exact.message, True)
 
 
 @main.command()
@@ -147,7 +144,7 @@ def validate(allocation, manifest, as_json):
             click.echo(f"FAIL  ... and {len(failures) - 20} more (--json lists all)")
         if failures:
             click.echo()
-        click.echo(validation_table(metrics, data["constraints"]))
+        click.echo(validation_table(metrics, data.constraints))
         n_warn = sum(v == "WARN" for v in checks.values())
         click.echo(f"\n{'FAIL' if n_fail else 'PASS'}: {n_fail} failed, {n_warn} warnings")
     if n_fail:
@@ -157,7 +154,7 @@ def validate(allocation, manifest, as_json):
 @main.command()
 @click.option("--model", "-m", "model_spec", required=True, help="Hugging Face model directory, module:function returning an nn.Module, or minilm (all-MiniLM-L6-v2, shipped offline).")
 @click.option("--data", "-d", "data_path", required=True, type=click.Path(dir_okay=False), help="JSONL of {\"text\": ..., \"label\": ...}.")
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Manifest file to write.")
+@click.option("--output", "-o", required=True, type=OutputPath("manifest"), help="Manifest file to write.")
 @click.option("--signal", "-S", type=click.Choice(["probe", "first-order"]), default="probe", show_default=True,
               help="probe: short uniform-LoRA run + held-out ablations; first-order: gradient energy, Fisher, one-step proxy "
                    "(under torchrun write -S: torchrun's own parser takes --signal for its --signals-to-handle).")
@@ -180,11 +177,10 @@ def validate(allocation, manifest, as_json):
 def profile(model_spec, data_path, output, signal, probe_steps, probe_rank, probe_lr, held_out, no_interactions, probe_values, probe_masks, batches, batch_size,
             seed, device, head_steps, kind_pattern, block_pattern, quiet):
     """Profile a torch model on labelled text into a manifest (needs the torch extra)."""
-    from .io import check_output
     from .manifest import save_manifest
     from .profiling import is_main, profile_manifest, summary
 
-    check_output(output, [data_path], "manifest")
+    refuse_inputs([output], [data_path])
     manifest = profile_manifest(model_spec, data_path, signal, kind_pattern=kind_pattern, block_pattern=block_pattern, progress=not quiet,
                                 probe_steps=probe_steps, probe_rank=probe_rank, probe_lr=probe_lr, held_out=held_out,
                                 interactions=not no_interactions, probe_values=probe_values, probe_masks=probe_masks, batches=batches,
@@ -198,14 +194,11 @@ def profile(model_spec, data_path, output, signal, probe_steps, probe_rank, prob
 @click.argument("task", type=click.Choice(["polarity", "pairs", "emotion", "frequency"]))
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the word split.")
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False))
+@click.option("--output", "-o", required=True, type=OutputPath("data"))
 def data(task, split, seed, output):
     """Write a word task (VADER polarity/pairs, NRC emotion, wordfreq frequency; words split between train and test) as JSONL."""
     from .tasks import examples, write_jsonl
 
-    from .io import check_output
-
-    check_output(output, (), "data")
     rows = examples(task, split, seed)
     write_jsonl(rows, output)
     click.echo(f"wrote {len(rows)} {task} examples ({split} words) to {output}")
@@ -237,14 +230,12 @@ def export(allocation, fmt, output, module_prefix, alpha_ratio):
 
 @main.command()
 @click.argument("allocation", type=click.Path(exists=True, dir_okay=False))
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Image file (.png, .svg, .pdf).")
+@click.option("--output", "-o", required=True, type=OutputPath("plot", image=True), help="Image file (.png, .svg, .pdf).")
 def plot(allocation, output):
     """Methods and ranks across layers: a heatmap by block x module."""
-    from .io import check_output
-    from .plots import check_image_path, plot_allocation
+    from .plots import plot_allocation
 
-    check_image_path(output)
-    check_output(output, [allocation], "plot")
+    refuse_inputs([output], [allocation])
     plot_allocation(_sound_allocation(allocation), output)
     click.echo(f"wrote {output}")
 
@@ -255,7 +246,7 @@ def plot(allocation, output):
 @click.option("--methods", default="lora,adapter,prefix,none", show_default=True)
 @click.option("--min-utilization", type=FiniteFloat(0, 1), default=DEFAULT_WINDOW[0], show_default=True)
 @click.option("--max-utilization", type=FiniteFloat(0, 1), default=DEFAULT_WINDOW[1], show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Plot of objective vs budget (needs matplotlib).")
+@click.option("--output", "-o", type=OutputPath("plot", image=True), help="Plot of objective vs budget (needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print the sweep as JSON.")
 def frontier(manifest, budgets, methods, min_utilization, max_utilization, output, as_json):
     """Solve a sweep of budgets with the exact solver and the heuristic; objective vs budget."""
@@ -264,12 +255,7 @@ def frontier(manifest, budgets, methods, min_utilization, max_utilization, outpu
     from .report import table
     from .sweep import frontier_points
 
-    if output:
-        from .io import check_output
-        from .plots import check_image_path
-
-        check_image_path(output)
-        check_output(output, [manifest], "plot")
+    refuse_inputs([output], [manifest])
     man = load_manifest(manifest)
     options = ModelOptions(methods=parse_methods(methods))
     budgets = parse_budgets(budgets)

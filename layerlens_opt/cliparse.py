@@ -57,6 +57,36 @@ class CountType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class OutputPath(click.ParamType):
+    """A file the command will write: its folder exists and no folder is in the way; ``image=True``
+    also wants a known image extension. Refusals are one-line errors (exit 1) before any work. That no
+    output is also an input of the command is checked by :func:`refuse_inputs` and again by the writer."""
+
+    name = "FILE"
+
+    def __init__(self, what: str = "output", image: bool = False):
+        self.what, self.image = what, image
+
+    def convert(self, value, param, ctx):
+        from .io import check_output
+
+        if self.image:
+            from .plots import check_image_path
+
+            check_image_path(str(value))
+        check_output(value, (), self.what)
+        return str(value)
+
+
+def refuse_inputs(outputs, inputs) -> None:
+    """One-line error when an output path is also an input, or two outputs are the same file."""
+    from .io import check_output
+
+    outputs = [o for o in outputs if o]
+    for path in outputs:
+        check_output(path, list(inputs) + [o for o in outputs if o is not path])
+
+
 class FiniteFloat(click.ParamType):
     """A finite number in [lo, hi] (click's FloatRange lets NaN through)."""
 

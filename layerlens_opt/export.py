@@ -23,34 +23,35 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from .allocation import Allocation, as_allocation
 from .errors import LayerlensError
 from .methods import METHODS
 
 FORMATS = ("peft", "csv", "markdown")
 
 
-def lora_config(allocation: Mapping[str, Any], alpha_ratio: float = 2.0, dropout: float = 0.0,
+def lora_config(allocation: Allocation | Mapping[str, Any], alpha_ratio: float = 2.0, dropout: float = 0.0,
                 prefix: str = "") -> dict[str, Any]:
     """The ``LoraConfig`` keyword arguments for the LoRA layers of ``allocation``.
 
-    ``alpha = alpha_ratio * rank`` per module (the pilot's alpha = 2r). ``prefix``
-    is prepended to every module name (when the trainer's model wraps the profiled one).
+    ``allocation`` is an :class:`~layerlens_opt.allocation.Allocation` (or a ``solve --json`` dict,
+    checked on the way in). ``alpha = alpha_ratio * rank`` per module (the pilot's alpha = 2r).
+    ``prefix`` is prepended to every module name (when the trainer's model wraps the profiled one).
     """
-    if hasattr(allocation, "to_dict"):
-        allocation = allocation.to_dict()
-    lora = [l for l in allocation["layers"] if METHODS[l["method"]].peft_lora]
+    allocation = as_allocation(allocation)
+    lora = [l for l in allocation.layers if METHODS[l.method].peft_lora]
     if not lora:
         raise LayerlensError("the allocation gives LoRA to no layer; there is nothing to export to peft")
-    names = [prefix + l["name"] for l in lora]
-    ranks = [int(l["rank"]) for l in lora]
+    names = [prefix + l.name for l in lora]
+    ranks = [l.rank for l in lora]
     default_r = max(set(ranks), key=ranks.count)
     # one pattern per tied group where a pattern covers exactly its layers; every other layer by its own name
     keys: dict[str, int] = {}
-    everyone = [prefix + l["name"] for l in allocation["layers"]]
+    everyone = [prefix + l.name for l in allocation.layers]
     members: dict[str, list[int]] = {}
     for k, l in enumerate(lora):
-        if l.get("group") is not None:
-            members.setdefault(l["group"], []).append(k)
+        if l.group is not None:
+            members.setdefault(l.group, []).append(k)
     covered: set[int] = set()
     for group, ks in members.items():
         pattern = group_pattern([names[k] for k in ks], everyone) if len(ks) > 1 else None
@@ -93,7 +94,7 @@ def group_pattern(names: list[str], everyone: list[str]) -> str | None:
     return pattern if {n for n in everyone if matcher.match(n)} == set(names) else None
 
 
-def to_peft_config(allocation: Mapping[str, Any], **kwargs):
+def to_peft_config(allocation: Allocation | Mapping[str, Any], **kwargs):
     """The allocation's LoRA part as a ``peft.LoraConfig`` in memory (needs peft); keyword arguments as :func:`lora_config`."""
     try:
         from peft import LoraConfig
@@ -102,16 +103,12 @@ def to_peft_config(allocation: Mapping[str, Any], **kwargs):
     return LoraConfig(**lora_config(allocation, **kwargs))
 
 
-def others_than_lora(allocation: Mapping[str, Any]) -> dict[str, int]:
+def others_than_lora(allocation: Allocation) -> dict[str, int]:
     """Methods other than LoRA/none in the allocation (those a peft LoraConfig cannot express), with their layer counts."""
-    out: dict[str, int] = {}
-    for l in allocation["layers"]:
-        if not METHODS[l["method"]].peft_lora and not METHODS[l["method"]].is_none:
-            out[l["method"]] = out.get(l["method"], 0) + 1
-    return out
+    return {m: n for m, n in allocation.method_counts().items() if not METHODS[m].peft_lora and not METHODS[m].is_none}
 
 
-def write_peft(allocation: Mapping[str, Any], out_dir: str | Path, **kwargs) -> Path:
+def write_peft(allocation: Allocation, out_dir: str | Path, **kwargs) -> Path:
     """Write ``adapter_config.json`` (loadable by ``LoraConfig.from_pretrained``) into ``out_dir``."""
     out_dir = Path(out_dir)
     config = lora_config(allocation, **kwargs)
@@ -129,24 +126,24 @@ def write_peft(allocation: Mapping[str, Any], out_dir: str | Path, **kwargs) -> 
 COLUMNS = ("name", "kind", "block", "method", "rank", "params", "utility", "gain")
 
 
-def to_csv(allocation: Mapping[str, Any]) -> str:
+def to_csv(allocation: Allocation) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COLUMNS)
-    for l in allocation["layers"]:
-        writer.writerow([l.get(c, "") if l.get(c) is not None else "" for c in COLUMNS])
+    for l in allocation.layers:
+        writer.writerow(["" if getattr(l, c) is None else getattr(l, c) for c in COLUMNS])
     return buf.getvalue()
 
 
-def to_markdown(allocation: Mapping[str, Any]) -> str:
+def to_markdown(allocation: Allocation) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for l in allocation["layers"]:
+    for l in allocation.layers:
         cells = []
         for c in COLUMNS:
-            v = l.get(c)
+            v = getattr(l, c)
             cells.append("" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Total: {allocation.get('total_params', 0):,} of {allocation.get('budget', 0):,} parameters "
-                 f"({allocation.get('utilization', 0):.1%}); solver {allocation.get('solver')}, status {allocation.get('status')}.")
+    lines.append(f"Total: {allocation.total_params:,} of {allocation.budget:,} parameters "
+                 f"({allocation.utilization:.1%}); solver {allocation.solver}, status {allocation.status.value}.")
     return "\n".join(lines) + "\n"

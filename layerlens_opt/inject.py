@@ -34,9 +34,10 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from .allocation import Allocation, as_allocation
 from .errors import LayerlensError
 from .integrity import rank_problem
-from .methods import param_cost
+from .methods import METHODS, param_cost
 
 
 def _dims(base: nn.Module) -> tuple[int, int, bool]:
@@ -189,39 +190,48 @@ def register_injector(method: str, injector=None):
     return add(injector) if injector is not None else add
 
 
-def apply(model: nn.Module, allocation: Mapping[str, Any] | Any, alpha_ratio: float = 2.0, freeze: bool = True) -> int:
+def apply(model: nn.Module, allocation: Allocation | Mapping[str, Any], alpha_ratio: float = 2.0, freeze: bool = True) -> int:
     """Inject the allocation into ``model`` (in place) and return the trainable parameters added.
 
-    ``allocation`` is an allocation dict (``solve --json``) or an :class:`~layerlens_opt.allocation.Allocation`.
-    Layer names may be relative to a submodule (e.g. the encoder inside a classifier). With
-    ``freeze`` every other parameter is frozen first.
+    ``allocation`` is an :class:`~layerlens_opt.allocation.Allocation` (``solve``, ``load_allocation``)
+    or a ``solve --json`` dict, checked like a loaded file. Layer names may be relative to a submodule
+    (e.g. the encoder inside a classifier). With ``freeze`` every other parameter is frozen first.
+    Each layer's ``params`` must be what its method and rank cost on this model's module.
     """
-    data = allocation.to_dict() if hasattr(allocation, "to_dict") else allocation
+    allocation = as_allocation(allocation)
+    total = sum(layer.params for layer in allocation.layers)
+    if not allocation.ok or total != allocation.total_params:
+        raise LayerlensError("allocation not applied: " + (f"its status is {allocation.status.value} ({allocation.message or 'no message'})"
+                             if not allocation.ok else f"total_params is {allocation.total_params:,} but its layers add up to {total:,}"))
+    return inject(model, [(l.name, l.method, l.rank, l.params) for l in allocation.layers], alpha_ratio, freeze)
+
+
+def inject(model: nn.Module, choices, alpha_ratio: float = 2.0, freeze: bool = True) -> int:
+    """Inject ``(name, method, rank, params)`` tuples (``params`` None: not checked) into ``model``;
+    what :func:`apply` does after checking the allocation, and what the probe uses for its own ranks."""
     if freeze:
         for p in model.parameters():
             p.requires_grad_(False)
     modules = dict(model.named_modules())
     added: list[nn.Module] = []
-    for layer in data["layers"]:
-        method, rank = layer["method"], int(layer["rank"])
-        if method == "none":
+    for name, method, rank, params in choices:
+        if METHODS[method].is_none:
             continue
-        full = _resolve(model, layer["name"], modules)
+        full = _resolve(model, name, modules)
         base = modules[full]
-        if "params" in layer:  # a hand-edited or foreign allocation must not reach training
-            d_in, d_out = _shape(base)
-            why = rank_problem(method, rank, d_in, d_out)
-            cost = param_cost(method, rank, d_in, d_out)
-            if why or cost != layer["params"]:
-                raise LayerlensError(f"allocation layer {layer['name']!r}: " + (why or f"params {layer['params']:,} but {method} rank {rank} "
-                                     f"on this model's {d_in}x{d_out} module costs {cost:,}") + "; is it the model the allocation was solved for?")
+        d_in, d_out = _shape(base)  # a hand-edited or foreign allocation must not reach training
+        why = rank_problem(method, rank, d_in, d_out)
+        cost = param_cost(method, rank, d_in, d_out)
+        if why or (params is not None and cost != params):
+            raise LayerlensError(f"allocation layer {name!r}: " + (why or f"params {params:,} but {method} rank {rank} "
+                                 f"on this model's {d_in}x{d_out} module costs {cost:,}") + "; is it the model the allocation was solved for?")
         injector = INJECTORS.get(method)
         if injector is None:
-            raise LayerlensError(f"layer {layer['name']!r}: no injector for method {method!r}; register one with "
+            raise LayerlensError(f"layer {name!r}: no injector for method {method!r}; register one with "
                                  "layerlens_opt.inject.register_injector")
         full, new = injector(model, full, base, rank, alpha_ratio, modules)
-        for name, p in new.named_parameters():
-            if not name.startswith("wrapped."):  # only the new module's own parameters
+        for pname, p in new.named_parameters():
+            if not pname.startswith("wrapped."):  # only the new module's own parameters
                 p.requires_grad_(True)
         _set(model, full, new)
         modules = dict(model.named_modules())

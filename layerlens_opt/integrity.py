@@ -20,9 +20,12 @@ the layers of a tied group (the manifest's ``group`` fields and the allocation's
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING
 
 from .methods import METHOD_NAMES, METHODS, param_cost
+
+if TYPE_CHECKING:
+    from .allocation import Allocation
 
 
 def rank_problem(method: str, rank: int, d_in: int, d_out: int) -> str | None:
@@ -40,12 +43,11 @@ def rank_problem(method: str, rank: int, d_in: int, d_out: int) -> str | None:
     return None
 
 
-def integrity_failures(allocation: Mapping[str, Any], manifest=None) -> list[str]:
+def integrity_failures(allocation: Allocation, manifest=None) -> list[str]:
     out: list[str] = []
-    status = allocation.get("status")
-    if status not in ("optimal", "feasible"):
-        out.append(f"status is {status!r}: the solve found no usable allocation ({allocation.get('message') or 'no message'})")
-    layers = allocation.get("layers") or []
+    if not allocation.ok:
+        out.append(f"status is {allocation.status.value!r}: the solve found no usable allocation ({allocation.message or 'no message'})")
+    layers = allocation.layers
     if not layers:
         out.append("the allocation has no layers")
         return out
@@ -58,7 +60,7 @@ def integrity_failures(allocation: Mapping[str, Any], manifest=None) -> list[str
         allowed = allowed_methods(manifest, ModelOptions(methods=tuple(METHOD_NAMES)))
         seen: dict[str, int] = {}
         for l in layers:
-            seen[l["name"]] = seen.get(l["name"], 0) + 1
+            seen[l.name] = seen.get(l.name, 0) + 1
         for name, count in seen.items():
             if name not in shapes:
                 out.append(f"layer {name!r} is not in the manifest (an allocation for another model?)")
@@ -70,11 +72,11 @@ def integrity_failures(allocation: Mapping[str, Any], manifest=None) -> list[str
             out.append(f"manifest layer(s) {', '.join(map(repr, missing[:3]))}{more} missing from the allocation")
     total = 0
     for l in layers:
-        name, method, rank, params = l["name"], l["method"], l["rank"], l["params"]
+        name, method, rank, params = l.name, l.method, l.rank, l.params
         total += params
         dims = shapes.get(name)
-        if dims is None and manifest is None and l.get("in_features") and l.get("out_features"):
-            dims = (int(l["in_features"]), int(l["out_features"]))
+        if dims is None and manifest is None and l.in_features and l.out_features:
+            dims = (l.in_features, l.out_features)
         if dims is None:
             if manifest is None:
                 out.append(f"layer {name!r} has no in_features/out_features to check its params against; pass --manifest")
@@ -89,24 +91,23 @@ def integrity_failures(allocation: Mapping[str, Any], manifest=None) -> list[str
         if allowed and name in allowed and method not in allowed[name]:
             out.append(f"layer {name!r}: method {method} is not one the layer accepts ({', '.join(sorted(allowed[name]))})")
     out += _group_failures(allocation, layers, manifest)
-    if allocation.get("total_params") != total:
-        out.append(f"total_params is {allocation.get('total_params')!r} but the layers add up to {total:,}")
-    budget = allocation.get("budget")
-    utilization = allocation.get("utilization")
-    if isinstance(budget, int) and budget > 0 and (not isinstance(utilization, (int, float)) or abs(utilization - total / budget) > 1e-9):
+    if allocation.total_params != total:
+        out.append(f"total_params is {allocation.total_params!r} but the layers add up to {total:,}")
+    budget, utilization = allocation.budget, allocation.utilization
+    if abs(utilization - total / budget) > 1e-9:
         out.append(f"utilization is {utilization!r} but {total:,} of {budget:,} is {total / budget:.6g}")
     return out
 
 
 def _group_failures(allocation, layers, manifest) -> list[str]:
     """Tied groups whose layers do not share one method and rank."""
-    by_name = {l["name"]: l for l in layers}
+    by_name = {l.name: l for l in layers}
     if manifest is not None:
         import re
 
         from .problem import group_label, tied_groups
 
-        regex = (allocation.get("constraints") or {}).get("tie_groups")
+        regex = allocation.constraints.get("tie_groups")
         try:
             found = tied_groups(manifest, regex)
         except re.error as exc:  # a hand-edited allocation
@@ -115,18 +116,18 @@ def _group_failures(allocation, layers, manifest) -> list[str]:
     else:
         groups = {}
         for l in layers:
-            if l.get("group") is not None:
-                groups.setdefault(l["group"], []).append(l["name"])
+            if l.group is not None:
+                groups.setdefault(l.group, []).append(l.name)
     out = []
     for label, names in groups.items():
-        choices = {(by_name[n]["method"], by_name[n]["rank"]) for n in names if n in by_name}
+        choices = {(by_name[n].method, by_name[n].rank) for n in names if n in by_name}
         if len(choices) > 1:
             shown = ", ".join(f"{m} r={r}" for m, r in sorted(choices, key=str))
             out.append(f"tied group {label!r} mixes {shown}; its layers must share one method and rank")
     return out
 
 
-def validate_allocation(allocation: Mapping[str, Any], manifest=None) -> tuple[list[str], dict, dict]:
+def validate_allocation(allocation: Allocation, manifest=None) -> tuple[list[str], dict, dict]:
     """Everything ``validate`` reports: (integrity failures, metrics, verdict per check).
 
     With a manifest, the metrics are recomputed against it (compatibility with what each layer
@@ -134,25 +135,25 @@ def validate_allocation(allocation: Mapping[str, Any], manifest=None) -> tuple[l
     correlations are those the solver computed and the allocation carries."""
     from .metrics import compute_metrics, verdicts
 
-    layers = allocation["layers"]
+    layers = allocation.layers
     grads = fisher = allowed = None
     if manifest is not None:
         from .problem import ModelOptions, allowed_methods
 
         accepted = allowed_methods(manifest, ModelOptions(methods=tuple(METHOD_NAMES)))
-        allowed = [accepted.get(l["name"], set()) for l in layers]
+        allowed = [accepted.get(l.name, set()) for l in layers]
         tables = [manifest.metadata.get(key) for key in ("gradient_norms", "fisher_traces")]
-        grads, fisher = [[float(t[l["name"]]) for l in layers] if isinstance(t, dict) and all(l["name"] in t for l in layers) else None
+        grads, fisher = [[float(t[l.name]) for l in layers] if isinstance(t, dict) and all(l.name in t for l in layers) else None
                          for t in tables]
     failures = integrity_failures(allocation, manifest)
-    metrics = compute_metrics(layers, allocation["constraints"], grads, fisher, allowed)
+    metrics = compute_metrics(allocation.columns, allocation.constraints, grads, fisher, allowed)
     if manifest is None:  # correlations need the profile; keep what the solver computed
         for key in ("utility_gradient_correlation", "utility_fisher_correlation"):
-            metrics[key] = (allocation.get("metrics") or {}).get(key)
-    return failures, metrics, verdicts(metrics, allocation["constraints"])
+            metrics[key] = allocation.metrics.get(key)
+    return failures, metrics, verdicts(metrics, allocation.constraints)
 
 
-def sound_allocation(path) -> dict:
+def sound_allocation(path) -> Allocation:
     """The allocation file, refused (one line) when its own fields do not add up: what ``export``,
     ``plot`` and ``apply`` act on."""
     from .allocation import load_allocation

@@ -32,6 +32,8 @@ rank_utility_consistency
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -117,12 +119,47 @@ def consistency(utility: Sequence[float], rank: Sequence[float]) -> float | None
     return good / total
 
 
-def violations(layers: Iterable[Mapping[str, Any]], constraints: Mapping[str, Any]) -> list[str]:
+@dataclass(frozen=True)
+class Columns:
+    """An allocation's layers as columns: what the metrics and the constraint checks read.
+
+    Built from :class:`~layerlens_opt.allocation.LayerChoice` objects (or mappings with the same
+    keys, as ``solve --json`` writes them) by :meth:`of`, or straight from a solver's arrays.
+    """
+
+    method: Sequence[str]
+    rank: np.ndarray
+    params: np.ndarray
+    utility: np.ndarray
+    block: Sequence[Any]
+    group: Sequence[Any]
+    kind: Sequence[str]
+
+    def __len__(self) -> int:
+        return len(self.method)
+
+    @classmethod
+    def of(cls, layers: Iterable[Any]) -> "Columns":
+        if isinstance(layers, Columns):
+            return layers
+        rows = [l if isinstance(l, Mapping) else vars(l) for l in layers]
+        return cls(
+            method=[r["method"] for r in rows],
+            rank=np.array([float(r.get("rank", 0)) for r in rows]),
+            params=np.array([int(r["params"]) for r in rows], dtype=np.int64),
+            utility=np.array([float(r.get("utility", 0.0)) for r in rows]),
+            block=[r.get("block") for r in rows],
+            group=[r.get("group") for r in rows],
+            kind=[r.get("kind", "other") for r in rows],
+        )
+
+
+def violations(layers: Columns | Iterable[Any], constraints: Mapping[str, Any]) -> list[str]:
     """What the allocation breaks, each as a sentence with numbers (empty when it is feasible)."""
-    layers = list(layers)
+    cols = Columns.of(layers)
     out: list[str] = []
     budget = constraints["budget"]
-    total = sum(int(layer["params"]) for layer in layers)
+    total = int(cols.params.sum())
     lo_u, hi_u = constraints.get("min_utilization", 0.0), constraints.get("max_utilization", 1.0)
     if total > budget:
         out.append(f"total {total:,} exceeds the budget {budget:,}")
@@ -130,56 +167,58 @@ def violations(layers: Iterable[Mapping[str, Any]], constraints: Mapping[str, An
         out.append(f"utilization {total / budget:.1%} is above the {hi_u:.0%} cap")
     if total < lo_u * budget - 1e-9:
         out.append(f"utilization {total / budget:.1%} is below the {lo_u:.0%} floor")
-    for method, cap in (constraints.get("method_caps") or {}).items():
-        used = sum(1 for layer in layers if layer["method"] == method)
-        if used > cap:
-            out.append(f"{used} layers use {method}, above the cap of {cap}")
+    caps = constraints.get("method_caps") or {}
+    if caps:
+        counts = Counter(cols.method)
+        for method, cap in caps.items():
+            if counts[method] > cap:
+                out.append(f"{counts[method]} layers use {method}, above the cap of {cap}")
     if constraints.get("tie_blocks"):
         per_block: dict[Any, set[str]] = {}
-        for layer in layers:
-            if layer.get("block") is not None and layer["method"] != "none":
-                per_block.setdefault(layer["block"], set()).add(layer["method"])
+        for block, method in zip(cols.block, cols.method):
+            if block is not None and not METHODS[method].is_none:
+                per_block.setdefault(block, set()).add(method)
         for block, methods in sorted(per_block.items()):
             if len(methods) > 1:
                 out.append(f"block {block} mixes methods {', '.join(sorted(methods))} although blocks are tied")
     per_group: dict[str, set] = {}
-    for layer in layers:
-        if layer.get("group") is not None:
-            per_group.setdefault(layer["group"], set()).add((layer["method"], layer.get("rank")))
+    for group, method, rank in zip(cols.group, cols.method, cols.rank):
+        if group is not None:
+            per_group.setdefault(group, set()).add((method, int(rank)))
     for group, choices in sorted(per_group.items()):
         if len(choices) > 1:
             shown = ", ".join(f"{m} r={r}" for m, r in sorted(choices, key=str))
             out.append(f"tied group {group!r} mixes {shown}; its layers must share one method and rank")
     k = constraints.get("min_methods") or 0
-    used_methods = {layer["method"] for layer in layers} - {"none"}
+    used_methods = {m for m in set(cols.method) if not METHODS[m].is_none}
     if len(used_methods) < k:
         out.append(f"{len(used_methods)} distinct methods used, fewer than the {k} asked for")
     return out
 
 
 def compute_metrics(
-    layers: Sequence[Mapping[str, Any]],
+    layers: Columns | Iterable[Any],
     constraints: Mapping[str, Any],
     gradient_norms: Sequence[float] | None = None,
     fisher_traces: Sequence[float] | None = None,
     allowed: Sequence[Iterable[str]] | None = None,
 ) -> dict[str, Any]:
-    """All validation metrics of an allocation given as layer dicts (name, kind, method, rank, params, utility).
+    """All validation metrics of an allocation's layers (columns, or LayerChoice objects / dicts).
 
     ``allowed`` gives each layer's accepted methods; without it the kind table of
     :mod:`layerlens_opt.methods` decides compatibility.
     """
-    if not layers:
+    cols = Columns.of(layers)
+    if not len(cols):
         return {name: None for name in THRESHOLDS}
-    utility = np.array([float(layer["utility"]) for layer in layers])
-    rank = np.array([float(layer["rank"]) for layer in layers])
+    utility, rank = cols.utility, cols.rank
     mean = utility.mean()
     if allowed is None:
-        ok = [layer["method"] in METHODS and layer["kind"] in METHODS[layer["method"]].fits for layer in layers]
+        ok = [m in METHODS and k in METHODS[m].fits for m, k in zip(cols.method, cols.kind)]
     else:
-        ok = [layer["method"] in set(a) for layer, a in zip(layers, allowed)]
+        ok = [m in set(a) for m, a in zip(cols.method, allowed)]
     budget = constraints["budget"]
-    total = sum(int(layer["params"]) for layer in layers)
+    total = int(cols.params.sum())
     return {
         "utility_cv": float(utility.std() / mean) if mean > 0 else None,
         "utility_gradient_correlation": pearson(utility, gradient_norms) if gradient_norms is not None else None,
@@ -187,8 +226,8 @@ def compute_metrics(
         "compatibility_rate": sum(ok) / len(ok),
         "budget_compliance": total <= budget,
         "budget_utilization": total / budget,
-        "constraint_satisfaction": not violations(layers, constraints),
-        "method_diversity": len({layer["method"] for layer in layers} - {"none"}),
+        "constraint_satisfaction": not violations(cols, constraints),
+        "method_diversity": len({m for m in set(cols.method) if not METHODS[m].is_none}),
         "rank_utility_correlation": spearman(utility, rank),
         "rank_utility_consistency": consistency(utility, rank),
     }

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .errors import LayerlensError
 from .methods import METHOD_NAMES, METHODS
+
+if TYPE_CHECKING:
+    from .allocation import Allocation
 
 
 def _pyplot():
@@ -49,43 +52,43 @@ def _row_label(name: str, block: int | None) -> str:
     return m.group(1) if m else name
 
 
-def plot_allocation(allocation: Mapping[str, Any], path: str) -> None:
+def plot_allocation(allocation: Allocation, path: str) -> None:
     """Heatmap: columns are blocks, rows are modules; colour = method, text = rank."""
     plt = _pyplot()
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    layers = allocation["layers"]
+    layers = allocation.layers
     if not layers:
         raise LayerlensError("the allocation has no layers to plot (was it infeasible?)")
     rows: list[str] = []
-    blocks = sorted({l.get("block") for l in layers if l.get("block") is not None})
+    blocks = sorted({l.block for l in layers if l.block is not None})
     col = {b: i for i, b in enumerate(blocks)}
     cells = {}
     for i, l in enumerate(layers):
-        label = _row_label(l["name"], l.get("block"))
+        label = _row_label(l.name, l.block)
         if label not in rows:
             rows.append(label)
-        c = col[l["block"]] if l.get("block") is not None else 0
+        c = col[l.block] if l.block is not None else 0
         cells[(rows.index(label), c)] = l
     n_cols = max(1, len(blocks))
     grid = [[0] * n_cols for _ in rows]
     for (r, c), l in cells.items():
-        grid[r][c] = METHOD_NAMES.index(l["method"])
+        grid[r][c] = METHOD_NAMES.index(l.method)
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * n_cols + 3), max(2.5, 0.45 * len(rows) + 1.5)))
     ax.imshow(grid, cmap=ListedColormap([METHODS[m].color for m in METHOD_NAMES]), vmin=0, vmax=len(METHOD_NAMES) - 1, aspect="auto")
     for (r, c), l in cells.items():
-        if l["method"] != "none":
-            ax.text(c, r, str(l["rank"]), ha="center", va="center", fontsize=8)
+        if not METHODS[l.method].is_none:
+            ax.text(c, r, str(l.rank), ha="center", va="center", fontsize=8)
     ax.set_xticks(range(n_cols))
     ax.set_xticklabels([str(b) for b in blocks] if blocks else [""])
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels(rows, fontsize=8)
     ax.set_xlabel("block")
-    used = [m for m in METHOD_NAMES if any(l["method"] == m for l in layers)]
+    used = [m for m in METHOD_NAMES if m in allocation.method_counts()]
     ax.legend(handles=[Patch(color=METHODS[m].color, label=m) for m in used], loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
-    ax.set_title(f"{allocation.get('solver')} allocation: {allocation.get('total_params', 0):,} of "
-                 f"{allocation.get('budget', 0):,} params ({allocation.get('utilization', 0):.0%}); numbers are ranks", fontsize=9)
+    ax.set_title(f"{allocation.solver} allocation: {allocation.total_params:,} of "
+                 f"{allocation.budget:,} params ({allocation.utilization:.0%}); numbers are ranks", fontsize=9)
     fig.tight_layout()
     _save(fig, path, plt)
 

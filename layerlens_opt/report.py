@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from .methods import DEFAULT_WINDOW
+from .methods import DEFAULT_WINDOW, METHODS
 from .metrics import THRESHOLDS, verdicts
+
+if TYPE_CHECKING:
+    from .allocation import Allocation
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:
@@ -40,36 +43,31 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def allocation_table(alloc: Mapping[str, Any]) -> str:
+def allocation_table(alloc: Allocation) -> str:
     rows = [
-        (l["name"], l.get("kind", ""), l["method"], l["rank"], l["params"], round(l.get("utility", 0.0), 4), round(l.get("gain", 0.0), 5))
-        for l in alloc["layers"]
+        (l.name, l.kind, l.method, l.rank, l.params, round(l.utility, 4), None if l.gain is None else round(l.gain, 5))
+        for l in alloc.layers
     ]
     return table(("layer", "kind", "method", "rank", "params", "utility", "gain"), rows, "lllrrrr")
 
 
-def summary(alloc: Mapping[str, Any]) -> str:
-    sec = alloc.get("seconds") or {}
-    window = alloc.get("utilization_window") or [None, None]
+def summary(alloc: Allocation) -> str:
+    lo, hi = alloc.window
     lines = [
-        f"status        {alloc['status']}" + (f" — {alloc['message']}" if alloc.get("message") else ""),
-        f"solver        {alloc['solver']}" + ("" if alloc.get("warm_start") is None else f" (warm start {'used' if alloc['warm_start'] else 'not used'})"),
+        f"status        {alloc.status.value}" + (f" — {alloc.message}" if alloc.message else ""),
+        f"solver        {alloc.solver}" + ("" if alloc.warm_start is None else f" (warm start {'used' if alloc.warm_start else 'not used'})"),
     ]
-    if alloc.get("objective") is not None:
-        gap = alloc.get("gap")
+    if alloc.objective is not None:
         lines += [
-            f"objective     {alloc['objective']:.6f}",
-            f"bound         {alloc['bound']:.6f}" if alloc.get("bound") is not None else "bound         -",
-            f"gap           {gap:.2e}" if gap is not None else "gap           -",
-            f"total params  {alloc['total_params']:,} of {alloc['budget']:,}",
-            f"utilization   {alloc['utilization']:.1%} (window {window[0]:.0%}-{window[1]:.0%})",
+            f"objective     {alloc.objective:.6f}",
+            f"bound         {alloc.bound:.6f}" if alloc.bound is not None else "bound         -",
+            f"gap           {alloc.gap:.2e}" if alloc.gap is not None else "gap           -",
+            f"total params  {alloc.total_params:,} of {alloc.budget:,}",
+            f"utilization   {alloc.utilization:.1%} (window {lo:.0%}-{hi:.0%})",
+            "methods       " + ", ".join(f"{m} x{n}" for m, n in alloc.method_counts().items()),
         ]
-        used = {}
-        for l in alloc["layers"]:
-            used[l["method"]] = used.get(l["method"], 0) + 1
-        lines.append("methods       " + ", ".join(f"{m} x{n}" for m, n in sorted(used.items())))
-    lines.append("seconds       " + ", ".join(f"{k} {v:.3f}" for k, v in sec.items()))
-    for note in alloc.get("notes") or ():
+    lines.append("seconds       " + ", ".join(f"{k} {v:.3f}" for k, v in alloc.seconds.items()))
+    for note in alloc.notes:
         lines.append(f"note          {note}")
     return "\n".join(lines)
 
@@ -85,36 +83,36 @@ def validation_table(metrics: Mapping[str, Any], constraints: Mapping[str, Any])
     return table(("metric", "value", "threshold", "check"), rows, "lrll")
 
 
-def compare_text(ilp: Mapping[str, Any], heur: Mapping[str, Any]) -> str:
+def compare_text(ilp: Allocation, heur: Allocation) -> str:
     """Both allocations layer by layer, their metrics side by side, and the objective difference."""
-    names = [l["name"] for l in ilp["layers"]] or [l["name"] for l in heur["layers"]]
-    a = {l["name"]: l for l in ilp["layers"]}
-    b = {l["name"]: l for l in heur["layers"]}
+    names = [l.name for l in ilp.layers] or [l.name for l in heur.layers]
+    a = {l.name: l for l in ilp.layers}
+    b = {l.name: l for l in heur.layers}
 
     def cell(d, n):
         if n not in d:
             return "-"
         l = d[n]
-        return l["method"] if l["method"] == "none" else f"{l['method']} r{l['rank']}"
+        return l.method if METHODS[l.method].is_none else f"{l.method} r{l.rank}"
 
-    rows = [(n, round(a.get(n, b.get(n, {})).get("utility", 0.0), 4), cell(a, n), cell(b, n), "" if cell(a, n) == cell(b, n) else "*") for n in names]
-    out = [table(("layer", "utility", ilp["solver"], "heuristic", "differs"), rows, "lrlll"), ""]
-    ca, cb = verdicts(ilp["metrics"], ilp["constraints"]), verdicts(heur["metrics"], heur["constraints"])
+    rows = [(n, round((a.get(n) or b[n]).utility, 4), cell(a, n), cell(b, n), "" if cell(a, n) == cell(b, n) else "*") for n in names]
+    out = [table(("layer", "utility", ilp.solver, "heuristic", "differs"), rows, "lrlll"), ""]
+    ca, cb = verdicts(ilp.metrics, ilp.constraints), verdicts(heur.metrics, heur.constraints)
     mrows = [
-        ("status", ilp["status"], heur["status"]),
-        ("objective", ilp.get("objective"), heur.get("objective")),
-        ("total_params", ilp.get("total_params"), heur.get("total_params")),
+        ("status", ilp.status.value, heur.status.value),
+        ("objective", ilp.objective, heur.objective),
+        ("total_params", ilp.total_params, heur.total_params),
     ]
     for name in THRESHOLDS:
-        mrows.append((name, f"{_cell(ilp['metrics'].get(name))} {ca[name]}", f"{_cell(heur['metrics'].get(name))} {cb[name]}"))
-    out.append(table(("", ilp["solver"], "heuristic"), mrows, "lll"))
+        mrows.append((name, f"{_cell(ilp.metrics.get(name))} {ca[name]}", f"{_cell(heur.metrics.get(name))} {cb[name]}"))
+    out.append(table(("", ilp.solver, "heuristic"), mrows, "lll"))
     out.append("")
-    if ilp.get("objective") is not None and heur.get("objective") is not None:
-        diff = ilp["objective"] - heur["objective"]
-        rel = diff / abs(heur["objective"]) if heur["objective"] else float("inf")
-        out.append(f"objective difference: {ilp['solver']} - heuristic = {diff:+.6f} ({rel:+.1%})")
-    if heur["status"] == "infeasible" and heur.get("message"):
-        out.append(f"heuristic violates constraints: {heur['message']}")
+    if ilp.objective is not None and heur.objective is not None:
+        diff = ilp.objective - heur.objective
+        rel = diff / abs(heur.objective) if heur.objective else float("inf")
+        out.append(f"objective difference: {ilp.solver} - heuristic = {diff:+.6f} ({rel:+.1%})")
+    if heur.status.value == "infeasible" and heur.message:
+        out.append(f"heuristic violates constraints: {heur.message}")
     else:
         out.append("heuristic violates no constraint")
     return "\n".join(out)

@@ -50,9 +50,16 @@ PROBES = {"leave-one-out": ("probe", "probe"), "masks": ("probe-masks", "probe m
 # ----------------------------------------------------------------------------- allocations
 
 
+def _plan(layers: list[dict], solver: str) -> dict:
+    """An allocation object (schema v1) for the given layers, as ``apply`` reads it."""
+    total = sum(l["params"] for l in layers)
+    return {"schema_version": 1, "solver": solver, "status": "feasible", "budget": max(1, total), "total_params": total,
+            "utilization": total / max(1, total), "layers": layers}
+
+
 def uniform(names: list[str], rank: int, dims: dict[str, tuple[int, int]]) -> dict:
     layers = [{"name": n, "method": "lora", "rank": rank, "params": rank * sum(dims[n])} for n in names]
-    return {"layers": layers, "total_params": sum(l["params"] for l in layers)}
+    return _plan(layers, f"uniform r={rank}")
 
 
 def _problem(manifest_path: Path, budget: int, interactions: bool, window=WINDOW):
@@ -69,8 +76,7 @@ def solved(manifest_path: Path, budget: int, solver: str, interactions: bool = T
     alloc = solve(_problem(manifest_path, budget, interactions), solver)
     if not alloc.layers:
         raise RuntimeError(f"{solver} found no allocation at {budget} on {manifest_path}: {alloc.message}")
-    return {"layers": [{"name": l.name, "method": l.method, "rank": l.rank, "params": l.params} for l in alloc.layers],
-            "total_params": alloc.total_params}
+    return _plan([{"name": l.name, "method": l.method, "rank": l.rank, "params": l.params} for l in alloc.layers], solver)
 
 
 def predicted(manifest_path: Path, allocation: dict, interactions: bool) -> float:

@@ -2,6 +2,8 @@
 
 import pytest
 
+from layerlens_opt.allocation import Allocation
+
 from layerlens_opt import methods as catalog
 from layerlens_opt.export import others_than_lora
 from layerlens_opt.integrity import integrity_failures
@@ -62,13 +64,13 @@ def test_a_toy_method_solves_validates_exports_and_applies(toy_method):
     assert cbc.objective == pytest.approx(alloc.objective, rel=1e-9)
     used = {l.method for l in alloc.layers}
     assert "scale_shift" in used, used
-    data = alloc.to_dict()
-    assert integrity_failures(data, m) == []
-    assert others_than_lora(data).get("scale_shift") == sum(1 for l in alloc.layers if l.method == "scale_shift")
-    added = apply(model, data)
+    assert integrity_failures(alloc, m) == []
+    assert others_than_lora(alloc).get("scale_shift") == sum(1 for l in alloc.layers if l.method == "scale_shift")
+    added = apply(model, alloc.to_dict())  # a `solve --json` object works as well as the Allocation
     assert added == alloc.total_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    data = alloc.to_dict()
     tampered = dict(data, layers=[dict(l, rank=5) if l["method"] == "scale_shift" else l for l in data["layers"]])
-    assert any("at most 4" in f for f in integrity_failures(tampered, m))
+    assert any("at most 4" in f for f in integrity_failures(Allocation.from_dict(tampered), m))
 
 
 def test_registering_twice_or_injecting_an_unknown_method_is_refused():

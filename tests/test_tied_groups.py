@@ -7,7 +7,7 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from layerlens_opt.allocation import Status, choice_violations
+from layerlens_opt.allocation import Allocation, Status, choice_violations
 from layerlens_opt.errors import LayerlensError
 from layerlens_opt.export import lora_config
 from layerlens_opt.integrity import integrity_failures
@@ -160,7 +160,7 @@ def test_cli_tie_groups_writes_every_layer_and_validate_catches_a_broken_group(t
     for l in data["layers"]:
         l.pop("group", None)
     out.write_text(json.dumps(data))
-    failures = integrity_failures(data, parse_manifest(json.loads(path.read_text())))
+    failures = integrity_failures(Allocation.from_dict(data), parse_manifest(json.loads(path.read_text())))
     assert any("mixes lora" in f for f in failures)
     result = run_cli(["validate", str(out), "--manifest", str(path)])
     assert result.exit_code == 5 and "tied group" in result.output

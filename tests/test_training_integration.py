@@ -45,6 +45,14 @@ def alloc_for(model, budget, methods):
     return a.to_dict()
 
 
+def plan(layers):
+    """A schema-v1 allocation object around hand-written layers (params filled in for LoRA on 32x32 where absent)."""
+    layers = [{"params": l["rank"] * 64, **l} for l in layers]
+    total = sum(l["params"] for l in layers)
+    return {"schema_version": 1, "solver": "hand", "status": "feasible", "budget": total, "total_params": total,
+            "utilization": 1.0, "layers": layers}
+
+
 def test_peft_export_matches_allocation_exactly(tmp_path):
     from peft import LoraConfig, get_peft_model
 
@@ -70,8 +78,8 @@ def test_peft_export_matches_allocation_exactly(tmp_path):
 def test_rank_pattern_keys_are_anchored():
     import re
 
-    alloc = {"layers": [{"name": "encoder.layer.1.attention.self.query", "method": "lora", "rank": 4},
-                        {"name": "encoder.layer.11.attention.self.query", "method": "lora", "rank": 2}]}
+    alloc = plan([{"name": "encoder.layer.1.attention.self.query", "method": "lora", "rank": 4},
+                  {"name": "encoder.layer.11.attention.self.query", "method": "lora", "rank": 2}])
     cfg = lora_config(alloc)
     for key, rank in cfg["rank_pattern"].items():
         matched = [n for n in ("encoder.layer.1.attention.self.query", "encoder.layer.11.attention.self.query",
@@ -118,17 +126,17 @@ def test_apply_under_a_wrapper_prefix_and_unknown_layer():
     alloc = alloc_for(wrapper.encoder, 2000, ("lora", "none"))
     assert apply(wrapper, alloc) == alloc["total_params"]
     with pytest.raises(LayerlensError, match="not a module of this model"):
-        apply(tiny_bert(layers=2), {"layers": [{"name": "nope.query", "method": "lora", "rank": 1}]})
+        apply(tiny_bert(layers=2), plan([{"name": "nope.query", "method": "lora", "rank": 1}]))
 
 
 def test_csv_and_markdown(tmp_path):
     problem = build_problem(parse_manifest(json.loads(SCENARIOS[0].read_text())), Constraints(budget=50_000))
-    alloc = solve(problem, "auto").to_dict()
+    alloc = solve(problem, "auto")
     csv_text = to_csv(alloc)
     assert csv_text.splitlines()[0] == "name,kind,block,method,rank,params,utility,gain"
     assert len(csv_text.splitlines()) == 13
     md = to_markdown(alloc)
-    assert md.startswith("| name |") and f"{alloc['total_params']:,}" in md
+    assert md.startswith("| name |") and f"{alloc.total_params:,}" in md
 
 
 def test_plot_and_frontier_write_images(tmp_path):
@@ -180,9 +188,12 @@ def test_public_api_five_lines():
 
 def test_apply_refuses_an_allocation_for_another_shape():
     model = tiny_bert(2)
-    data = {"layers": [{"name": "encoder.layer.0.attention.self.query", "method": "lora", "rank": 1, "params": 99}]}
+    data = plan([{"name": "encoder.layer.0.attention.self.query", "method": "lora", "rank": 1, "params": 99}])
     with pytest.raises(Exception, match="costs 32"):
         apply(model, data)
-    data["layers"][0].update(rank=64, params=64 * 32)
+    data = plan([{"name": "encoder.layer.0.attention.self.query", "method": "lora", "rank": 64, "params": 64 * 32}])
     with pytest.raises(Exception, match="at most 16"):
+        apply(model, data)
+    data = dict(plan([{"name": "encoder.layer.0.attention.self.query", "method": "lora", "rank": 1, "params": 32}]), total_params=33)
+    with pytest.raises(Exception, match="total_params is 33 but its layers add up to 32"):
         apply(model, data)

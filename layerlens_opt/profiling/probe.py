@@ -183,7 +183,7 @@ class TrainedProbe:
 
 def train_probe(model_spec: str, data_path: str, config: ProbeConfig | None = None) -> TrainedProbe:
     """Step 1: uniform LoRA on every adaptable layer, trained ``config.steps`` steps on the non-held-out rows."""
-    from ..inject import LoRALinear, apply
+    from ..inject import LoRALinear, inject
 
     config = config or ProbeConfig()
     if config.steps < 1 or config.rank < 1 or config.batch_size < 1:
@@ -215,7 +215,7 @@ def train_probe(model_spec: str, data_path: str, config: ProbeConfig | None = No
     model, model_name = load_model(model_spec, len(classes), config.device, config.max_length)
     found = adaptable_layers(model, _Naming(config))
     ranks = {l["name"]: min(config.rank, l["in_features"], l["out_features"]) for l in found}
-    apply(model.encoder, {"layers": [{"name": n, "method": "lora", "rank": r} for n, r in ranks.items()]}, alpha_ratio=2.0)
+    inject(model.encoder, [(n, "lora", r, None) for n, r in ranks.items()], alpha_ratio=2.0)
     for p in model.head.parameters():
         p.requires_grad_(True)
     modules = {}

@@ -1,0 +1,90 @@
+"""One allocation type end to end: Allocation.from_dict / load_allocation are the one reading-side schema
+check; what they return round-trips to the same JSON, and every consumer takes the typed object."""
+
+import copy
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import layerlens_opt as ll
+from layerlens_opt.allocation import Allocation, LayerChoice, load_allocation
+from layerlens_opt.errors import AllocationError
+from layerlens_opt.manifest import load_manifest
+from layerlens_opt.problem import Constraints, ModelOptions, build_problem
+from layerlens_opt.solvers import solve
+
+from conftest import ROOT
+
+SHIPPED = sorted((ROOT / "problems" / "scenarios").glob("*.json")) + [ROOT / "problems" / "profiled" / "minilm-pairs-probe.json"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from(SHIPPED), st.integers(2_000, 400_000), st.sampled_from(["auto", "heuristic"]),
+       st.sampled_from([("lora", "none"), ("lora", "adapter", "prefix", "none"), ("lora", "adapter", "prefix", "ia3", "none")]))
+def test_from_dict_is_the_inverse_of_to_dict(path, budget, solver, methods):
+    problem = build_problem(load_manifest(path), Constraints(budget=budget), ModelOptions(methods=methods))
+    alloc = solve(problem, solver)
+    data = json.loads(alloc.to_json())
+    back = Allocation.from_dict(data)
+    assert back.to_dict() == data
+    assert back.layers == alloc.layers and back.status == alloc.status and back.constraints == alloc.constraints
+    assert back.violations == alloc.violations and back.method_counts() == alloc.method_counts()
+
+
+def test_from_dict_leaves_the_callers_dict_alone_and_load_returns_the_type(tmp_path):
+    problem = build_problem(load_manifest(SHIPPED[0]), Constraints(budget=50_000))
+    data = solve(problem).to_dict()
+    for layer in data["layers"]:
+        del layer["kind"], layer["utility"]  # optional fields: filled on the object, not in the caller's dict
+    del data["constraints"]["min_utilization"]
+    before = copy.deepcopy(data)
+    alloc = Allocation.from_dict(data)
+    assert data == before
+    assert all(l.kind == "other" and l.utility == 0.0 for l in alloc.layers)
+    assert alloc.window[0] == data["utilization_window"][0]
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(solve(problem).to_dict()))
+    loaded = ll.load_allocation(path)
+    assert isinstance(loaded, Allocation) and isinstance(loaded.layers[0], LayerChoice)
+    assert loaded.layers == solve(problem).layers
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda d: d.pop("total_params"), "missing required key 'total_params'"),
+    (lambda d: d.update(warm_start="yes"), "'warm_start' must be true, false or null"),
+    (lambda d: d["seconds"].update(solve=float("nan")), "seconds.solve must be a finite number"),
+    (lambda d: d["layers"][2].update(rank=-1), "field 'rank' must be a non-negative integer"),
+    (lambda d: d["layers"][0].update(method="dora"), "unknown method 'dora'"),
+    (lambda d: d.update(status="great"), "'status' is 'great'"),
+])
+def test_from_dict_names_the_field(edit, fragment, tmp_path):
+    problem = build_problem(load_manifest(SHIPPED[0]), Constraints(budget=50_000))
+    data = solve(problem).to_dict()
+    edit(data)
+    with pytest.raises(AllocationError, match="^where: .*" + fragment.replace("(", r"\(").replace(")", r"\)").replace("'", ".")):
+        Allocation.from_dict(data, "where")
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data, allow_nan=True))
+    with pytest.raises(AllocationError, match=str(path)):
+        load_allocation(path)
+
+
+def test_consumers_take_the_typed_object(tmp_path):
+    from layerlens_opt.export import lora_config, others_than_lora, to_csv, to_markdown
+    from layerlens_opt.integrity import integrity_failures, validate_allocation
+    from layerlens_opt.report import allocation_table, compare_text, summary
+
+    problem = build_problem(load_manifest(SHIPPED[0]), Constraints(budget=50_000))
+    exact, heur = solve(problem), solve(problem, "heuristic")
+    assert integrity_failures(exact) == []
+    failures, metrics, checks = validate_allocation(exact)
+    assert failures == [] and metrics["budget_utilization"] == exact.utilization
+    assert exact.layers[0].name in allocation_table(exact) and "status        optimal" in summary(exact)
+    assert "objective difference" in compare_text(exact, heur)
+    assert to_csv(exact).count("\n") == len(exact.layers) + 1 and f"{exact.total_params:,}" in to_markdown(exact)
+    lora = [l for l in exact.layers if l.method == "lora"]
+    if lora:
+        assert lora_config(exact)["target_modules"] == [l.name for l in lora]
+    assert sum(others_than_lora(exact).values()) == sum(1 for l in exact.layers if l.method not in ("lora", "none"))

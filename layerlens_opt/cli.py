@@ -22,7 +22,7 @@ __all__ = ["main", "parse_count"]
 from .errors import LayerlensError
 from .integrity import sound_allocation as _sound_allocation
 from .io import write_atomic as _write
-from .methods import DEFAULT_WINDOW
+from .methods import DEFAULT_METHODS, DEFAULT_WINDOW
 
 EXIT_INFEASIBLE = 3
 EXIT_ERROR = 4
@@ -243,7 +243,7 @@ def plot(allocation, output):
 @main.command()
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
 @click.option("--budgets", required=True, help="START:STOP[:POINTS] (e.g. 10k:200k) or a list 10k,20k,50k.")
-@click.option("--methods", default="lora,adapter,prefix,none", show_default=True)
+@click.option("--methods", default=",".join(DEFAULT_METHODS), show_default=True)
 @click.option("--min-utilization", type=FiniteFloat(0, 1), default=DEFAULT_WINDOW[0], show_default=True)
 @click.option("--max-utilization", type=FiniteFloat(0, 1), default=DEFAULT_WINDOW[1], show_default=True)
 @click.option("--output", "-o", type=OutputPath("plot", image=True), help="Plot of objective vs budget (needs matplotlib).")

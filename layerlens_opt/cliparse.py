@@ -11,7 +11,7 @@ import time
 import click
 
 from .errors import LayerlensError
-from .methods import DEFAULT_WINDOW
+from .methods import DEFAULT_METHODS, DEFAULT_WINDOW
 
 #: the largest count a budget may name (far beyond any model; keeps every sum exact in int64 and float)
 MAX_COUNT = 10**15
@@ -221,7 +221,7 @@ problem_options = _stack(  # every command that builds a problem from a manifest
         click.option("--budget", "-b", type=CountType(), required=True, help="Trainable-parameter budget: 50000, 50k, 1.2M."),
         click.option("--min-utilization", type=FiniteFloat(0, 1), default=DEFAULT_WINDOW[0], show_default=True, help="Floor of the budget window."),
         click.option("--max-utilization", type=FiniteFloat(0, 1), default=DEFAULT_WINDOW[1], show_default=True, help="Cap of the budget window."),
-        click.option("--methods", default="lora,adapter,prefix,none", show_default=True, help="Comma-separated methods to offer (ia3 available); 'none' is implied, '-none' forbids it."),
+        click.option("--methods", default=",".join(DEFAULT_METHODS), show_default=True, help="Comma-separated methods to offer (ia3 available); 'none' is implied, '-none' forbids it."),
         click.option("--ranks", multiple=True, help="Candidate ranks per method, e.g. --ranks lora=1,2,4,8 (repeatable)."),
         click.option("--max-rank", type=click.IntRange(min=1), help="Largest rank/prefix length offered on any layer."),
         click.option("--weights", help="Metric weights, e.g. gradient_energy=0.5,fisher=0.3,proxy_eval=0.2 (default: the manifest's)."),

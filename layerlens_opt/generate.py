@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from .manifest import DEFAULT_METRIC_WEIGHTS
+from .manifest import DEFAULT_METRIC_WEIGHTS, SEPARABLE_SCHEMA_VERSION
 
 SCENARIOS = (
     "default-uniform",
@@ -47,7 +47,7 @@ def _metrics(s: float, rng: random.Random, noise: float = 0.05) -> dict[str, flo
 
 def _manifest(model: dict, layers: list[dict]) -> dict:
     return {
-        "schema_version": 1,
+        "schema_version": SEPARABLE_SCHEMA_VERSION,
         "model": model,
         "metric_weights": dict(DEFAULT_METRIC_WEIGHTS),
         "layers": layers,

@@ -17,6 +17,8 @@ from .errors import ManifestError
 from .methods import KINDS, METHOD_NAMES
 
 SCHEMA_VERSION = 2
+#: the version written when a manifest has no interactions (any version 1 reader can read it)
+SEPARABLE_SCHEMA_VERSION = 1
 #: versions this reader accepts; version 2 adds the optional top-level ``interactions``
 READABLE_VERSIONS = (1, 2)
 INTERACTION_WHEN = ("either", "both")
@@ -99,7 +101,7 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         # the lowest version that holds the content: without interactions a version 1 reader can read it
-        out: dict[str, Any] = {"schema_version": SCHEMA_VERSION if self.interaction_metric is not None else 1}
+        out: dict[str, Any] = {"schema_version": SCHEMA_VERSION if self.interaction_metric is not None else SEPARABLE_SCHEMA_VERSION}
         if self.model:
             out["model"] = dict(self.model)
         out["metric_weights"] = dict(self.metric_weights)

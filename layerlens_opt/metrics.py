@@ -42,18 +42,25 @@ from .methods import DEFAULT_WINDOW, METHODS
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 
-#: name -> (threshold text, severity when missed)
+#: name -> the lower limit a metric must reach (the others are true/false or the utilization window)
+LIMITS: dict[str, float] = {
+    "utility_cv": 0.2,
+    "utility_gradient_correlation": 0.7,
+    "utility_fisher_correlation": 0.6,
+    "compatibility_rate": 0.95,
+    "method_diversity": 2,
+    "rank_utility_correlation": 0.6,
+    "rank_utility_consistency": 0.8,
+}
+_SEVERITY = {
+    "utility_cv": WARN, "utility_gradient_correlation": WARN, "utility_fisher_correlation": WARN,
+    "compatibility_rate": FAIL, "budget_compliance": FAIL, "budget_utilization": FAIL, "constraint_satisfaction": FAIL,
+    "method_diversity": WARN, "rank_utility_correlation": WARN, "rank_utility_consistency": WARN,
+}
+_TEXT = {"budget_compliance": "true", "budget_utilization": "in window", "constraint_satisfaction": "true"}
+#: name -> (threshold text, severity when missed), in report order
 THRESHOLDS: dict[str, tuple[str, str]] = {
-    "utility_cv": (">= 0.2", WARN),
-    "utility_gradient_correlation": (">= 0.7", WARN),
-    "utility_fisher_correlation": (">= 0.6", WARN),
-    "compatibility_rate": (">= 0.95", FAIL),
-    "budget_compliance": ("true", FAIL),
-    "budget_utilization": ("in window", FAIL),
-    "constraint_satisfaction": ("true", FAIL),
-    "method_diversity": (">= 2", WARN),
-    "rank_utility_correlation": (">= 0.6", WARN),
-    "rank_utility_consistency": (">= 0.8", WARN),
+    name: (_TEXT.get(name) or f">= {LIMITS[name]:g}", severity) for name, severity in _SEVERITY.items()
 }
 
 #: the metrics an allocation controls (the utilities' own quality is the manifest's business)
@@ -244,8 +251,7 @@ def verdict(name: str, value: Any, constraints: Mapping[str, Any] | None = None)
         c = constraints or {}
         ok = c.get("min_utilization", DEFAULT_WINDOW[0]) - 1e-9 <= value <= c.get("max_utilization", DEFAULT_WINDOW[1]) + 1e-9
     else:
-        limit = float(THRESHOLDS[name][0].split()[-1])
-        ok = value >= limit - 1e-12
+        ok = value >= LIMITS[name] - 1e-12
     return PASS if ok else severity
 
 

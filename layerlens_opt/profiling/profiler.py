@@ -54,7 +54,7 @@ from typing import Any, Callable
 
 from ..errors import LayerlensError
 from .dist import all_sum, share, world
-from ..manifest import DEFAULT_METRIC_WEIGHTS
+from ..manifest import DEFAULT_METRIC_WEIGHTS, SEPARABLE_SCHEMA_VERSION
 from ..methods import DEFAULT_RANKS
 from ..naming import infer
 
@@ -411,7 +411,7 @@ def profile(model_spec: str, data_path: str, config: ProfileConfig | None = None
         l["module"].weight.requires_grad_(False)
 
     return {
-        "schema_version": 1,
+        "schema_version": SEPARABLE_SCHEMA_VERSION,
         "model": {
             "name": model_name,
             "num_parameters": int(sum(p.numel() for p in model.encoder.parameters())),

@@ -109,6 +109,42 @@ def process_times(files, repeats: int):
     return table(("problem", "median s", "min s", "peak MB"), rows, "lrrr")
 
 
+def profiling_processes(processes=(1, 2)):
+    """Wall time of profiling MiniLM on the pairs task with 1 process and under torchrun with N (gloo on CPU),
+    both signals; each process gets cores / N threads, so the processes share the same cores."""
+    import os
+    import shutil
+
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        return "torchrun not found: install the torch extra"
+    tmp = Path(tempfile.mkdtemp(prefix="layerlens-dist-"))
+    data = tmp / "pairs.jsonl"
+    subprocess.run([sys.executable, "-m", "layerlens_opt.cli", "data", "pairs", "-o", str(data)], check=True, stdout=subprocess.DEVNULL)
+    cores = os.cpu_count() or 1
+    signals = [("first-order", ["-S", "first-order", "--batches", "8"]),
+               ("probe", ["-S", "probe", "--probe-steps", "50", "--held-out", "256"])]
+    rows, manifests = [], {}
+    for signal, extra in signals:
+        for n in processes:
+            env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // n))}
+            out = tmp / f"{signal}-{n}.json"
+            args = ["--model", "minilm", "--data", str(data), *extra, "-o", str(out), "--quiet"]
+            cmd = ([sys.executable, "-m", "layerlens_opt.profiling"] if n == 1 else
+                   [torchrun, "--nproc_per_node", str(n), "--master_port", str(29600 + n), "-m", "layerlens_opt.profiling"])
+            t0 = time.perf_counter()
+            subprocess.run(cmd + args, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            seconds = time.perf_counter() - t0
+            manifests[signal, n] = {l["name"]: l["metrics"] for l in json.loads(out.read_text())["layers"]}
+            base = manifests[signal, processes[0]]
+            worst = max(abs(v - base[name][k]) / max(abs(base[name][k]), 1e-12)
+                        for name, metrics in manifests[signal, n].items() for k, v in metrics.items())
+            one = next((r[3] for r in rows if r[0] == signal and r[1] == processes[0]), seconds)
+            rows.append((signal, n, max(1, cores // n), seconds, one / seconds, worst))
+    return table(("signal", "processes", "threads each", "wall s", "speed-up vs 1 process", "max rel. diff of metrics"),
+                 [(s_, n, t, f"{w:.1f}", f"{x:.2f}x", f"{d:.1e}") for s_, n, t, w, x, d in rows], "lrrrrr")
+
+
 def side_constrained(problem, time_limit: float):
     c = problem.constraints
     variants = [
@@ -187,11 +223,15 @@ def main(argv=None) -> None:
     parser.add_argument("--time-limit", type=float, default=120.0, help="per solver and problem")
     parser.add_argument("--repeats", type=int, default=5, help="process-time repetitions")
     parser.add_argument("--no-shipped", action="store_true", help="skip problems/architectures")
-    parser.add_argument("--only", choices=["pairs", "moe"], help="run one section only")
+    parser.add_argument("--only", choices=["pairs", "moe", "profiling"], help="run one section only (profiling: 1 vs 2 processes, not in the default run)")
     args = parser.parse_args(argv)
     if args.only == "moe":
         print(f"# mixture-of-experts manifests (generated; time limit {args.time_limit:g} s)\n", flush=True)
         print(moe(args.time_limit), flush=True)
+        return
+    if args.only == "profiling":
+        print("# data-parallel profiling: MiniLM, pairs task, one process vs torchrun (gloo)\n", flush=True)
+        print(profiling_processes(), flush=True)
         return
     if args.only == "pairs":
         print("# pairwise interaction terms (auto hands these to CBC: the gains are not separable)\n", flush=True)

@@ -23,12 +23,15 @@ from .options import SolverOptions
 def solve_auto(problem: Problem, options: SolverOptions) -> Allocation:
     c = problem.constraints
     t0 = time.perf_counter()
-    if c.method_caps or c.tie_blocks:
-        return _fallback(problem, options, t0, "method caps / tied blocks break the knapsack structure, so CBC solved the full ILP")
     if problem.pairs:
         return _fallback(problem, options, t0, f"{len(problem.pairs)} pairwise interaction terms make the gains non-separable, "
                          "so CBC solved the full ILP with them")
     deadline = None if options.time_limit is None else t0 + options.time_limit
+    if c.method_caps or c.tie_blocks:
+        if c.min_methods:
+            return _fallback(problem, options, t0, "min-methods together with method caps / tied blocks is not on the knapsack "
+                             "path, so CBC solved the full ILP")
+        return _side(problem, options, t0, deadline)
     pre = base = mckp.presolve(problem, deadline)
     core = mckp.solve_core(problem, pre, deadline=deadline)
     if c.min_methods and core.choice is not None and len(mckp.methods_used(problem, core.choice)) < c.min_methods:
@@ -51,6 +54,26 @@ def solve_auto(problem: Problem, options: SolverOptions) -> Allocation:
         f"(DP peak {core.max_states:,} states)"
     ]
     return make_allocation(problem, core.choice, solver="auto", status=Status.OPTIMAL, seconds=seconds, notes=notes)
+
+
+def _side(problem: Problem, options: SolverOptions, t0: float, deadline: float | None) -> Allocation:
+    """Method caps / tied blocks on the knapsack path (:mod:`side`); CBC where it cannot prove the answer."""
+    from .side import solve_side
+
+    c = problem.constraints
+    result = solve_side(problem, deadline)
+    if result.choice is None:
+        return _fallback(problem, options, t0, f"method caps / tied blocks: {result.reason}; CBC solved the full ILP")
+    used = sum(int(problem.option_cost[o]) for o in result.choice)
+    if used < c.lo:
+        return _fallback(problem, options, t0, f"the best allocation under the cap and the side constraints uses "
+                         f"{used / c.budget:.1%} of the budget, below the {c.min_utilization:.0%} floor, so the floor binds; "
+                         "CBC solved the full ILP")
+    broken = choice_violations(problem, result.choice)
+    if broken:  # a guard: the construction meets every constraint by design
+        return _fallback(problem, options, t0, f"the knapsack path's answer breaks a constraint ({broken[0]}); CBC solved the full ILP")
+    seconds = {"build": result.presolve_seconds, "solve": time.perf_counter() - t0 - result.presolve_seconds}
+    return make_allocation(problem, result.choice, solver="auto", status=Status.OPTIMAL, seconds=seconds, notes=[result.note])
 
 
 #: seconds per LP variable that building the model through PuLP, writing its MPS file and starting CBC take

@@ -61,27 +61,31 @@ class Presolve:
         return sum(len(k) for k in self.kept)
 
 
-def undominated(problem: Problem, per_method: bool = False) -> tuple[tuple[int, ...], ...]:
+def undominated(problem: Problem, per_method: bool = False, key=None) -> tuple[tuple[int, ...], ...]:
     """Per layer, the options not dominated by a cheaper, at-least-as-good one (cost ascending).
 
     ``per_method``: only an option of the same method dominates — what a
     min-methods constraint needs, since a worse option of another method may
-    be the one that adds a method.
+    be the one that adds a method. ``key`` (one integer per option, e.g. the
+    capped-method counts an option uses): only an option of the same key or of
+    key 0 (using no capped resource) dominates.
     """
     cost = problem.option_cost.tolist()
     gain = problem.option_gain.tolist()
-    method = problem.option_method.tolist()
+    keys = problem.option_method.tolist() if per_method else (key.tolist() if key is not None else None)
     starts = problem.layer_start.tolist()
+    free = key is not None and not per_method
     out = []
     for l in range(problem.n_layers):
         idx = sorted(range(starts[l], starts[l + 1]), key=lambda o: (cost[o], -gain[o]))
         kept = []
         best: dict[int, float] = {}
         for o in idx:
-            key = method[o] if per_method else 0
-            if gain[o] > best.get(key, -float("inf")):
+            k = keys[o] if keys is not None else 0
+            floor = max(best.get(k, -float("inf")), best.get(0, -float("inf"))) if free else best.get(k, -float("inf"))
+            if gain[o] > floor:
                 kept.append(o)
-                best[key] = gain[o]
+                best[k] = max(gain[o], best.get(k, -float("inf")))
         out.append(tuple(kept))
     return tuple(out)
 
@@ -195,16 +199,21 @@ def fix(problem: Problem, options, bound: float, price: float, value: float) -> 
     return tuple(kept)
 
 
-def with_incumbent(problem: Problem, pre: Presolve, choice, per_method: bool = False) -> Presolve:
+def with_incumbent(problem: Problem, pre: Presolve, choice, per_method: bool = False, key=None,
+                   value: float | None = None, options=None) -> Presolve:
     """The presolve re-fixed against another incumbent (e.g. one that meets side constraints).
 
     The LP bound and price of ``pre`` stay valid (a relaxation); with
-    ``per_method`` the options are re-pruned by same-method dominance only.
+    ``per_method`` the options are re-pruned by same-method dominance only, with ``key``
+    by same-key dominance (see :func:`undominated`), unless ``options`` gives them. ``value`` is
+    the target the fixing and the DP prune against (default: the choice's gain in ``problem``).
     """
     from dataclasses import replace
 
-    options = undominated(problem, per_method=True) if per_method else pre.options
-    value = float(sum(float(problem.option_gain[o]) for o in choice))
+    if options is None:
+        options = undominated(problem, per_method=per_method, key=key) if (per_method or key is not None) else pre.options
+    if value is None:
+        value = float(sum(float(problem.option_gain[o]) for o in choice))
     return replace(pre, options=options, incumbent=tuple(choice), incumbent_value=value,
                    kept=fix(problem, options, pre.bound, pre.price, value))
 
@@ -221,16 +230,25 @@ MAX_STORED_STATES = 25_000_000
 
 
 def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_states: int = 400_000,
-               deadline: float | None = None, max_stored: int | None = None) -> CoreResult:
+               deadline: float | None = None, max_stored: int | None = None,
+               counts: np.ndarray | None = None, caps=None, mu=None) -> CoreResult:
     """Exact DP over the core layers; proves the cap-only optimum (with at least
-    ``min_methods`` distinct methods besides none, when asked).
+    ``min_methods`` distinct methods besides none, when asked; with per-option
+    resource ``counts`` (options x k) used at most ``caps`` (k), when given).
 
     States are Pareto-optimal (cost, gain) pairs of the core layers processed so
-    far — one frontier per set of methods used, when ``min_methods`` is set —
-    pruned by the Lagrangian bound against the incumbent. Stops (choice None)
-    when the frontier exceeds ``max_states``, the states kept for backtracking exceed
-    ``max_stored`` (memory) or the deadline passes.
+    far — one frontier per set of methods used, when ``min_methods`` is set, one per
+    vector of counts used, when ``counts`` is — pruned by the Lagrangian bound against
+    the incumbent. With counts, ``problem``'s gains are the real gains minus ``mu`` per
+    unit of count (a Lagrangian relaxation of the caps: ``pre`` was computed on them and
+    its ``incumbent_value`` is the real incumbent's value minus ``mu . caps``), and the
+    answer is the state of highest real gain. Stops (choice None) when the frontier
+    exceeds ``max_states``, the states kept for backtracking exceed ``max_stored``
+    (memory) or the deadline passes.
     """
+    if counts is not None:
+        return _solve_core_counted(problem, pre, counts, np.asarray(caps, dtype=np.int64), np.asarray(mu, dtype=float),
+                                   max_states, deadline, MAX_STORED_STATES if max_stored is None else max_stored)
     max_stored = MAX_STORED_STATES if max_stored is None else max_stored
     stored = 0
     cost = problem.option_cost
@@ -316,6 +334,79 @@ def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_sta
         state = int(eligible[np.argmax(s_gain[eligible])])
     else:
         state = int(np.argmax(s_gain))
+    for k in range(len(free) - 1, -1, -1):
+        choice[free[k]] = int(opt_idx[k][picks[k][state]])
+        state = int(parents[k][state])
+    return CoreResult(tuple(choice), peak)
+
+
+def _solve_core_counted(problem, pre: Presolve, counts: np.ndarray, caps: np.ndarray, mu: np.ndarray, max_states: int,
+                        deadline: float | None, max_stored: int) -> CoreResult:
+    """The core DP of :func:`solve_core` with per-option resource counts under caps (see there)."""
+    cost, gain, price = problem.option_cost, problem.option_gain, pre.price
+    choice = [k[0] for k in pre.kept]
+    fixed = [l for l, k in enumerate(pre.kept) if len(k) == 1]
+    free = [l for l, k in enumerate(pre.kept) if len(k) > 1]
+    limits = caps - (counts[[choice[l] for l in fixed]].sum(axis=0) if fixed else 0)
+    if (limits < 0).any():  # no allocation better than the incumbent fits the caps with the fixed layers
+        return CoreResult(pre.incumbent, 1)
+    radix = 2 * (limits + 1)  # a digit holds a sum of two values <= limit: no carry
+    pos = np.concatenate(([1], np.cumprod(radix)[:-1])).astype(np.int64)
+    if float(np.prod(radix.astype(float))) > 2.0**62:
+        return CoreResult(None, 1, "the caps' count space does not fit the DP's keys")
+    fixed_cost = sum(int(cost[choice[l]]) for l in fixed)
+    fixed_gain = sum(float(gain[choice[l]]) for l in fixed)
+    cap = problem.constraints.hi - fixed_cost
+    target = pre.incumbent_value - fixed_gain
+    tol = REL_TOL * max(1.0, abs(pre.bound))
+    opt_idx = []
+    for l in free:
+        idx = np.array(pre.kept[l], dtype=np.int64)
+        opt_idx.append(idx[(counts[idx] <= limits).all(axis=1)])
+    best_reduced = np.array([float((gain[i] - price * cost[i]).max()) for i in opt_idx])
+    suffix = np.concatenate((np.cumsum(best_reduced[::-1])[::-1], [0.0]))
+    inc = counts @ pos  # each option's key increment
+
+    def digits(key):
+        return (key[:, None] // pos[None, :]) % radix[None, :]
+
+    s_cost, s_gain, s_key = np.zeros(1, dtype=np.int64), np.zeros(1), np.zeros(1, dtype=np.int64)
+    parents: list[np.ndarray] = []
+    picks: list[np.ndarray] = []
+    peak = stored = 1
+    for k, idx in enumerate(opt_idx):
+        if deadline is not None and time.perf_counter() > deadline:
+            return CoreResult(None, peak, "the time limit stopped the core search")
+        n_opt = len(idx)
+        c = (s_cost[:, None] + cost[idx][None, :]).ravel()
+        g = (s_gain[:, None] + gain[idx][None, :]).ravel()
+        key = (s_key[:, None] + inc[idx][None, :]).ravel()
+        parent = np.repeat(np.arange(len(s_cost)), n_opt)
+        pick = np.tile(np.arange(n_opt), len(s_cost))
+        ok = (c <= cap) & (g + price * (cap - c) + suffix[k + 1] >= target - tol) & (digits(key) <= limits).all(axis=1)
+        c, g, key, parent, pick = c[ok], g[ok], key[ok], parent[ok], pick[ok]
+        order = np.lexsort((-g, c, key))
+        c, g, key, parent, pick = c[order], g[order], key[order], parent[order], pick[order]
+        keep = np.ones(len(g), dtype=bool)
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        for a, b in zip(starts, np.r_[starts[1:], len(g)]):
+            run = np.maximum.accumulate(g[a:b])
+            keep[a + 1 : b] = g[a + 1 : b] > run[:-1]
+        c, g, key, parent, pick = c[keep], g[keep], key[keep], parent[keep], pick[keep]
+        if len(c) == 0:  # only possible through rounding; the incumbent is optimal
+            return CoreResult(pre.incumbent, peak)
+        peak = max(peak, len(c))
+        if len(c) > max_states:
+            return CoreResult(None, peak, f"the core's frontier grew past {max_states:,} states")
+        stored += len(c)
+        if stored > max_stored:
+            return CoreResult(None, peak, f"the core search would keep more than {max_stored:,} states "
+                              f"(about {8 * max_stored // 10**6:,} MB) for backtracking")
+        s_cost, s_gain, s_key = c, g, key
+        parents.append(parent.astype(np.int32))
+        picks.append(pick.astype(np.int32))
+    real = s_gain + digits(s_key) @ mu  # the caps' multipliers given back: the states' real gains (less the fixed part)
+    state = int(np.argmax(real))
     for k in range(len(free) - 1, -1, -1):
         choice[free[k]] = int(opt_idx[k][picks[k][state]])
         state = int(parents[k][state])

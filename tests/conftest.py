@@ -33,7 +33,8 @@ def manifest(layers, **top):
     return data
 
 
-def random_problem(seed, n_layers=4, budget=None, lo=0.7, hi=0.9, zero_gain=False, methods=("lora", "adapter", "prefix", "none"), ranks=(1, 2, 4)):
+def random_problem(seed, n_layers=4, budget=None, lo=0.7, hi=0.9, zero_gain=False, methods=("lora", "adapter", "prefix", "none"), ranks=(1, 2, 4),
+                   block_size=2, **side):
     """A small random problem; ``zero_gain`` gives some layers zero utility so the floor can bind."""
     rng = random.Random(seed)
     kinds = ["attention", "mlp", "linear", "block"]
@@ -42,7 +43,7 @@ def random_problem(seed, n_layers=4, budget=None, lo=0.7, hi=0.9, zero_gain=Fals
         d_in = rng.choice([8, 16, 24, 32])
         d_out = rng.choice([8, 16, 24, 32])
         s = 0.0 if zero_gain and rng.random() < 0.5 else rng.random() + 0.05
-        layers.append(layer(f"l{i}", rng.choice(kinds), d_in, d_out, block=i // 2, ge=s, fi=s * rng.random(), pe=s))
+        layers.append(layer(f"l{i}", rng.choice(kinds), d_in, d_out, block=i // block_size, ge=s, fi=s * rng.random(), pe=s))
     if all(l["metrics"]["gradient_energy"] == 0 for l in layers):
         layers[0]["metrics"] = {"gradient_energy": 1.0, "fisher": 1.0, "proxy_eval": 1.0}
     if max(l["metrics"]["fisher"] for l in layers) == 0:
@@ -53,7 +54,7 @@ def random_problem(seed, n_layers=4, budget=None, lo=0.7, hi=0.9, zero_gain=Fals
     if budget is None:
         _, top = probe.cost_range()
         budget = max(1, int(top * rng.uniform(0.3, 1.2)))
-    return build_problem(m, Constraints(budget=budget, min_utilization=lo, max_utilization=hi), opts)
+    return build_problem(m, Constraints(budget=budget, min_utilization=lo, max_utilization=hi, **side), opts)
 
 
 def brute_force(problem):

@@ -1,0 +1,336 @@
+"""Method caps and tied blocks on the exact fast path (no LP library).
+
+Both constraints keep the knapsack structure once it is looked at the right way:
+
+* **Tied blocks** ("a block uses one method besides none"). A block's layers
+  become one choice: for each method m the block can take, the Pareto frontier
+  (cost, gain) of its layers restricted to m or none, found by a small DP; the
+  union of those frontiers (plus "all none") are the block's options. Choosing
+  one option per block and one per block-less layer is again a multiple-choice
+  knapsack, and every allocation that meets the tie is one of its choices
+  (exact: a point off a frontier is beaten by one on it at no higher cost).
+* **Method caps** ("at most K layers use m"). Each option uses a count of each
+  capped method (a tied group's layers count each). The caps are relaxed with
+  Lagrange multipliers mu >= 0: gains become g - mu . count, a bound is
+  ``LP bound(g - mu . count) + mu . caps`` for any mu (chosen here by
+  coordinate search on that convex function), reduced-cost fixing runs on the
+  shifted gains, and the core DP keeps one frontier per vector of counts used,
+  never above the caps; its best state in real gain is the optimum.
+
+An incumbent that meets the constraints (repaired from the relaxed one) gives
+the target to prune against. The answer is proven optimal for the cap-only
+window; as on the plain fast path, the caller checks the floor and hands the
+problem to CBC where it binds, where a limit stops the DP, or where the
+constraints are combined in a way this module does not take (caps or ties with
+min-methods, ties with pair terms).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+
+from layerlens_opt.methods import METHOD_NAMES
+from layerlens_opt.problem import Problem
+
+from . import mckp
+
+NONE = METHOD_NAMES.index("none")
+
+
+@dataclass(frozen=True)
+class Knapsack:
+    """A multiple-choice knapsack with what :mod:`mckp` reads from a Problem (duck-typed); per choice the
+    problem layers it stands for and, per option, their problem options; per option its counts of each
+    capped method."""
+
+    option_cost: np.ndarray
+    option_gain: np.ndarray
+    option_method: np.ndarray
+    layer_start: np.ndarray
+    constraints: SimpleNamespace
+    units: list  # per choice: (problem layers, matrix options x layers of problem option indices)
+    counts: np.ndarray  # options x capped methods
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_start) - 1
+
+    def shifted(self, mu: np.ndarray) -> "Knapsack":
+        gain = self.option_gain - (self.counts @ mu if len(mu) else 0.0)
+        return Knapsack(self.option_cost, gain, self.option_method, self.layer_start, self.constraints, self.units, self.counts)
+
+    def expand(self, choice, n_problem_layers: int) -> tuple[int, ...]:
+        out = [-1] * n_problem_layers
+        for u, o in enumerate(choice):
+            layers, rows = self.units[u]
+            for l, po in zip(layers, rows[o - int(self.layer_start[u])].tolist()):
+                out[l] = po
+        return tuple(out)
+
+
+def _capped(problem: Problem):
+    """(method indices, caps) of the caps that can bind (below the layers that could use the method), and
+    each option's weight (its layer's member count: a tied group's layers count each)."""
+    members = np.asarray(problem.n_members, dtype=np.int64)
+    weight = members[problem.option_layer]
+    methods, caps = [], []
+    for name, cap in problem.constraints.method_caps:
+        m = METHOD_NAMES.index(name)
+        could = int(members[np.unique(problem.option_layer[problem.option_method == m])].sum())
+        if cap < could:
+            methods.append(m)
+            caps.append(int(cap))
+    return methods, np.array(caps, dtype=np.int64), weight
+
+
+def _frontier(layer_opts: list[np.ndarray], cost, gain, count_of, cap: int):
+    """Pareto frontier (per count) of choosing one option per layer: arrays cost, gain, count and the
+    chosen options (points x layers)."""
+    s_cost, s_gain, s_cnt = np.zeros(1, dtype=np.int64), np.zeros(1), np.zeros(1, dtype=np.int64)
+    parents, picks = [], []
+    for idx in layer_opts:
+        n = len(idx)
+        c = (s_cost[:, None] + cost[idx][None, :]).ravel()
+        g = (s_gain[:, None] + gain[idx][None, :]).ravel()
+        k = (s_cnt[:, None] + count_of[idx][None, :]).ravel()
+        parent = np.repeat(np.arange(len(s_cost)), n)
+        pick = np.tile(np.arange(n), len(s_cost))
+        ok = c <= cap
+        c, g, k, parent, pick = c[ok], g[ok], k[ok], parent[ok], pick[ok]
+        order = np.lexsort((-g, c, k))
+        c, g, k, parent, pick = c[order], g[order], k[order], parent[order], pick[order]
+        keep = np.ones(len(g), dtype=bool)
+        starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+        for a, b in zip(starts, np.r_[starts[1:], len(g)]):
+            run = np.maximum.accumulate(g[a:b])
+            keep[a + 1 : b] = g[a + 1 : b] > run[:-1]
+        s_cost, s_gain, s_cnt = c[keep], g[keep], k[keep]
+        parents.append(parent[keep])
+        picks.append(pick[keep])
+    chosen = np.empty((len(s_cost), len(layer_opts)), dtype=np.int64)
+    state = np.arange(len(s_cost))
+    for j in range(len(layer_opts) - 1, -1, -1):
+        chosen[:, j] = layer_opts[j][picks[j][state]]
+        state = parents[j][state]
+    return s_cost, s_gain, s_cnt, chosen
+
+
+def build_knapsack(problem: Problem, capped: list[int], weight: np.ndarray) -> Knapsack | str:
+    """The knapsack whose choices are exactly the allocations meeting the tie (or the problem itself), or why not."""
+    c = problem.constraints
+    cost, gain, method = problem.option_cost, problem.option_gain, problem.option_method
+    starts = problem.layer_start
+    k = len(capped)
+    opt_counts = np.zeros((problem.n_options, k), dtype=np.int64)
+    for j, m in enumerate(capped):
+        opt_counts[:, j] = np.where(method == m, weight, 0)
+    units = [[l] for l in range(problem.n_layers)]
+    if c.tie_blocks:
+        by_block: dict = {}
+        units = []
+        for l, info in enumerate(problem.layers):
+            if info.block is None:
+                units.append([l])
+            else:
+                if info.block not in by_block:
+                    by_block[info.block] = []
+                    units.append(by_block[info.block])
+                by_block[info.block].append(l)
+    pieces = []  # per choice: (rows: options x layers of problem options, method per option, counts per option)
+    for unit in units:
+        if len(unit) == 1:
+            l = unit[0]
+            span = np.arange(starts[l], starts[l + 1])
+            pieces.append((unit, span[:, None], method[span], opt_counts[span]))
+            continue
+        methods = sorted({int(method[o]) for l in unit for o in range(starts[l], starts[l + 1])} - {NONE})
+        none_opt = []
+        for l in unit:
+            o_none = [o for o in range(starts[l], starts[l + 1]) if method[o] == NONE]
+            none_opt.append(o_none[0] if o_none else None)
+        rows, meths, cnts = [], [], []
+        if all(o is not None for o in none_opt):
+            rows.append(np.array([none_opt], dtype=np.int64))
+            meths.append(np.array([NONE]))
+            cnts.append(np.zeros((1, k), dtype=np.int64))
+        for m in methods:
+            layer_opts = []
+            for l, o_none in zip(unit, none_opt):
+                opts = [o for o in range(starts[l], starts[l + 1]) if method[o] == m] + ([o_none] if o_none is not None else [])
+                if not opts:
+                    break
+                layer_opts.append(np.array(opts, dtype=np.int64))
+            else:
+                j = capped.index(m) if m in capped else None
+                count_of = opt_counts[:, j] if j is not None else np.zeros(problem.n_options, dtype=np.int64)
+                _, _, f_cnt, chosen = _frontier(layer_opts, cost, gain, count_of, c.hi)
+                chosen = chosen[(method[chosen] == m).any(axis=1)]  # all-none is the one option above
+                rows.append(chosen)
+                meths.append(np.full(len(chosen), m))
+                row = np.zeros((len(chosen), k), dtype=np.int64)
+                if j is not None:
+                    row[:, j] = count_of[chosen].sum(axis=1)
+                cnts.append(row)
+        if not sum(len(r) for r in rows):
+            return f"block {problem.layers[unit[0]].block}'s layers accept no common method and cannot all stay as they are"
+        pieces.append((unit, np.concatenate(rows), np.concatenate(meths), np.concatenate(cnts)))
+    sizes = [len(r) for _, r, _, _ in pieces]
+    k_cost = np.concatenate([cost[r].sum(axis=1) for _, r, _, _ in pieces]).astype(np.int64)
+    k_gain = np.concatenate([gain[r].sum(axis=1) for _, r, _, _ in pieces])
+    return Knapsack(k_cost, k_gain, np.concatenate([m for _, _, m, _ in pieces]).astype(np.int64),
+                    np.concatenate(([0], np.cumsum(sizes))).astype(np.int64), SimpleNamespace(hi=c.hi),
+                    [(u, r) for u, r, _, _ in pieces], np.concatenate([x for _, _, _, x in pieces], axis=0))
+
+
+def _golden_min(f, lo: float, hi: float, iters: int) -> tuple[float, float]:
+    """(x, f(x)) near the minimum of a convex ``f`` on [lo, hi] by golden-section search; the ends are tried too."""
+    r = 0.6180339887498949
+    a, b = hi - r * (hi - lo), lo + r * (hi - lo)
+    fa, fb = f(a), f(b)
+    for _ in range(iters):
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = hi - r * (hi - lo)
+            fa = f(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + r * (hi - lo)
+            fb = f(b)
+    return min(((a, fa), (b, fb), (lo, f(lo))), key=lambda t: t[1])
+
+
+def dual(knap: Knapsack, mu: np.ndarray, caps: np.ndarray) -> float:
+    """``min over price >= 0`` of the Lagrangian bound with the caps relaxed by ``mu``: an upper bound on the optimum
+    (any price gives one; the search only tightens it)."""
+    gain = knap.option_gain - knap.counts @ mu
+    cost = knap.option_cost.astype(float)
+    starts = knap.layer_start[:-1]
+    cap = knap.constraints.hi
+
+    def at(price):
+        return price * cap + float(np.maximum.reduceat(gain - price * cost, starts).sum())
+
+    hi = float(np.max(np.maximum(gain, 0) / np.maximum(cost, 1))) + 1e-12
+    return _golden_min(at, 0.0, hi, 40)[1] + float(mu @ caps)
+
+
+def multipliers(knap: Knapsack, caps: np.ndarray, deadline: float | None) -> np.ndarray:
+    """Multipliers of the caps by coordinate golden-section search on the (convex) dual bound."""
+    mu = np.zeros(len(caps))
+    if not len(caps):
+        return mu
+    scale = float(np.max(np.abs(knap.option_gain))) + 1e-12
+    for _ in range(2):
+        for j in range(len(caps)):
+            if deadline is not None and time.perf_counter() > deadline:
+                return mu
+
+            def f(x):
+                trial = mu.copy()
+                trial[j] = x
+                return dual(knap, trial, caps)
+
+            mu[j] = _golden_min(f, 0.0, scale, 25)[0]
+    return mu
+
+
+def feasible_incumbent(knap: Knapsack, start, caps: np.ndarray):
+    """``start`` repaired to meet the caps (least real gain lost per count freed), then improved by single
+    moves that keep budget and caps; None if the caps cannot be met by such moves."""
+    cost, gain, counts = knap.option_cost, knap.option_gain, knap.counts
+    starts = knap.layer_start.tolist()
+    cap = knap.constraints.hi
+    choice = list(start)
+    used = int(cost[choice].sum())
+    total = counts[choice].sum(axis=0) if len(caps) else np.zeros(0, dtype=np.int64)
+    while len(caps) and (total > caps).any():
+        over = total > caps
+        best = None
+        for l in range(knap.n_layers):
+            cur = choice[l]
+            if not (counts[cur][over] > 0).any():
+                continue
+            for o in range(starts[l], starts[l + 1]):
+                freed = int((counts[cur] - counts[o])[over].clip(min=0).sum())
+                d = counts[o] - counts[cur]
+                if freed <= 0 or used + cost[o] - cost[cur] > cap or ((total + d > caps) & ~over & (d > 0)).any():
+                    continue
+                loss = float(gain[cur] - gain[o]) / freed
+                if best is None or loss < best[0]:
+                    best = (loss, l, o)
+        if best is None:
+            return None
+        _, l, o = best
+        used += int(cost[o] - cost[choice[l]])
+        total = total + counts[o] - counts[choice[l]]
+        choice[l] = o
+    for _ in range(50):  # improve: best single move that keeps budget and caps
+        best = None
+        for l in range(knap.n_layers):
+            cur = choice[l]
+            for o in range(starts[l], starts[l + 1]):
+                dg = float(gain[o] - gain[cur])
+                if dg <= 0 or used + cost[o] - cost[cur] > cap:
+                    continue
+                if len(caps) and (total + counts[o] - counts[cur] > caps).any():
+                    continue
+                if best is None or dg > best[0]:
+                    best = (dg, l, o)
+        if best is None:
+            break
+        _, l, o = best
+        used += int(cost[o] - cost[choice[l]])
+        if len(caps):
+            total = total + counts[o] - counts[choice[l]]
+        choice[l] = o
+    return tuple(choice)
+
+
+@dataclass(frozen=True)
+class SideResult:
+    choice: tuple[int, ...] | None  # problem options, one per problem layer; None: hand to CBC
+    reason: str = ""
+    note: str = ""
+    presolve_seconds: float = 0.0
+
+
+def solve_side(problem: Problem, deadline: float | None = None, max_states: int = 400_000) -> SideResult:
+    """The cap-only optimum under method caps and/or tied blocks, proven by the knapsack DP (see the module text)."""
+    t0 = time.perf_counter()
+    capped, caps, weight = _capped(problem)
+    knap = build_knapsack(problem, capped, weight)
+    if isinstance(knap, str):
+        return SideResult(None, knap)
+    mu = multipliers(knap, caps, deadline)
+    shifted = knap.shifted(mu)
+    pre = mckp.presolve(shifted, deadline)
+    start = feasible_incumbent(knap, pre.incumbent, caps)
+    if start is None:
+        return SideResult(None, "no single-layer moves meet the method caps from the relaxed allocation")
+    value = float(knap.option_gain[list(start)].sum())
+    key = None
+    if len(caps):
+        radix = int(knap.counts.max()) + 1 if knap.counts.size else 1
+        key = knap.counts @ (radix ** np.arange(len(caps), dtype=np.int64))
+    # dominance in real gains: across keys the shifted gains would let a cap-free option drop a better capped one
+    options = mckp.undominated(knap, key=key) if key is not None else None
+    pre = mckp.with_incumbent(shifted, pre, start, value=value - float(mu @ caps), options=options)
+    presolve_seconds = time.perf_counter() - t0
+    if len(caps):
+        core = mckp.solve_core(shifted, pre, max_states=max_states, deadline=deadline, counts=knap.counts, caps=caps, mu=mu)
+    else:
+        core = mckp.solve_core(shifted, pre, max_states=max_states, deadline=deadline)
+    if core.choice is None:
+        return SideResult(None, core.reason)
+    bound = pre.bound + float(mu @ caps)
+    what = " and ".join(w for w, on in (("method caps", len(caps) > 0), ("tied blocks", problem.constraints.tie_blocks)) if on) \
+        or "method caps that cannot bind"
+    note = (f"{what} on the knapsack path: {knap.n_layers:,} choices ({len(knap.option_cost):,} options"
+            + (", blocks as one choice each" if problem.constraints.tie_blocks else "")
+            + f"), bound {bound:.6g}" + (f" with cap multipliers {', '.join(f'{x:.3g}' for x in mu)}" if len(caps) else "")
+            + f", {pre.core_layers} choices in the core (DP peak {core.max_states:,} states)")
+    return SideResult(knap.expand(core.choice, problem.n_layers), note=note, presolve_seconds=presolve_seconds)

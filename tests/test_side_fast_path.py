@@ -1,0 +1,62 @@
+"""Method caps and tied blocks on the knapsack fast path (solvers/side.py): against brute force on tiny
+problems (many seeds, infeasible ones included) and against CBC on medium ones; the fast path must be
+the one answering (not a CBC fallback) where it applies."""
+
+import itertools
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from layerlens_opt.allocation import Status
+from layerlens_opt.generate import synthetic
+from layerlens_opt.manifest import parse_manifest
+from layerlens_opt.metrics import Columns, violations
+from layerlens_opt.problem import Constraints, build_problem
+from layerlens_opt.solvers import solve
+
+from conftest import random_problem
+
+import numpy as np
+
+
+def brute(problem):
+    best = None
+    for combo in itertools.product(*[list(problem.options_of(l)) for l in range(problem.n_layers)]):
+        cols = Columns(method=[problem.method_of(o) for o in combo], rank=np.zeros(len(combo)),
+                       params=np.array([int(problem.option_cost[o]) for o in combo]), utility=np.zeros(len(combo)),
+                       block=[problem.layers[l].block for l in range(problem.n_layers)], group=[None] * len(combo),
+                       kind=["other"] * len(combo))
+        if not violations(cols, problem.constraints.to_dict()):
+            v = sum(float(problem.option_gain[o]) for o in combo)
+            best = v if best is None else max(best, v)
+    return best
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 6), block_size=st.sampled_from([2, 3]),
+       lo=st.sampled_from([0.0, 0.5, 0.7]), tie=st.booleans(),
+       caps=st.lists(st.tuples(st.sampled_from(["lora", "adapter", "prefix"]), st.integers(0, 4)), max_size=2, unique_by=lambda t: t[0]))
+def test_caps_and_tied_blocks_equal_brute_force(seed, n, block_size, lo, tie, caps):
+    problem = random_problem(seed, n_layers=n, lo=lo, hi=0.9, block_size=block_size, ranks=(1, 4),
+                             tie_blocks=tie, method_caps=tuple(caps))
+    alloc = solve(problem, "auto")
+    best = brute(problem)
+    if best is None:
+        assert alloc.status == Status.INFEASIBLE, alloc
+        return
+    assert alloc.status == Status.OPTIMAL, alloc.message
+    assert not alloc.violations
+    assert alloc.objective == pytest.approx(best, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("side", [dict(method_caps=(("lora", 56),)), dict(method_caps=(("adapter", 6), ("prefix", 3))),
+                                  dict(tie_blocks=True), dict(tie_blocks=True, method_caps=(("adapter", 4),))])
+def test_fast_path_answers_and_matches_cbc_at_224_layers(side):
+    data = synthetic(224, seed=3)
+    problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"], **side))
+    fast, cbc = solve(problem, "auto"), solve(problem, "cbc")
+    assert fast.solver == "auto" and fast.status == Status.OPTIMAL, fast.notes
+    assert "knapsack path" in fast.notes[-1]
+    assert cbc.status == Status.OPTIMAL
+    assert fast.objective == pytest.approx(cbc.objective, rel=1e-9)
+    assert not fast.violations

@@ -6,11 +6,15 @@
 Prints, per problem and method: build and solve seconds, objective, bound,
 gap, status, and the speed-up over plain CBC measured in the same run; then
 the whole ``layerlens-opt solve`` process time (median of several runs) and
-its peak memory; then side-constrained problems, where the knapsack fast path
-does not apply; then problems with pairwise interaction terms (a probe manifest
-of MiniLM and a 560-layer problem with pair terms inside every attention block),
-which ``auto`` hands to CBC. Timings are of this machine at this moment: compare the
-ratios, not the absolute numbers, across machines.
+its peak memory; then side-constrained problems (method caps, tied blocks:
+the knapsack path; min-methods) against CBC at 560 and 2,000 layers; then
+generated problems of 10,000 and 50,000 layers (auto alone); then problems with
+pairwise interaction terms (a probe manifest of MiniLM and a 560-layer problem
+with pair terms inside every attention block), which ``auto`` hands to CBC; then
+the generated mixture-of-experts manifests. ``--only profiling`` times
+data-parallel profiling (1 process against 2 under torchrun; not in the default
+run: it trains). Timings are of this machine at this moment: compare the ratios,
+not the absolute numbers, across machines.
 """
 
 from __future__ import annotations
@@ -137,27 +141,51 @@ def profiling_processes(processes=(1, 2)):
             seconds = time.perf_counter() - t0
             manifests[signal, n] = {l["name"]: l["metrics"] for l in json.loads(out.read_text())["layers"]}
             base = manifests[signal, processes[0]]
-            worst = max(abs(v - base[name][k]) / max(abs(base[name][k]), 1e-12)
-                        for name, metrics in manifests[signal, n].items() for k, v in metrics.items())
+            # each metric's largest difference over the layers, relative to that metric's largest value
+            scale = {k: max(abs(m[k]) for m in base.values()) or 1.0 for k in next(iter(base.values()))}
+            worst = max(abs(v - base[name][k]) / scale[k] for name, metrics in manifests[signal, n].items() for k, v in metrics.items())
             one = next((r[3] for r in rows if r[0] == signal and r[1] == processes[0]), seconds)
             rows.append((signal, n, max(1, cores // n), seconds, one / seconds, worst))
-    return table(("signal", "processes", "threads each", "wall s", "speed-up vs 1 process", "max rel. diff of metrics"),
+    return table(("signal", "processes", "threads each", "wall s", "speed-up vs 1 process", "max diff / metric scale"),
                  [(s_, n, t, f"{w:.1f}", f"{x:.2f}x", f"{d:.1e}") for s_, n, t, w, x, d in rows], "lrrrrr")
 
 
-def side_constrained(problem, time_limit: float):
-    c = problem.constraints
-    variants = [
-        ("method caps (lora <= 25% of layers)", replace(c, method_caps=(("lora", problem.n_layers // 4),))),
-        ("tied blocks", replace(c, tie_blocks=True)),
-        ("min 3 methods", replace(c, min_methods=3)),
-    ]
+def side_constrained(problems, time_limit: float):
+    """Method caps, tied blocks and min-methods: auto (the knapsack path, CBC where it cannot prove) against CBC."""
     rows = []
-    for label, constraints in variants:
-        alloc, wall = _run(problem.with_constraints(constraints), "auto", {"time_limit": time_limit})
-        rows.append((label, f"{wall:.2f}", alloc.status.value, f"{alloc.gap:.1e}" if alloc.gap is not None else "-",
-                     "yes" if not alloc.violations else "NO"))
-    return table(("constraint", "wall s", "status", "gap", "constraints hold"), rows, "lrlrl")
+    for label, problem in problems:
+        c = problem.constraints
+        variants = [
+            ("method caps (lora <= 25% of layers)", replace(c, method_caps=(("lora", problem.n_layers // 4),))),
+            ("method caps (adapter <= 6)", replace(c, method_caps=(("adapter", 6),))),
+            ("tied blocks", replace(c, tie_blocks=True)),
+            ("tied blocks + adapter <= 6", replace(c, tie_blocks=True, method_caps=(("adapter", 6),))),
+            ("min 3 methods", replace(c, min_methods=3)),
+        ]
+        for name, constraints in variants:
+            p = problem.with_constraints(constraints)
+            alloc, wall = _run(p, "auto", {"time_limit": time_limit})
+            cbc, cbc_wall = _run(p, "cbc", {"time_limit": time_limit})
+            same = "-" if alloc.objective is None or cbc.objective is None else f"{alloc.objective - cbc.objective:+.1e}"
+            rows.append((label, name, alloc.solver, f"{wall:.2f}", alloc.status.value, f"{alloc.gap:.1e}" if alloc.gap is not None else "-",
+                         "yes" if not alloc.violations else "NO", f"{cbc_wall:.2f}", cbc.status.value, same))
+    return table(("problem", "constraint", "answered by", "wall s", "status", "gap", "constraints hold",
+                  "CBC s", "CBC status", "auto - CBC"), rows, "lllrlrlrlr")
+
+
+def large(sizes, time_limit: float):
+    """auto alone on large generated problems (plain CBC would not finish), with the build time."""
+    rows = []
+    for n in sizes:
+        data = synthetic(n, seed=0)
+        t0 = time.perf_counter()
+        problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"]))
+        build = time.perf_counter() - t0
+        alloc, wall = _run(problem, "auto", {"time_limit": time_limit})
+        why = next((n_ for n_ in alloc.notes if n_.startswith("auto:")), "")
+        rows.append((f"synthetic {n:,}", f"{build:.2f}", alloc.solver, f"{wall:.2f}", alloc.status.value,
+                     f"{alloc.gap:.1e}" if alloc.gap is not None else "-", why[:90]))
+    return table(("problem", "build s", "answered by", "solve s", "status", "gap", "why CBC"), rows, "lrlrlrl")
 
 
 def synthetic_with_pairs(n_layers: int, seed: int = 0) -> dict:
@@ -223,11 +251,24 @@ def main(argv=None) -> None:
     parser.add_argument("--time-limit", type=float, default=120.0, help="per solver and problem")
     parser.add_argument("--repeats", type=int, default=5, help="process-time repetitions")
     parser.add_argument("--no-shipped", action="store_true", help="skip problems/architectures")
-    parser.add_argument("--only", choices=["pairs", "moe", "profiling"], help="run one section only (profiling: 1 vs 2 processes, not in the default run)")
+    parser.add_argument("--only", choices=["pairs", "moe", "side", "large", "profiling"],
+                        help="run one section only (profiling: 1 vs 2 processes, not in the default run)")
     args = parser.parse_args(argv)
     if args.only == "moe":
         print(f"# mixture-of-experts manifests (generated; time limit {args.time_limit:g} s)\n", flush=True)
         print(moe(args.time_limit), flush=True)
+        return
+    if args.only == "side":
+        probs = []
+        for n in (560, 2000):
+            data = synthetic(n, seed=0)
+            probs.append((f"synthetic {n}", build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"]))))
+        print(f"# side constraints: auto (knapsack path; CBC where it cannot prove) against CBC (limit {args.time_limit:g} s)\n", flush=True)
+        print(side_constrained(probs, args.time_limit), flush=True)
+        return
+    if args.only == "large":
+        print(f"# large generated problems, auto only (limit {args.time_limit:g} s)\n", flush=True)
+        print(large([10_000, 50_000], args.time_limit), flush=True)
         return
     if args.only == "profiling":
         print("# data-parallel profiling: MiniLM, pairs task, one process vs torchrun (gloo)\n", flush=True)
@@ -265,10 +306,13 @@ def main(argv=None) -> None:
         print(compare_solvers(shipped_problems, args.time_limit, plain=False), flush=True)
     print(f"\n# whole `layerlens-opt solve` process, {args.repeats} runs each\n", flush=True)
     print(process_times(files, args.repeats), flush=True)
-    side = [p for label, p in generated if label == "synthetic 560"]
+    side = [(label, p) for label, p in generated if label in ("synthetic 560", "synthetic 2000")]
     if side:
-        print("\n# side constraints at 560 layers (auto hands these to CBC)\n", flush=True)
-        print(side_constrained(side[0], args.time_limit), flush=True)
+        print(f"\n# side constraints: auto (knapsack path; CBC where it cannot prove) against CBC (limit {args.time_limit:g} s)\n", flush=True)
+        print(side_constrained(side, args.time_limit), flush=True)
+    if not args.quick:
+        print(f"\n# large generated problems, auto only (limit {args.time_limit:g} s)\n", flush=True)
+        print(large([10_000, 50_000], args.time_limit), flush=True)
     print("\n# pairwise interaction terms (auto hands these to CBC: the gains are not separable)\n", flush=True)
     print(with_pairs(args.time_limit), flush=True)
     print(f"\n# mixture-of-experts manifests (generated; time limit {args.time_limit:g} s)\n", flush=True)

@@ -215,7 +215,7 @@ def dual(knap: Knapsack, mu: np.ndarray, caps: np.ndarray) -> float:
         return price * cap + float(np.maximum.reduceat(gain - price * cost, starts).sum())
 
     hi = float(np.max(np.maximum(gain, 0) / np.maximum(cost, 1))) + 1e-12
-    return _golden_min(at, 0.0, hi, 40)[1] + float(mu @ caps)
+    return _golden_min(at, 0.0, hi, 30)[1] + float(mu @ caps)
 
 
 def multipliers(knap: Knapsack, caps: np.ndarray, deadline: float | None) -> np.ndarray:
@@ -224,7 +224,7 @@ def multipliers(knap: Knapsack, caps: np.ndarray, deadline: float | None) -> np.
     if not len(caps):
         return mu
     scale = float(np.max(np.abs(knap.option_gain))) + 1e-12
-    for _ in range(2):
+    for _ in range(1 if len(caps) == 1 else 2):  # one coordinate: one pass is the whole search
         for j in range(len(caps)):
             if deadline is not None and time.perf_counter() > deadline:
                 return mu
@@ -234,7 +234,7 @@ def multipliers(knap: Knapsack, caps: np.ndarray, deadline: float | None) -> np.
                 trial[j] = x
                 return dual(knap, trial, caps)
 
-            mu[j] = _golden_min(f, 0.0, scale, 25)[0]
+            mu[j] = _golden_min(f, 0.0, scale, 20)[0]
     return mu
 
 

@@ -261,6 +261,10 @@ def _run(problem: Problem, backend: str, options: SolverOptions, keep=None, floo
     if start_value is not None and start_value > problem.value(choice) + 1e-9 * max(1.0, abs(start_value)):
         # CBC answered worse than the feasible start it was given: a preprocessing fault; solve again without it
         return _run(problem, backend, options, keep, floor, start, deadline, preprocess=False)
+    if status == Status.FEASIBLE and warm and choice is not None and problem.value(start) > problem.value(choice):
+        # seen on LLaMA-3-70B: CBC stopped by its time limit reported an answer worse than the feasible start
+        # it was given; the start is the better allocation, so it is the answer (the bound is CBC's still)
+        choice = list(start)
     message = "" if choice is not None or status == Status.INFEASIBLE else f"{backend} stopped without an allocation (PuLP: {pulp.LpSolution[prob.sol_status]})"
     return status, choice, bound, t1 - t0, t2 - t1, warm, message
 

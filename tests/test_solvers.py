@@ -11,7 +11,7 @@ from layerlens_opt.metrics import violations
 from layerlens_opt.problem import Constraints, ModelOptions, build_problem
 from layerlens_opt.solvers import SOLVERS, SolverOptions, solve
 
-from conftest import ARCHITECTURES, PROFILED, SCENARIOS, brute_force, layer, manifest, random_problem
+from conftest import ARCHITECTURES, PROFILED, ROOT, SCENARIOS, brute_force, layer, manifest, random_problem
 
 EXACT = ["auto", "cbc", "highs"]
 EXACT_VARIANTS = [("auto", True), ("cbc", True), ("cbc", False), ("highs", True), ("highs", False)]
@@ -201,3 +201,21 @@ def test_cbc_stopped_early_reports_feasible_with_gap(monkeypatch):
         assert alloc.status == Status.FEASIBLE
         assert alloc.gap > 0 and alloc.bound >= exact.objective - 1e-9
     assert alloc.status == Status.FEASIBLE, "the node limit was expected to stop CBC before a proof"
+
+
+def test_a_time_limited_cbc_never_answers_worse_than_its_start():
+    """LLaMA-3-70B's near-ties: CBC stopped by its limit once returned an answer below the optimal start it was given."""
+    import json
+
+    from layerlens_opt.manifest import load_manifest
+    from layerlens_opt.solvers import mckp
+    from layerlens_opt.solvers.ilp import solve_ilp
+
+    path = ROOT / "problems" / "architectures" / "llama3-70b.json"
+    problem = build_problem(load_manifest(path), Constraints(budget=json.loads(path.read_text())["model"]["suggested_budget"]))
+    best = solve(problem, "auto")
+    assert best.status == Status.OPTIMAL
+    pre = mckp.with_incumbent(problem, mckp.presolve(problem), best.choice)
+    alloc = solve_ilp(problem, SolverOptions(time_limit=3), "cbc", pre)
+    assert alloc.objective >= best.objective - 1e-12 * abs(best.objective)
+    assert alloc.status in (Status.OPTIMAL, Status.FEASIBLE) and not alloc.violations

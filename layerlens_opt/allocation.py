@@ -371,6 +371,8 @@ def _from_dict(data: Any, path: str) -> Allocation:
     for key in ("total_params", "utilization"):
         if key not in data:
             raise AllocationError(f"{path}: missing required key {key!r}; is this an allocation written by `solve --json -o`?")
+    if not _number(data["utilization"]) or data["utilization"] < 0:
+        raise AllocationError(f"{path}: 'utilization' must be a non-negative finite number, got {data['utilization']!r}")
     seconds = data.get("seconds") or {}
     for key, value in seconds.items():
         if not _number(value):

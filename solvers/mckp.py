@@ -218,6 +218,24 @@ def with_incumbent(problem: Problem, pre: Presolve, choice, per_method: bool = F
                    kept=fix(problem, options, pre.bound, pre.price, value))
 
 
+def pareto(c: np.ndarray, g: np.ndarray, key: np.ndarray | None, *rest: np.ndarray):
+    """The (cost, gain) states no cheaper-or-equal state of the same ``key`` beats (``key`` None: one
+    frontier), sorted by key then cost; ``rest`` are arrays carried along. Returns (c, g, key, *rest)."""
+    order = np.lexsort((-g, c)) if key is None else np.lexsort((-g, c, key))
+    c, g = c[order], g[order]
+    key = None if key is None else key[order]
+    keep = np.ones(len(g), dtype=bool)
+    if key is None:
+        run = np.maximum.accumulate(g)
+        keep[1:] = g[1:] > run[:-1]
+    else:
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        for a, b in zip(starts, np.r_[starts[1:], len(g)]):
+            run = np.maximum.accumulate(g[a:b])
+            keep[a + 1 : b] = g[a + 1 : b] > run[:-1]
+    return (c[keep], g[keep], None if key is None else key[keep], *(r[order][keep] for r in rest))
+
+
 @dataclass(frozen=True)
 class CoreResult:
     choice: tuple[int, ...] | None  # None: the state limit or the time limit stopped the DP
@@ -246,131 +264,48 @@ def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_sta
     exceeds ``max_states``, the states kept for backtracking exceed ``max_stored``
     (memory) or the deadline passes.
     """
-    if counts is not None:
-        return _solve_core_counted(problem, pre, counts, np.asarray(caps, dtype=np.int64), np.asarray(mu, dtype=float),
-                                   max_states, deadline, MAX_STORED_STATES if max_stored is None else max_stored)
     max_stored = MAX_STORED_STATES if max_stored is None else max_stored
-    stored = 0
-    cost = problem.option_cost
-    gain = problem.option_gain
-    price = pre.price
-    none = METHOD_NAMES.index("none")
-    bit = np.where(problem.option_method == none, 0, 1 << problem.option_method.astype(np.int64))
+    cost, gain, price = problem.option_cost, problem.option_gain, pre.price
     choice = [k[0] for k in pre.kept]
     fixed = [l for l, k in enumerate(pre.kept) if len(k) == 1]
     free = [l for l, k in enumerate(pre.kept) if len(k) > 1]
+    opt_idx = [np.array(pre.kept[l], dtype=np.int64) for l in free]
+    # the frontiers' key: none, the set of methods used (bitmask, OR), or the capped counts used (mixed radix, +)
+    key_inc, combine, base_key, valid = None, None, 0, None
+    if counts is not None:
+        caps, mu = np.asarray(caps, dtype=np.int64), np.asarray(mu, dtype=float)
+        limits = caps - (counts[[choice[l] for l in fixed]].sum(axis=0) if fixed else 0)
+        if (limits < 0).any():  # no allocation better than the incumbent fits the caps with the fixed layers
+            return CoreResult(pre.incumbent, 1)
+        radix = 2 * (limits + 1)  # a digit holds a sum of two values <= limit: no carry
+        if float(np.prod(radix.astype(float))) > 2.0**62:
+            return CoreResult(None, 1, "the caps' count space does not fit the DP's keys")
+        pos = np.concatenate(([1], np.cumprod(radix)[:-1])).astype(np.int64)
+
+        def digits(key):
+            return (key[:, None] // pos[None, :]) % radix[None, :]
+
+        key_inc, combine = counts @ pos, np.add
+        valid = lambda key: (digits(key) <= limits).all(axis=1)  # noqa: E731
+        opt_idx = [idx[(counts[idx] <= limits).all(axis=1)] for idx in opt_idx]
+    elif min_methods:
+        none = METHOD_NAMES.index("none")
+        key_inc = np.where(problem.option_method == none, 0, 1 << problem.option_method.astype(np.int64))
+        combine = np.bitwise_or
+        for l in fixed:
+            base_key |= int(key_inc[choice[l]])
     fixed_cost = sum(int(cost[choice[l]]) for l in fixed)
     fixed_gain = sum(float(gain[choice[l]]) for l in fixed)
-    base_mask = 0
-    for l in fixed:
-        base_mask |= int(bit[choice[l]])
     cap = problem.constraints.hi - fixed_cost
     target = pre.incumbent_value - fixed_gain
     tol = REL_TOL * max(1.0, abs(pre.bound))
 
     # best reduced value of each free layer, and suffix sums for the bound
-    opt_idx = [np.array(pre.kept[l], dtype=np.int64) for l in free]
     best_reduced = np.array([float((gain[i] - price * cost[i]).max()) for i in opt_idx])
     suffix = np.concatenate((np.cumsum(best_reduced[::-1])[::-1], [0.0]))
 
-    s_cost = np.zeros(1, dtype=np.int64)
-    s_gain = np.zeros(1)
-    s_mask = np.full(1, base_mask, dtype=np.int64)
-    parents: list[np.ndarray] = []
-    picks: list[np.ndarray] = []
-    peak = 1
-    for k, idx in enumerate(opt_idx):
-        if deadline is not None and time.perf_counter() > deadline:
-            return CoreResult(None, peak, "the time limit stopped the core search")
-        n_opt = len(idx)
-        c = (s_cost[:, None] + cost[idx][None, :]).ravel()
-        g = (s_gain[:, None] + gain[idx][None, :]).ravel()
-        parent = np.repeat(np.arange(len(s_cost)), n_opt)
-        pick = np.tile(np.arange(n_opt), len(s_cost))
-        mask = (s_mask[:, None] | bit[idx][None, :]).ravel() if min_methods else None
-        ok = (c <= cap) & (g + price * (cap - c) + suffix[k + 1] >= target - tol)
-        c, g, parent, pick = c[ok], g[ok], parent[ok], pick[ok]
-        if min_methods:
-            mask = mask[ok]
-            order = np.lexsort((-g, c, mask))
-        else:
-            order = np.lexsort((-g, c))
-        c, g, parent, pick = c[order], g[order], parent[order], pick[order]
-        if min_methods:
-            mask = mask[order]
-        # Pareto filter (within each methods-used set): keep a state only if it beats every cheaper one
-        keep = np.ones(len(g), dtype=bool)
-        if min_methods:
-            starts = np.flatnonzero(np.r_[True, mask[1:] != mask[:-1]])
-            for a, b in zip(starts, np.r_[starts[1:], len(g)]):
-                run = np.maximum.accumulate(g[a:b])
-                keep[a + 1 : b] = g[a + 1 : b] > run[:-1]
-        else:
-            run = np.maximum.accumulate(g)
-            keep[1:] = g[1:] > run[:-1]
-        c, g, parent, pick = c[keep], g[keep], parent[keep], pick[keep]
-        if min_methods:
-            mask = mask[keep]
-        if len(c) == 0:  # only possible through rounding; the incumbent is optimal
-            return CoreResult(pre.incumbent, peak)
-        peak = max(peak, len(c))
-        if len(c) > max_states:
-            return CoreResult(None, peak, f"the core's frontier grew past {max_states:,} states")
-        stored += len(c)
-        if stored > max_stored:
-            return CoreResult(None, peak, f"the core search would keep more than {max_stored:,} states "
-                              f"(about {8 * max_stored // 10**6:,} MB) for backtracking")
-        s_cost, s_gain = c, g
-        if min_methods:
-            s_mask = mask
-        parents.append(parent.astype(np.int32))
-        picks.append(pick.astype(np.int32))
-
-    if min_methods:
-        counts = np.array([bin(int(m)).count("1") for m in s_mask])
-        eligible = np.flatnonzero(counts >= min_methods)
-        if len(eligible) == 0:  # the incumbent met it, so only rounding can land here
-            return CoreResult(pre.incumbent, peak)
-        state = int(eligible[np.argmax(s_gain[eligible])])
-    else:
-        state = int(np.argmax(s_gain))
-    for k in range(len(free) - 1, -1, -1):
-        choice[free[k]] = int(opt_idx[k][picks[k][state]])
-        state = int(parents[k][state])
-    return CoreResult(tuple(choice), peak)
-
-
-def _solve_core_counted(problem, pre: Presolve, counts: np.ndarray, caps: np.ndarray, mu: np.ndarray, max_states: int,
-                        deadline: float | None, max_stored: int) -> CoreResult:
-    """The core DP of :func:`solve_core` with per-option resource counts under caps (see there)."""
-    cost, gain, price = problem.option_cost, problem.option_gain, pre.price
-    choice = [k[0] for k in pre.kept]
-    fixed = [l for l, k in enumerate(pre.kept) if len(k) == 1]
-    free = [l for l, k in enumerate(pre.kept) if len(k) > 1]
-    limits = caps - (counts[[choice[l] for l in fixed]].sum(axis=0) if fixed else 0)
-    if (limits < 0).any():  # no allocation better than the incumbent fits the caps with the fixed layers
-        return CoreResult(pre.incumbent, 1)
-    radix = 2 * (limits + 1)  # a digit holds a sum of two values <= limit: no carry
-    pos = np.concatenate(([1], np.cumprod(radix)[:-1])).astype(np.int64)
-    if float(np.prod(radix.astype(float))) > 2.0**62:
-        return CoreResult(None, 1, "the caps' count space does not fit the DP's keys")
-    fixed_cost = sum(int(cost[choice[l]]) for l in fixed)
-    fixed_gain = sum(float(gain[choice[l]]) for l in fixed)
-    cap = problem.constraints.hi - fixed_cost
-    target = pre.incumbent_value - fixed_gain
-    tol = REL_TOL * max(1.0, abs(pre.bound))
-    opt_idx = []
-    for l in free:
-        idx = np.array(pre.kept[l], dtype=np.int64)
-        opt_idx.append(idx[(counts[idx] <= limits).all(axis=1)])
-    best_reduced = np.array([float((gain[i] - price * cost[i]).max()) for i in opt_idx])
-    suffix = np.concatenate((np.cumsum(best_reduced[::-1])[::-1], [0.0]))
-    inc = counts @ pos  # each option's key increment
-
-    def digits(key):
-        return (key[:, None] // pos[None, :]) % radix[None, :]
-
-    s_cost, s_gain, s_key = np.zeros(1, dtype=np.int64), np.zeros(1), np.zeros(1, dtype=np.int64)
+    s_cost, s_gain = np.zeros(1, dtype=np.int64), np.zeros(1)
+    s_key = np.full(1, base_key, dtype=np.int64) if key_inc is not None else None
     parents: list[np.ndarray] = []
     picks: list[np.ndarray] = []
     peak = stored = 1
@@ -380,19 +315,14 @@ def _solve_core_counted(problem, pre: Presolve, counts: np.ndarray, caps: np.nda
         n_opt = len(idx)
         c = (s_cost[:, None] + cost[idx][None, :]).ravel()
         g = (s_gain[:, None] + gain[idx][None, :]).ravel()
-        key = (s_key[:, None] + inc[idx][None, :]).ravel()
         parent = np.repeat(np.arange(len(s_cost)), n_opt)
         pick = np.tile(np.arange(n_opt), len(s_cost))
-        ok = (c <= cap) & (g + price * (cap - c) + suffix[k + 1] >= target - tol) & (digits(key) <= limits).all(axis=1)
-        c, g, key, parent, pick = c[ok], g[ok], key[ok], parent[ok], pick[ok]
-        order = np.lexsort((-g, c, key))
-        c, g, key, parent, pick = c[order], g[order], key[order], parent[order], pick[order]
-        keep = np.ones(len(g), dtype=bool)
-        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        for a, b in zip(starts, np.r_[starts[1:], len(g)]):
-            run = np.maximum.accumulate(g[a:b])
-            keep[a + 1 : b] = g[a + 1 : b] > run[:-1]
-        c, g, key, parent, pick = c[keep], g[keep], key[keep], parent[keep], pick[keep]
+        key = combine(s_key[:, None], key_inc[idx][None, :]).ravel() if key_inc is not None else None
+        ok = (c <= cap) & (g + price * (cap - c) + suffix[k + 1] >= target - tol)
+        if valid is not None:
+            ok &= valid(key)
+        # Pareto filter (within each key): keep a state only if it beats every cheaper one
+        c, g, key, parent, pick = pareto(c[ok], g[ok], key[ok] if key is not None else None, parent[ok], pick[ok])
         if len(c) == 0:  # only possible through rounding; the incumbent is optimal
             return CoreResult(pre.incumbent, peak)
         peak = max(peak, len(c))
@@ -405,8 +335,17 @@ def _solve_core_counted(problem, pre: Presolve, counts: np.ndarray, caps: np.nda
         s_cost, s_gain, s_key = c, g, key
         parents.append(parent.astype(np.int32))
         picks.append(pick.astype(np.int32))
-    real = s_gain + digits(s_key) @ mu  # the caps' multipliers given back: the states' real gains (less the fixed part)
-    state = int(np.argmax(real))
+
+    if counts is not None:
+        state = int(np.argmax(s_gain + digits(s_key) @ mu))  # the multipliers given back: real gains (less the fixed part)
+    elif min_methods:
+        used = np.array([bin(int(m)).count("1") for m in s_key])
+        eligible = np.flatnonzero(used >= min_methods)
+        if len(eligible) == 0:  # the incumbent met it, so only rounding can land here
+            return CoreResult(pre.incumbent, peak)
+        state = int(eligible[np.argmax(s_gain[eligible])])
+    else:
+        state = int(np.argmax(s_gain))
     for k in range(len(free) - 1, -1, -1):
         choice[free[k]] = int(opt_idx[k][picks[k][state]])
         state = int(parents[k][state])

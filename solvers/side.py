@@ -100,17 +100,9 @@ def _frontier(layer_opts: list[np.ndarray], cost, gain, count_of, cap: int):
         parent = np.repeat(np.arange(len(s_cost)), n)
         pick = np.tile(np.arange(n), len(s_cost))
         ok = c <= cap
-        c, g, k, parent, pick = c[ok], g[ok], k[ok], parent[ok], pick[ok]
-        order = np.lexsort((-g, c, k))
-        c, g, k, parent, pick = c[order], g[order], k[order], parent[order], pick[order]
-        keep = np.ones(len(g), dtype=bool)
-        starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
-        for a, b in zip(starts, np.r_[starts[1:], len(g)]):
-            run = np.maximum.accumulate(g[a:b])
-            keep[a + 1 : b] = g[a + 1 : b] > run[:-1]
-        s_cost, s_gain, s_cnt = c[keep], g[keep], k[keep]
-        parents.append(parent[keep])
-        picks.append(pick[keep])
+        s_cost, s_gain, s_cnt, parent, pick = mckp.pareto(c[ok], g[ok], k[ok], parent[ok], pick[ok])
+        parents.append(parent)
+        picks.append(pick)
     chosen = np.empty((len(s_cost), len(layer_opts)), dtype=np.int64)
     state = np.arange(len(s_cost))
     for j in range(len(layer_opts) - 1, -1, -1):
@@ -224,7 +216,9 @@ def multipliers(knap: Knapsack, caps: np.ndarray, deadline: float | None) -> np.
     if not len(caps):
         return mu
     scale = float(np.max(np.abs(knap.option_gain))) + 1e-12
-    for _ in range(1 if len(caps) == 1 else 2):  # one coordinate: one pass is the whole search
+    # one coordinate: one pass is the whole search; several: coordinate descent needs a few passes and finer steps
+    iters = 20 if len(caps) == 1 else 30
+    for _ in range(1 if len(caps) == 1 else 3):
         for j in range(len(caps)):
             if deadline is not None and time.perf_counter() > deadline:
                 return mu
@@ -234,7 +228,7 @@ def multipliers(knap: Knapsack, caps: np.ndarray, deadline: float | None) -> np.
                 trial[j] = x
                 return dual(knap, trial, caps)
 
-            mu[j] = _golden_min(f, 0.0, scale, 20)[0]
+            mu[j] = _golden_min(f, 0.0, scale, iters)[0]
     return mu
 
 

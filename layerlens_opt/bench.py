@@ -244,6 +244,17 @@ def moe(time_limit: float):
     return table(("model", "groups", "layers", "problem layers", "build+solve s", "status", "gap", "solver"), rows, "llrrrlrl")
 
 
+def _generated(n: int):
+    """A generated problem of ``n`` layers at its suggested budget: (manifest data, problem)."""
+    data = synthetic(n, seed=0)
+    return data, build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"]))
+
+
+def _show(title: str, body: str, first: bool = False) -> None:
+    print(("" if first else "\n") + f"# {title}\n", flush=True)
+    print(body, flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m layerlens_opt.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="72,224,560,2000", help="generated problem sizes (layers)")
@@ -254,69 +265,50 @@ def main(argv=None) -> None:
     parser.add_argument("--only", choices=["pairs", "moe", "side", "large", "profiling"],
                         help="run one section only (profiling: 1 vs 2 processes, not in the default run)")
     args = parser.parse_args(argv)
-    if args.only == "moe":
-        print(f"# mixture-of-experts manifests (generated; time limit {args.time_limit:g} s)\n", flush=True)
-        print(moe(args.time_limit), flush=True)
-        return
-    if args.only == "side":
-        probs = []
-        for n in (560, 2000):
-            data = synthetic(n, seed=0)
-            probs.append((f"synthetic {n}", build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"]))))
-        print(f"# side constraints: auto (knapsack path; CBC where it cannot prove) against CBC (limit {args.time_limit:g} s)\n", flush=True)
-        print(side_constrained(probs, args.time_limit), flush=True)
-        return
-    if args.only == "large":
-        print(f"# large generated problems, auto only (limit {args.time_limit:g} s)\n", flush=True)
-        print(large([10_000, 50_000], args.time_limit), flush=True)
-        return
-    if args.only == "profiling":
-        print("# data-parallel profiling: MiniLM, pairs task, one process vs torchrun (gloo)\n", flush=True)
-        print(profiling_processes(), flush=True)
-        return
-    if args.only == "pairs":
-        print("# pairwise interaction terms (auto hands these to CBC: the gains are not separable)\n", flush=True)
-        print(with_pairs(args.time_limit), flush=True)
-        return
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.quick:
         sizes = [s for s in sizes if s <= 560]
         args.time_limit = min(args.time_limit, 30.0)
+    limit = args.time_limit
+    # the sections after the solver comparison: name -> (title, the table); the full run shows all but profiling
+    sections = {
+        "side": (f"side constraints: auto (knapsack path; CBC where it cannot prove) against CBC (limit {limit:g} s)",
+                 lambda: side_constrained([(f"synthetic {n}", _generated(n)[1]) for n in (560, 2000) if n in sizes], limit)),
+        "large": (f"large generated problems, auto only (limit {limit:g} s)", lambda: large([10_000, 50_000], limit)),
+        "pairs": ("pairwise interaction terms (auto hands these to CBC: the gains are not separable)", lambda: with_pairs(limit)),
+        "moe": (f"mixture-of-experts manifests (generated; time limit {limit:g} s)", lambda: moe(limit)),
+        "profiling": ("data-parallel profiling: MiniLM, pairs task, one process vs torchrun (gloo)", profiling_processes),
+    }
+    if args.only:
+        title, run = sections[args.only]
+        _show(title, run(), first=True)
+        return
 
     generated, shipped_problems = [], []
     tmp = Path(tempfile.mkdtemp(prefix="layerlens-bench-"))
     files = []
     for n in sizes:
-        data = synthetic(n, seed=0)
-        budget = data["model"]["suggested_budget"]
-        generated.append((f"synthetic {n}", build_problem(parse_manifest(data), Constraints(budget=budget))))
+        data, problem = _generated(n)
+        generated.append((f"synthetic {n}", problem))
         path = tmp / f"synthetic-{n}.json"
         path.write_text(json.dumps(data))
-        files.append((f"synthetic {n}", path, budget))
+        files.append((f"synthetic {n}", path, data["model"]["suggested_budget"]))
     shipped = Path(__file__).resolve().parent.parent / "problems" / "architectures"
     if not args.no_shipped and shipped.is_dir():
         for path in sorted(shipped.glob("*.json")):
             budget = json.loads(path.read_text())["model"]["suggested_budget"]
             shipped_problems.append((path.stem, build_problem(load_manifest(path), Constraints(budget=budget))))
 
-    print(f"# generated problems: solvers side by side (time limit {args.time_limit:g} s each)\n", flush=True)
-    print(compare_solvers(generated, args.time_limit), flush=True)
+    _show(f"generated problems: solvers side by side (time limit {limit:g} s each)", compare_solvers(generated, limit), first=True)
     if shipped_problems:
-        print("\n# shipped problems/architectures at their suggested budgets (presolved and exact methods)\n", flush=True)
-        print(compare_solvers(shipped_problems, args.time_limit, plain=False), flush=True)
-    print(f"\n# whole `layerlens-opt solve` process, {args.repeats} runs each\n", flush=True)
-    print(process_times(files, args.repeats), flush=True)
-    side = [(label, p) for label, p in generated if label in ("synthetic 560", "synthetic 2000")]
-    if side:
-        print(f"\n# side constraints: auto (knapsack path; CBC where it cannot prove) against CBC (limit {args.time_limit:g} s)\n", flush=True)
-        print(side_constrained(side, args.time_limit), flush=True)
-    if not args.quick:
-        print(f"\n# large generated problems, auto only (limit {args.time_limit:g} s)\n", flush=True)
-        print(large([10_000, 50_000], args.time_limit), flush=True)
-    print("\n# pairwise interaction terms (auto hands these to CBC: the gains are not separable)\n", flush=True)
-    print(with_pairs(args.time_limit), flush=True)
-    print(f"\n# mixture-of-experts manifests (generated; time limit {args.time_limit:g} s)\n", flush=True)
-    print(moe(args.time_limit), flush=True)
+        _show("shipped problems/architectures at their suggested budgets (presolved and exact methods)",
+              compare_solvers(shipped_problems, limit, plain=False))
+    _show(f"whole `layerlens-opt solve` process, {args.repeats} runs each", process_times(files, args.repeats))
+    for name in ("side", "large", "pairs", "moe"):
+        if name == "side" and not any(n in sizes for n in (560, 2000)) or name == "large" and args.quick:
+            continue
+        title, run = sections[name]
+        _show(title, run())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -36,7 +36,7 @@ from torch import nn
 
 from .allocation import Allocation, as_allocation
 from .errors import LayerlensError
-from .integrity import rank_problem
+from .integrity import rank_problem, usable_failures
 from .methods import METHODS, param_cost
 
 
@@ -199,10 +199,9 @@ def apply(model: nn.Module, allocation: Allocation | Mapping[str, Any], alpha_ra
     Each layer's ``params`` must be what its method and rank cost on this model's module.
     """
     allocation = as_allocation(allocation)
-    total = sum(layer.params for layer in allocation.layers)
-    if not allocation.ok or total != allocation.total_params:
-        raise LayerlensError("allocation not applied: " + (f"its status is {allocation.status.value} ({allocation.message or 'no message'})"
-                             if not allocation.ok else f"total_params is {allocation.total_params:,} but its layers add up to {total:,}"))
+    broken = usable_failures(allocation)
+    if broken:
+        raise LayerlensError(f"allocation not applied: {broken[0]}")
     return inject(model, [(l.name, l.method, l.rank, l.params) for l in allocation.layers], alpha_ratio, freeze)
 
 

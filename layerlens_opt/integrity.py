@@ -2,9 +2,10 @@
 
 ``integrity_failures(allocation, manifest=None)`` returns one sentence per
 problem, each naming the layer and both values; empty means sound. ``validate``
-prints them as FAILs; ``export``, ``plot`` and :func:`layerlens_opt.apply`
-refuse an allocation that has any, so a hand-edited rank or a foreign
-allocation cannot reach training.
+prints them as FAILs; ``export`` and ``plot`` refuse an allocation that has
+any; :func:`layerlens_opt.apply` checks :func:`usable_failures` (status and
+totals) and then each layer's params against the model's own module shapes,
+so a hand-edited rank or a foreign allocation cannot reach training.
 
 Checked: the status (only optimal or feasible allocations carry a usable
 answer); that it has layers; each layer's rank is possible for its method and
@@ -43,10 +44,42 @@ def rank_problem(method: str, rank: int, d_in: int, d_out: int) -> str | None:
     return None
 
 
-def integrity_failures(allocation: Allocation, manifest=None) -> list[str]:
-    out: list[str] = []
-    if not allocation.ok:
-        out.append(f"status is {allocation.status.value!r}: the solve found no usable allocation ({allocation.message or 'no message'})")
+def _status_failures(allocation: Allocation) -> list[str]:
+    if allocation.ok:
+        return []
+    return [f"status is {allocation.status.value!r}: the solve found no usable allocation ({allocation.message or 'no message'})"]
+
+
+def _total_failures(allocation: Allocation) -> list[str]:
+    """``total_params`` and ``utilization`` against what the layers add up to."""
+    if not allocation.layers:
+        return []
+    out = []
+    total = sum(l.params for l in allocation.layers)
+    if allocation.total_params != total:
+        out.append(f"total_params is {allocation.total_params!r} but its layers add up to {total:,}")
+    budget, utilization = allocation.budget, allocation.utilization
+    if abs(utilization - total / budget) > 1e-9:
+        out.append(f"utilization is {utilization!r} but {total:,} of {budget:,} is {total / budget:.6g}")
+    return out
+
+
+def usable_failures(allocation: Allocation) -> list[str]:
+    """The checks that need no shapes (what :func:`layerlens_opt.apply` checks before it looks at the
+    model's modules): a usable status, and totals that are what the layers add up to."""
+    return _status_failures(allocation) + _total_failures(allocation)
+
+
+def accepted_methods(manifest) -> dict[str, set[str]]:
+    """Layer name -> every catalog method the manifest's layer accepts."""
+    from .problem import ModelOptions, allowed_methods
+
+    return allowed_methods(manifest, ModelOptions(methods=tuple(METHOD_NAMES)))
+
+
+def integrity_failures(allocation: Allocation, manifest=None, accepted: dict[str, set[str]] | None = None) -> list[str]:
+    """``accepted``: :func:`accepted_methods` of the manifest, when the caller has it already."""
+    out = _status_failures(allocation)
     layers = allocation.layers
     if not layers:
         out.append("the allocation has no layers")
@@ -54,10 +87,8 @@ def integrity_failures(allocation: Allocation, manifest=None) -> list[str]:
     shapes: dict[str, tuple[int, int]] = {}
     allowed: dict[str, set[str]] = {}
     if manifest is not None:
-        from .problem import ModelOptions, allowed_methods
-
         shapes = {l.name: (l.in_features, l.out_features) for l in manifest.layers}
-        allowed = allowed_methods(manifest, ModelOptions(methods=tuple(METHOD_NAMES)))
+        allowed = accepted if accepted is not None else accepted_methods(manifest)
         seen: dict[str, int] = {}
         for l in layers:
             seen[l.name] = seen.get(l.name, 0) + 1
@@ -70,10 +101,8 @@ def integrity_failures(allocation: Allocation, manifest=None) -> list[str]:
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             out.append(f"manifest layer(s) {', '.join(map(repr, missing[:3]))}{more} missing from the allocation")
-    total = 0
     for l in layers:
         name, method, rank, params = l.name, l.method, l.rank, l.params
-        total += params
         dims = shapes.get(name)
         if dims is None and manifest is None and l.in_features and l.out_features:
             dims = (l.in_features, l.out_features)
@@ -91,11 +120,7 @@ def integrity_failures(allocation: Allocation, manifest=None) -> list[str]:
         if allowed and name in allowed and method not in allowed[name]:
             out.append(f"layer {name!r}: method {method} is not one the layer accepts ({', '.join(sorted(allowed[name]))})")
     out += _group_failures(allocation, layers, manifest)
-    if allocation.total_params != total:
-        out.append(f"total_params is {allocation.total_params!r} but the layers add up to {total:,}")
-    budget, utilization = allocation.budget, allocation.utilization
-    if abs(utilization - total / budget) > 1e-9:
-        out.append(f"utilization is {utilization!r} but {total:,} of {budget:,} is {total / budget:.6g}")
+    out += _total_failures(allocation)
     return out
 
 
@@ -137,15 +162,14 @@ def validate_allocation(allocation: Allocation, manifest=None) -> tuple[list[str
 
     layers = allocation.layers
     grads = fisher = allowed = None
+    accepted = None
     if manifest is not None:
-        from .problem import ModelOptions, allowed_methods
-
-        accepted = allowed_methods(manifest, ModelOptions(methods=tuple(METHOD_NAMES)))
+        accepted = accepted_methods(manifest)
         allowed = [accepted.get(l.name, set()) for l in layers]
         tables = [manifest.metadata.get(key) for key in ("gradient_norms", "fisher_traces")]
         grads, fisher = [[float(t[l.name]) for l in layers] if isinstance(t, dict) and all(l.name in t for l in layers) else None
                          for t in tables]
-    failures = integrity_failures(allocation, manifest)
+    failures = integrity_failures(allocation, manifest, accepted)
     metrics = compute_metrics(allocation.columns, allocation.constraints, grads, fisher, allowed)
     if manifest is None:  # correlations need the profile; keep what the solver computed
         for key in ("utility_gradient_correlation", "utility_fisher_correlation"):

@@ -257,14 +257,16 @@ def _run(problem: Problem, backend: str, options: SolverOptions, keep=None, floo
         for l in range(problem.n_layers):
             vals = [(v.value() or 0.0, o) for o in range(starts[l], starts[l + 1]) if (v := x.get(o)) is not None]
             choice.append(max(vals)[1])
-    start_value = problem.value(start) if backend == "cbc" and preprocess and not small and start is not None and choice is not None else None
-    if start_value is not None and start_value > problem.value(choice) + 1e-9 * max(1.0, abs(start_value)):
-        # CBC answered worse than the feasible start it was given: a preprocessing fault; solve again without it
-        return _run(problem, backend, options, keep, floor, start, deadline, preprocess=False)
-    if status == Status.FEASIBLE and warm and choice is not None and problem.value(start) > problem.value(choice):
-        # seen on LLaMA-3-70B: CBC stopped by its time limit reported an answer worse than the feasible start
-        # it was given; the start is the better allocation, so it is the answer (the bound is CBC's still)
-        choice = list(start)
+    if start is not None and choice is not None:
+        start_value = problem.value(start)
+        if start_value > problem.value(choice) + 1e-9 * max(1.0, abs(start_value)):  # worse than the feasible start it was given
+            if status == Status.FEASIBLE and warm:
+                # stopped by its limit (seen on LLaMA-3-70B): the start is the better allocation, so it is the answer
+                # (the bound is CBC's still)
+                choice = list(start)
+            elif backend == "cbc" and preprocess and not small:
+                # called optimal: a preprocessing fault; solve again without it
+                return _run(problem, backend, options, keep, floor, start, deadline, preprocess=False)
     message = "" if choice is not None or status == Status.INFEASIBLE else f"{backend} stopped without an allocation (PuLP: {pulp.LpSolution[prob.sol_status]})"
     return status, choice, bound, t1 - t0, t2 - t1, warm, message
 

@@ -103,14 +103,12 @@ def train_steps(model, texts, labels, steps: int, batch_size: int, lr: float, se
         idx = torch.randint(len(texts), (batch_size,), generator=gen).tolist()
         if world()[1] == 1:
             loss = nn.functional.cross_entropy(model([texts[i] for i in idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
         else:  # this rank's share of the batch; the summed gradients are the whole batch's mean gradient
             mine = share(idx)
             loss = nn.functional.cross_entropy(model([texts[i] for i in mine]), y[mine], reduction="sum") / len(idx)
-            opt.zero_grad()
-            loss.backward()
-            all_sum_grads(trainable)
+        opt.zero_grad()
+        loss.backward()
+        all_sum_grads(trainable)  # nothing to do with one process
         opt.step()
         if on_step is not None:
             on_step(step)

@@ -34,7 +34,7 @@ def solve_auto(problem: Problem, options: SolverOptions) -> Allocation:
                              "path, so CBC solved the full ILP")
         return _side(problem, options, t0, deadline)
     pre = base = mckp.presolve(problem, deadline)
-    core = mckp.solve_core(problem, pre, deadline=deadline)
+    core, pre = mckp.solve_deepening(problem, pre, deadline=deadline)
     if c.min_methods and core.choice is not None and len(mckp.methods_used(problem, core.choice)) < c.min_methods:
         start = mckp.repair_min_methods(problem, core.choice, c.min_methods)
         if start is None:

@@ -21,8 +21,15 @@ Pure Python + numpy (no LP library is imported), so ``solve`` stays fast to star
    more options: the core.
 5. **Core DP.** An exact dynamic program over the core's layers keeping the
    Pareto frontier of (cost, gain) partial states, each pruned with the same
-   Lagrangian bound. Its best state is a proven optimum of the cap-only
-   problem; if its cost meets the floor it is optimal for the full problem.
+   Lagrangian bound and, at checkpoints, with the LP bound of the layers still
+   to come given the capacity a state leaves them. Layers whose alternatives
+   lose the most come first, near ties last. Its best state is a proven
+   optimum of the cap-only problem; if its cost meets the floor it is optimal
+   for the full problem.
+6. **Deepening.** With a poor incumbent the DP runs first against targets
+   just below the LP bound (every allocation worth the target survives, so an
+   answer reaching it is optimal), each miss improving the incumbent and
+   halving the distance to it.
 """
 
 from __future__ import annotations
@@ -70,6 +77,8 @@ def undominated(problem: Problem, per_method: bool = False, key=None) -> tuple[t
     capped-method counts an option uses): only an option of the same key or of
     key 0 (using no capped resource) dominates.
     """
+    if not per_method and key is None:
+        return _undominated_plain(problem)
     cost = problem.option_cost.tolist()
     gain = problem.option_gain.tolist()
     keys = problem.option_method.tolist() if per_method else (key.tolist() if key is not None else None)
@@ -105,73 +114,140 @@ def _hull(opts: tuple[int, ...], cost: list, gain: list) -> list[int]:
     return hull
 
 
-def lagrangian_bound(problem: Problem, options, price: float, cap: int) -> float:
-    """``price * cap + sum_l max_o (g - price c)``: an upper bound for any price >= 0."""
-    cost = problem.option_cost
-    gain = problem.option_gain
-    total = price * cap
-    for opts in options:
-        idx = np.fromiter(opts, dtype=np.int64, count=len(opts))
-        total += float((gain[idx] - price * cost[idx]).max())
-    return total
+class _Padded:
+    """A layer x option view of some options per layer, in a given order: ``idx`` their numbers (pads: 0),
+    ``cost`` and ``gain`` (pads: a huge cost, -inf gain) and ``valid`` (False on pads)."""
+
+    PAD_COST = np.iinfo(np.int64).max // 4
+
+    def __init__(self, problem: Problem, idx: np.ndarray, valid: np.ndarray):
+        self.idx, self.valid = np.where(valid, idx, 0), valid
+        self.cost = np.where(valid, problem.option_cost[self.idx], self.PAD_COST)
+        self.gain = np.where(valid, problem.option_gain[self.idx], -np.inf)
+
+    @classmethod
+    def of(cls, problem: Problem, options) -> "_Padded":
+        counts = np.fromiter((len(o) for o in options), dtype=np.int64, count=len(options))
+        valid = np.arange(int(counts.max()) if len(counts) else 0)[None, :] < counts[:, None]
+        idx = np.zeros(valid.shape, dtype=np.int64)
+        idx[valid] = np.fromiter((o for opts in options for o in opts), dtype=np.int64, count=int(counts.sum()))
+        return cls(problem, idx, valid)
+
+    @classmethod
+    def every(cls, problem: Problem) -> "_Padded":
+        starts = problem.layer_start
+        counts = np.diff(starts)
+        cols = np.arange(int(counts.max()) if len(counts) else 0)[None, :]
+        return cls(problem, starts[:-1, None] + cols, cols < counts[:, None])
+
+    def rows(self, mask: np.ndarray) -> tuple[tuple[int, ...], ...]:
+        """Per layer, the options where ``mask`` holds, in column order."""
+        counts = mask.sum(axis=1).tolist()
+        flat = self.idx[mask].tolist()
+        out, at = [], 0
+        for n in counts:
+            out.append(tuple(flat[at : at + n]))
+            at += n
+        return tuple(out)
+
+
+def _undominated_plain(problem: Problem) -> tuple[tuple[int, ...], ...]:
+    """:func:`undominated` without keys, all layers at once."""
+    m = _Padded.every(problem)
+    order = np.lexsort((m.idx, -m.gain, m.cost), axis=-1)  # what the one-layer sort gives (ties: option number)
+    m = _Padded(problem, np.take_along_axis(m.idx, order, axis=1), np.take_along_axis(m.valid, order, axis=1))
+    keep = m.valid.copy()
+    keep[:, 1:] &= m.gain[:, 1:] > np.maximum.accumulate(m.gain, axis=1)[:, :-1]
+    return m.rows(keep)
+
+
+def _hull_mask(cost: np.ndarray, gain: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per row of undominated options (cost ascending), the points of the upper concave hull.
+
+    A point on or below the segment between its neighbours is on no upper hull, so every such
+    point is dropped at once, until none is left (the same test as :func:`_hull`)."""
+    on = valid.copy()
+    n, width = on.shape
+    if width < 3:
+        return on
+    cols = np.arange(width)
+    cost, gain = cost.astype(float), gain
+    while True:
+        prev = np.maximum.accumulate(np.where(on, cols, -1), axis=1)
+        prev = np.concatenate((np.full((n, 1), -1), prev[:, :-1]), axis=1)
+        nxt = np.minimum.accumulate(np.where(on, cols, width)[:, ::-1], axis=1)[:, ::-1]
+        nxt = np.concatenate((nxt[:, 1:], np.full((n, 1), width)), axis=1)
+        inner = on & (prev >= 0) & (nxt < width)
+        a = np.clip(prev, 0, width - 1)
+        o = np.clip(nxt, 0, width - 1)
+        ca, ga = np.take_along_axis(cost, a, axis=1), np.take_along_axis(gain, a, axis=1)
+        co, go = np.take_along_axis(cost, o, axis=1), np.take_along_axis(gain, o, axis=1)
+        with np.errstate(invalid="ignore"):
+            below = inner & ((gain - ga) * (co - ca) <= (go - ga) * (cost - ca))
+        if not below.any():
+            return on
+        on &= ~below
 
 
 def presolve(problem: Problem, deadline: float | None = None) -> Presolve:
     """Dominance, LP bound, incumbent and reduced-cost fixing for the cap-only problem.
 
-    Past ``deadline`` (``time.perf_counter()`` seconds) the incumbent is not improved by single moves."""
+    Vectorized over a layer x option matrix. Past ``deadline`` (``time.perf_counter()`` seconds) the
+    incumbent is not improved by single moves."""
     t0 = time.perf_counter()
     cap = problem.constraints.hi
-    cost = problem.option_cost.tolist()
-    gain = problem.option_gain.tolist()
     options = undominated(problem)
+    m = _Padded.of(problem, options)
+    n, width = m.valid.shape
+    rows = np.arange(n)
 
-    choice = [opts[0] for opts in options]
-    used = sum(cost[o] for o in choice)
-    segments = []
-    for l, opts in enumerate(options):
-        hull = _hull(opts, cost, gain)
-        for k in range(1, len(hull)):
-            dc = cost[hull[k]] - cost[hull[k - 1]]
-            dg = gain[hull[k]] - gain[hull[k - 1]]
-            segments.append((-dg / dc, l, k, dc, hull[k], hull[k - 1]))
-    segments.sort()
-    price = 0.0
-    rest = []
-    for i, (neg_slope, l, k, dc, to, frm) in enumerate(segments):
-        if used + dc <= cap:
-            choice[l] = to
-            used += dc
-        else:
-            price = -neg_slope
-            rest = segments[i:]
-            break
-    lp_choice = tuple(choice)
-    bound = lagrangian_bound(problem, options, price, cap)
+    # hull segments, taken greedily by decreasing slope (ties: layer, then position) until the cap
+    on = _hull_mask(m.cost, m.gain, m.valid)
+    hull_rank = np.cumsum(on, axis=1) - 1  # position of each hull point in its layer's hull
+    layer_of, col = np.nonzero(on)  # row-major: layers ascending, hull points cost ascending
+    k = hull_rank[layer_of, col]
+    seg = k > 0  # a hull point after the first ends a segment
+    to_col = col[seg]
+    frm_col = col[np.flatnonzero(seg) - 1]
+    seg_layer, seg_k = layer_of[seg], k[seg]
+    dc = m.cost[seg_layer, to_col] - m.cost[seg_layer, frm_col]
+    dg = m.gain[seg_layer, to_col] - m.gain[seg_layer, frm_col]
+    slope = dg / dc
+    order = np.lexsort((seg_k, seg_layer, -slope))
+    seg_layer, to_col, frm_col, dc, slope = seg_layer[order], to_col[order], frm_col[order], dc[order], slope[order]
+    first_col = np.argmax(on, axis=1)
+    used0 = int(m.cost[rows, first_col].sum())
+    reach = used0 + np.cumsum(dc)
+    over = np.flatnonzero(reach > cap)
+    stop = int(over[0]) if len(over) else len(dc)
+    price = float(slope[stop]) if len(over) else 0.0
+    choice_col = first_col.copy()
+    np.maximum.at(choice_col, seg_layer[:stop], to_col[:stop])  # a layer's taken segments: the last one's end
+    lp_choice = tuple(m.idx[rows, choice_col].tolist())
+    reduced = m.gain - price * m.cost
+    bound = sum(reduced.max(axis=1).tolist(), price * cap)
 
     # incumbent: later segments that still fit, then the best single moves
-    for neg_slope, l, k, dc, to, frm in rest:
-        if choice[l] == frm and used + dc <= cap:
-            choice[l] = to
-            used += dc
+    used = int(reach[stop - 1]) if stop else used0
+    cur = choice_col.tolist()
+    for l, to, frm, d in zip(seg_layer[stop:].tolist(), to_col[stop:].tolist(), frm_col[stop:].tolist(), dc[stop:].tolist()):
+        if cur[l] == frm and used + d <= cap:
+            cur[l] = to
+            used += d
+    choice_col = np.array(cur, dtype=np.int64)
     for _ in range(8):
         if deadline is not None and time.perf_counter() > deadline:
             break
-        slack = cap - used
-        best_gain, best_move = 0.0, None
-        for l, opts in enumerate(options):
-            cur = choice[l]
-            for o in opts:
-                dc = cost[o] - cost[cur]
-                dg = gain[o] - gain[cur]
-                if dc <= slack and dg > best_gain:
-                    best_gain, best_move = dg, (l, o, dc)
-        if best_move is None:
+        dcost = m.cost - m.cost[rows, choice_col][:, None]
+        dgain = np.where(dcost <= cap - used, m.gain - m.gain[rows, choice_col][:, None], -np.inf)
+        best = int(np.argmax(dgain))  # the first best move in layer order, options cost ascending
+        l, j = divmod(best, width)
+        if not dgain[l, j] > 0.0:
             break
-        l, o, dc = best_move
-        choice[l] = o
-        used += dc
-    incumbent = tuple(choice)
+        choice_col[l] = j
+        used += int(dcost[l, j])
+    incumbent = tuple(m.idx[rows, choice_col].tolist())
+    gain = problem.option_gain.tolist()
     value = float(sum(gain[o] for o in incumbent))
     return Presolve(
         options=options,
@@ -180,23 +256,18 @@ def presolve(problem: Problem, deadline: float | None = None) -> Presolve:
         lp_choice=lp_choice,
         incumbent=incumbent,
         incumbent_value=value,
-        kept=fix(problem, options, bound, price, value),
+        kept=fix(problem, options, bound, price, value, m),
         seconds=time.perf_counter() - t0,
     )
 
 
-def fix(problem: Problem, options, bound: float, price: float, value: float) -> tuple[tuple[int, ...], ...]:
+def fix(problem: Problem, options, bound: float, price: float, value: float, padded: _Padded | None = None) -> tuple[tuple[int, ...], ...]:
     """Reduced-cost fixing: per layer, the options that can still be in an allocation worth >= ``value``."""
-    cost = problem.option_cost
-    gain = problem.option_gain
+    m = padded or _Padded.of(problem, options)
     tol = REL_TOL * max(1.0, abs(bound))
-    kept = []
-    for opts in options:
-        idx = np.fromiter(opts, dtype=np.int64, count=len(opts))
-        reduced = gain[idx] - price * cost[idx]
-        keep = bound + (reduced - reduced.max()) >= value - tol
-        kept.append(tuple(int(o) for o in idx[keep]))
-    return tuple(kept)
+    reduced = m.gain - price * m.cost
+    keep = m.valid & (bound + (reduced - reduced.max(axis=1)[:, None]) >= value - tol)
+    return m.rows(keep)
 
 
 def with_incumbent(problem: Problem, pre: Presolve, choice, per_method: bool = False, key=None,
@@ -241,28 +312,108 @@ class CoreResult:
     choice: tuple[int, ...] | None  # None: the state limit or the time limit stopped the DP
     max_states: int
     reason: str = ""
+    value: float | None = None  # the objective the DP's answer reaches (in the gains it was given)
 
 
-#: states the core DP keeps for backtracking, summed over its layers (8 bytes each: about 200 MB)
+#: states the core DP keeps for backtracking, summed over its layers (5 bytes each: about 125 MB)
 MAX_STORED_STATES = 25_000_000
+#: how many times the core DP evaluates the state-dependent LP bound, at most (it costs one pass over the core's segments)
+LP_BOUND_CHECKS = 256
+
+
+def _core_order(reduced: list[np.ndarray]) -> np.ndarray:
+    """The order the core DP takes its layers in: the largest loss of a layer's second-best option first.
+
+    Layers whose alternatives cost a lot of the gap prune the frontier at once; the near ties,
+    which multiply it, come last, when the state-dependent bound is tightest."""
+    second = np.array([float(np.partition(r, len(r) - 2)[len(r) - 2]) if len(r) > 1 else -np.inf for r in reduced])
+    best = np.array([float(r.max()) for r in reduced])
+    return np.argsort(second - best, kind="stable")
+
+
+class _SuffixBound:
+    """LP bounds of the layers after step k of the DP, as a function of the capacity left to them.
+
+    Each layer's kept options give an upper concave hull; the LP of a set of layers fills their hull
+    segments in decreasing slope. One global sort, then per checkpoint a masked cumulative sum."""
+
+    def __init__(self, cost, gain, opt_idx: list[np.ndarray]):
+        pos, dcs, dgs = [], [], []
+        n = len(opt_idx)
+        self.base_cost = np.zeros(n + 1, dtype=np.int64)
+        self.base_gain = np.zeros(n + 1)
+        cl, gl = cost.tolist(), gain.tolist()
+        for i, idx in enumerate(opt_idx):
+            order = sorted(idx.tolist(), key=lambda o: (cl[o], -gl[o]))
+            undom, best = [], -float("inf")
+            for o in order:
+                if gl[o] > best:
+                    undom.append(o)
+                    best = gl[o]
+            h = _hull(tuple(undom), cl, gl)
+            self.base_cost[i], self.base_gain[i] = cl[h[0]], gl[h[0]]
+            for a, b in zip(h, h[1:]):
+                pos.append(i)
+                dcs.append(cl[b] - cl[a])
+                dgs.append(gl[b] - gl[a])
+        self.base_cost = np.concatenate((np.cumsum(self.base_cost[:n][::-1])[::-1], [0]))
+        self.base_gain = np.concatenate((np.cumsum(self.base_gain[:n][::-1])[::-1], [0.0]))
+        dc, dg = np.array(dcs, dtype=np.int64), np.array(dgs, dtype=float)
+        order = np.argsort(-(dg / dc) if len(dc) else dg, kind="stable")
+        self.pos, self.dc, self.dg = np.array(pos, dtype=np.int64)[order], dc[order], dg[order]
+
+    def keep(self, k: int, c: np.ndarray, g: np.ndarray, cap: int, target: float) -> np.ndarray:
+        """Which states after step k (cost c, gain g) can still reach ``target`` under ``cap``."""
+        m = self.pos > k
+        bc = np.concatenate(([0], np.cumsum(self.dc[m]))) + self.base_cost[k + 1]
+        bg = np.concatenate(([0.0], np.cumsum(self.dg[m]))) + self.base_gain[k + 1]
+        left = cap - c
+        return (left >= bc[0]) & (g + np.interp(left, bc, bg) >= target)
+
+
+def _extend(s_cost, s_gain, s_reduced, cost_j, gain_j, reduced_j, threshold, cap):
+    """The plain DP step: each state plus each option that keeps it under ``cap`` and its reduced value at
+    least ``threshold``, Pareto-filtered. The frontier is sorted by cost, so each option's candidates are
+    too and one stable sort merges them. Returns (cost, gain, parent, pick)."""
+    cs, gs, ps, ks = [], [], [], []
+    for j in range(len(cost_j)):
+        idx = np.flatnonzero((s_reduced >= threshold - reduced_j[j]) & (s_cost <= cap - cost_j[j]))
+        cs.append(s_cost[idx] + cost_j[j])
+        gs.append(s_gain[idx] + gain_j[j])
+        ps.append(idx)
+        ks.append(np.full(len(idx), j, dtype=np.int16))
+    c, g, parent, pick = (np.concatenate(a) for a in (cs, gs, ps, ks))
+    if len(c) == 0:
+        return c, g, parent, pick
+    if len(cost_j) > 1:
+        order = np.argsort(c, kind="stable")
+        c, g, parent, pick = c[order], g[order], parent[order], pick[order]
+    keep = np.empty(len(c), dtype=bool)
+    keep[0] = True
+    keep[1:] = g[1:] > np.maximum.accumulate(g)[:-1]
+    kept = np.flatnonzero(keep)
+    keep[kept[:-1][c[kept[:-1]] == c[kept[1:]]]] = False  # of equal costs only the last kept (the best) stays
+    return c[keep], g[keep], parent[keep], pick[keep]
 
 
 def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_states: int = 400_000,
                deadline: float | None = None, max_stored: int | None = None,
-               counts: np.ndarray | None = None, caps=None, mu=None) -> CoreResult:
+               counts: np.ndarray | None = None, caps=None, mu=None, target: float | None = None) -> CoreResult:
     """Exact DP over the core layers; proves the cap-only optimum (with at least
     ``min_methods`` distinct methods besides none, when asked; with per-option
     resource ``counts`` (options x k) used at most ``caps`` (k), when given).
 
     States are Pareto-optimal (cost, gain) pairs of the core layers processed so
     far — one frontier per set of methods used, when ``min_methods`` is set, one per
-    vector of counts used, when ``counts`` is — pruned by the Lagrangian bound against
-    the incumbent. With counts, ``problem``'s gains are the real gains minus ``mu`` per
-    unit of count (a Lagrangian relaxation of the caps: ``pre`` was computed on them and
-    its ``incumbent_value`` is the real incumbent's value minus ``mu . caps``), and the
-    answer is the state of highest real gain. Stops (choice None) when the frontier
-    exceeds ``max_states``, the states kept for backtracking exceed ``max_stored``
-    (memory) or the deadline passes.
+    vector of counts used, when ``counts`` is — pruned by the Lagrangian bound and, at
+    checkpoints, by the LP bound of the layers still to come, against ``target`` (default:
+    the incumbent's value): every allocation worth at least ``target`` survives, so an
+    answer whose ``value`` reaches it is optimal. With counts, ``problem``'s gains are the
+    real gains minus ``mu`` per unit of count (a Lagrangian relaxation of the caps: ``pre``
+    was computed on them and its ``incumbent_value`` is the real incumbent's value minus
+    ``mu . caps``), and the answer is the state of highest real gain. Stops (choice None)
+    when the frontier exceeds ``max_states``, the states kept for backtracking exceed
+    ``max_stored`` (memory) or the deadline passes.
     """
     max_stored = MAX_STORED_STATES if max_stored is None else max_stored
     cost, gain, price = problem.option_cost, problem.option_gain, pre.price
@@ -276,7 +427,7 @@ def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_sta
         caps, mu = np.asarray(caps, dtype=np.int64), np.asarray(mu, dtype=float)
         limits = caps - (counts[[choice[l] for l in fixed]].sum(axis=0) if fixed else 0)
         if (limits < 0).any():  # no allocation better than the incumbent fits the caps with the fixed layers
-            return CoreResult(pre.incumbent, 1)
+            return CoreResult(pre.incumbent, 1, value=pre.incumbent_value)
         radix = 2 * (limits + 1)  # a digit holds a sum of two values <= limit: no carry
         if float(np.prod(radix.astype(float))) > 2.0**62:
             return CoreResult(None, 1, "the caps' count space does not fit the DP's keys")
@@ -288,21 +439,28 @@ def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_sta
         key_inc, combine = counts @ pos, np.add
         valid = lambda key: (digits(key) <= limits).all(axis=1)  # noqa: E731
         opt_idx = [idx[(counts[idx] <= limits).all(axis=1)] for idx in opt_idx]
+        if any(len(idx) == 0 for idx in opt_idx):  # a core layer has no option left within the caps
+            return CoreResult(pre.incumbent, 1, value=pre.incumbent_value)
     elif min_methods:
         none = METHOD_NAMES.index("none")
         key_inc = np.where(problem.option_method == none, 0, 1 << problem.option_method.astype(np.int64))
         combine = np.bitwise_or
         for l in fixed:
             base_key |= int(key_inc[choice[l]])
+    reduced = [gain[idx] - price * cost[idx] for idx in opt_idx]
+    order = _core_order(reduced)
+    free, opt_idx, reduced = [free[i] for i in order], [opt_idx[i] for i in order], [reduced[i] for i in order]
     fixed_cost = sum(int(cost[choice[l]]) for l in fixed)
     fixed_gain = sum(float(gain[choice[l]]) for l in fixed)
     cap = problem.constraints.hi - fixed_cost
-    target = pre.incumbent_value - fixed_gain
+    goal = (pre.incumbent_value if target is None else target) - fixed_gain
     tol = REL_TOL * max(1.0, abs(pre.bound))
 
-    # best reduced value of each free layer, and suffix sums for the bound
-    best_reduced = np.array([float((gain[i] - price * cost[i]).max()) for i in opt_idx])
+    # best reduced value of each free layer, and suffix sums for the Lagrangian bound
+    best_reduced = np.array([float(r.max()) for r in reduced])
     suffix = np.concatenate((np.cumsum(best_reduced[::-1])[::-1], [0.0]))
+    bound = _SuffixBound(cost, gain, opt_idx) if len(free) > 1 else None
+    every = max(1, -(-len(free) // LP_BOUND_CHECKS))
 
     s_cost, s_gain = np.zeros(1, dtype=np.int64), np.zeros(1)
     s_key = np.full(1, base_key, dtype=np.int64) if key_inc is not None else None
@@ -312,44 +470,82 @@ def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_sta
     for k, idx in enumerate(opt_idx):
         if deadline is not None and time.perf_counter() > deadline:
             return CoreResult(None, peak, "the time limit stopped the core search")
-        n_opt = len(idx)
-        c = (s_cost[:, None] + cost[idx][None, :]).ravel()
-        g = (s_gain[:, None] + gain[idx][None, :]).ravel()
-        parent = np.repeat(np.arange(len(s_cost)), n_opt)
-        pick = np.tile(np.arange(n_opt), len(s_cost))
-        key = combine(s_key[:, None], key_inc[idx][None, :]).ravel() if key_inc is not None else None
-        ok = (c <= cap) & (g + price * (cap - c) + suffix[k + 1] >= target - tol)
-        if valid is not None:
-            ok &= valid(key)
-        # Pareto filter (within each key): keep a state only if it beats every cheaper one
-        c, g, key, parent, pick = pareto(c[ok], g[ok], key[ok] if key is not None else None, parent[ok], pick[ok])
-        if len(c) == 0:  # only possible through rounding; the incumbent is optimal
-            return CoreResult(pre.incumbent, peak)
+        threshold = goal - tol - price * cap - suffix[k + 1]  # on reduced values g - price c
+        if key_inc is None:
+            c, g, parent, pick = _extend(s_cost, s_gain, s_gain - price * s_cost, cost[idx], gain[idx], reduced[k], threshold, cap)
+            key = None
+        else:
+            n_opt = len(idx)
+            c = (s_cost[:, None] + cost[idx][None, :]).ravel()
+            g = (s_gain[:, None] + gain[idx][None, :]).ravel()
+            parent = np.repeat(np.arange(len(s_cost)), n_opt)
+            pick = np.tile(np.arange(n_opt, dtype=np.int16), len(s_cost))
+            key = combine(s_key[:, None], key_inc[idx][None, :]).ravel()
+            ok = (c <= cap) & (g - price * c >= threshold)
+            if valid is not None:
+                ok &= valid(key)
+            # Pareto filter (within each key): keep a state only if it beats every cheaper one
+            c, g, key, parent, pick = pareto(c[ok], g[ok], key[ok], parent[ok], pick[ok])
+        if bound is not None and k + 1 < len(free) and (k + 1) % every == 0 and len(c):
+            ok = bound.keep(k, c, g, cap, goal - tol)
+            c, g, parent, pick = c[ok], g[ok], parent[ok], pick[ok]
+            key = None if key is None else key[ok]
+        if len(c) == 0:  # nothing reaches the target: the incumbent is the best known
+            return CoreResult(pre.incumbent, peak, value=pre.incumbent_value)
         peak = max(peak, len(c))
         if len(c) > max_states:
             return CoreResult(None, peak, f"the core's frontier grew past {max_states:,} states")
         stored += len(c)
         if stored > max_stored:
             return CoreResult(None, peak, f"the core search would keep more than {max_stored:,} states "
-                              f"(about {8 * max_stored // 10**6:,} MB) for backtracking")
+                              f"(about {5 * max_stored // 10**6:,} MB) for backtracking")
         s_cost, s_gain, s_key = c, g, key
         parents.append(parent.astype(np.int32))
-        picks.append(pick.astype(np.int32))
+        picks.append(pick)
 
     if counts is not None:
         state = int(np.argmax(s_gain + digits(s_key) @ mu))  # the multipliers given back: real gains (less the fixed part)
+        value = None
     elif min_methods:
         used = np.array([bin(int(m)).count("1") for m in s_key])
         eligible = np.flatnonzero(used >= min_methods)
         if len(eligible) == 0:  # the incumbent met it, so only rounding can land here
-            return CoreResult(pre.incumbent, peak)
+            return CoreResult(pre.incumbent, peak, value=pre.incumbent_value)
         state = int(eligible[np.argmax(s_gain[eligible])])
+        value = float(s_gain[state]) + fixed_gain
     else:
         state = int(np.argmax(s_gain))
+        value = float(s_gain[state]) + fixed_gain
     for k in range(len(free) - 1, -1, -1):
         choice[free[k]] = int(opt_idx[k][picks[k][state]])
         state = int(parents[k][state])
-    return CoreResult(tuple(choice), peak)
+    if value is not None and value < pre.incumbent_value:  # the target was above what exists: the incumbent is still the best known
+        return CoreResult(pre.incumbent, peak, value=pre.incumbent_value)
+    return CoreResult(tuple(choice), peak, value=value)
+
+
+def solve_deepening(problem: Problem, pre: Presolve, *, deadline: float | None = None,
+                    max_states: int = 400_000) -> tuple[CoreResult, Presolve]:
+    """The plain core DP run against targets that start near the LP bound and fall to the incumbent.
+
+    A DP against target T keeps every allocation worth at least T, so an answer reaching T is
+    optimal; otherwise its answer, when better, becomes the incumbent (and fixes more options),
+    and the target falls twice as far below the bound. With a poor incumbent this proves the
+    optimum with far smaller frontiers than one DP against the incumbent; the last round is that DP.
+    Returns the answer and the presolve it was proven against."""
+    tol = REL_TOL * max(1.0, abs(pre.bound))
+    delta = (pre.bound - pre.incumbent_value) / 4
+    peak = 0
+    while True:
+        target = pre.bound - delta
+        last = target <= pre.incumbent_value + tol
+        core = solve_core(problem, pre, deadline=deadline, max_states=max_states, target=None if last else target)
+        peak = max(peak, core.max_states)
+        if core.choice is None or last or core.value >= target - tol:
+            return CoreResult(core.choice, peak, core.reason, core.value), pre
+        if core.value > pre.incumbent_value:
+            pre = with_incumbent(problem, pre, core.choice, options=pre.options)
+        delta *= 2
 
 
 def methods_used(problem: Problem, choice) -> set[str]:

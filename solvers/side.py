@@ -317,7 +317,7 @@ def solve_side(problem: Problem, deadline: float | None = None, max_states: int 
     if len(caps):
         core = mckp.solve_core(shifted, pre, max_states=max_states, deadline=deadline, counts=knap.counts, caps=caps, mu=mu)
     else:
-        core = mckp.solve_core(shifted, pre, max_states=max_states, deadline=deadline)
+        core, pre = mckp.solve_deepening(shifted, pre, deadline=deadline, max_states=max_states)
     if core.choice is None:
         return SideResult(None, core.reason)
     bound = pre.bound + float(mu @ caps)

@@ -64,7 +64,7 @@ def solve(as_json, output, export_lp, export_mps, **kw):
             if path:
                 write_atomic(path, lambda tmp, fmt=fmt: export_model(problem, tmp, fmt), [kw["manifest"]], f"{fmt.upper()} model")
     alloc = _solve(problem, build_seconds, kw)
-    text = json_text(alloc.to_dict(), "allocation").rstrip("\n")
+    text = json_text(alloc.to_dict(), "allocation").rstrip("\n") if output or as_json else ""
     if output and alloc.layers:
         _write(output, text + "\n", [kw["manifest"]], "allocation")
     elif output:

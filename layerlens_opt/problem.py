@@ -386,7 +386,6 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
     method_of: list[int] = []
     rank_of: list[int] = []
     cost_of: list[int] = []
-    gain_of: list[float] = []
     starts = [0]
     infos: list[LayerInfo] = []
     method_index = {m: i for i, m in enumerate(METHOD_NAMES)}
@@ -394,6 +393,12 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
     prefix_pruned = False
     per_block_wanted = bool(_per_block_methods() & set(options.methods))
 
+    # a layer's options (methods, ranks, costs, efficiency and captured fraction) depend on its methods, its shape and
+    # its measured curves only: layers without curves share them by (methods, d_in, d_out); gains = utility x eff x frac
+    templates: dict[tuple, tuple[list, list, list, list, list]] = {}
+    eff_of: list[float] = []
+    frac_of: list[float] = []
+    rank_sets = {m: tuple(sorted(options.ranks.get(m, DEFAULT_RANKS))) for m in wanted}
     for l, layer in enumerate(manifest.layers):
         fits = accepted[layer.name]
         if layer.kind == "attention" and layer.allowed_methods is None and l not in prefix_ok:
@@ -404,22 +409,35 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
                 f"layer {layer.name!r} (kind {layer.kind}) can take none of the methods {', '.join(options.methods)} "
                 f"(it allows {', '.join(m for m in METHOD_NAMES if m in fits)}); add 'none' or one of those to the method set"
             )
-        u = float(utility[l])
-        for m in methods:
-            spec = METHODS[m]
-            ranks = default_ranks(m, layer.in_features, layer.out_features, tuple(sorted(options.ranks.get(m, DEFAULT_RANKS))))
-            if spec.ranked and options.max_rank is not None:
-                ranks = tuple(r for r in ranks if r <= options.max_rank) or (min(ranks),)
-            curve = dict(layer.gain_curves[m]) if m in layer.gain_curves else None
-            for r in ranks:
-                frac = measured_curve(curve, r) if curve is not None else default_curve(m, r)
-                layer_of.append(l)
-                method_of.append(method_index[m])
-                rank_of.append(r)
-                cost_of.append(param_cost(m, r, layer.in_features, layer.out_features))
-                gain_of.append(u * spec.efficiency * frac)
+        key = (methods, layer.in_features, layer.out_features)
+        template = None if layer.gain_curves else templates.get(key)
+        if template is None:
+            template = ([], [], [], [], [])
+            for m in methods:
+                spec = METHODS[m]
+                ranks = default_ranks(m, layer.in_features, layer.out_features, rank_sets[m])
+                if spec.ranked and options.max_rank is not None:
+                    ranks = tuple(r for r in ranks if r <= options.max_rank) or (min(ranks),)
+                curve = dict(layer.gain_curves[m]) if m in layer.gain_curves else None
+                for r in ranks:
+                    template[0].append(method_index[m])
+                    template[1].append(r)
+                    template[2].append(param_cost(m, r, layer.in_features, layer.out_features))
+                    template[3].append(spec.efficiency)
+                    template[4].append(measured_curve(curve, r) if curve is not None else default_curve(m, r))
+            if not layer.gain_curves:
+                templates[key] = template
+        method_of.extend(template[0])
+        rank_of.extend(template[1])
+        cost_of.extend(template[2])
+        eff_of.extend(template[3])
+        frac_of.extend(template[4])
+        layer_of.extend([l] * len(template[0]))
         starts.append(len(cost_of))
-        infos.append(LayerInfo(layer.name, layer.kind, layer.block, layer.in_features, layer.out_features, u, methods))
+        infos.append(LayerInfo(layer.name, layer.kind, layer.block, layer.in_features, layer.out_features, float(utility[l]), methods))
+    # u * efficiency * frac, left to right, as numbers in one pass
+    gain_of = ((np.asarray(utility, dtype=np.float64)[np.asarray(layer_of, dtype=np.int64)] * np.asarray(eff_of))
+               * np.asarray(frac_of)).tolist() if layer_of else []
 
     if prefix_pruned and prefix_note:
         notes.append(prefix_note)

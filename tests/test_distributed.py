@@ -57,10 +57,14 @@ def _numbers(manifest):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signal, extra", [("probe", ["--probe-steps", "20", "--held-out", "120", "--probe-lr", "0.01"]),
-                                           ("first-order", ["--batches", "4"])])
-def test_two_gloo_processes_write_the_one_process_manifest(tmp_path, data_file, signal, extra):
-    args = ["--model", "tiny_models:tiny", "--data", str(data_file), "-S", signal, "--batch-size", "16", *extra]
+@pytest.mark.parametrize("model, signal, extra", [
+    ("tiny", "probe", ["--probe-steps", "20", "--held-out", "120", "--probe-lr", "0.01"]),
+    # the probe trains in train mode: the ranks must draw the dropout masks one process draws
+    ("tiny_dropout", "probe", ["--probe-steps", "20", "--held-out", "120", "--probe-lr", "0.01"]),
+    ("tiny", "first-order", ["--batches", "4"]),
+])
+def test_two_gloo_processes_write_the_one_process_manifest(tmp_path, data_file, model, signal, extra):
+    args = ["--model", f"tiny_models:{model}", "--data", str(data_file), "-S", signal, "--batch-size", "16", *extra]
     one, _ = _profile(args, tmp_path / "one.json", 1)
     two, run = _profile(args, tmp_path / "two.json", 2)
     assert two["model"]["processes"] == 2 and "processes" not in one["model"]

@@ -15,8 +15,9 @@ def encode_chars(texts, length=12):
 
 
 class Block(nn.Module):
-    def __init__(self, dim):
+    def __init__(self, dim, dropout=0.0):
         super().__init__()
+        self.dropout = dropout
         self.self_attn = nn.Module()
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
             setattr(self.self_attn, name, nn.Linear(dim, dim))
@@ -28,19 +29,21 @@ class Block(nn.Module):
         a = self.self_attn
         q, k, v = a.q_proj(x), a.k_proj(x), a.v_proj(x)
         att = torch.softmax(q @ k.transpose(1, 2) / q.shape[-1] ** 0.5, -1)
+        att = nn.functional.dropout(att, self.dropout, self.training)  # as Hugging Face's eager attention does
         x = x + a.o_proj(att @ v)
         return x + self.mlp.down_proj(torch.relu(self.mlp.up_proj(x)))
 
 
 class TinyEncoder(nn.Module):
-    def __init__(self, dim=16, blocks=2):
+    def __init__(self, dim=16, blocks=2, dropout=0.0):
         super().__init__()
         torch.manual_seed(1234)
         self.embed = nn.Embedding(VOCAB, dim)
-        self.layers = nn.ModuleList([Block(dim) for _ in range(blocks)])
+        self.drop = nn.Dropout(dropout)
+        self.layers = nn.ModuleList([Block(dim, dropout) for _ in range(blocks)])
 
     def forward(self, texts):
-        x = self.embed(encode_chars(texts))
+        x = self.drop(self.embed(encode_chars(texts)))
         for block in self.layers:
             x = block(x)
         return x
@@ -57,6 +60,11 @@ class NoLinear(nn.Module):
 
 def tiny():
     return TinyEncoder()
+
+
+def tiny_dropout():
+    """The tiny encoder with dropout 0.2 (an nn.Dropout module and a functional one on the attention weights)."""
+    return TinyEncoder(dropout=0.2)
 
 
 def no_linear():

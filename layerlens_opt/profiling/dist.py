@@ -14,6 +14,8 @@ import os
 
 import torch
 
+from ..errors import LayerlensError
+
 
 def init_from_env(device: str = "cpu") -> None:
     """Join the process group torchrun describes (``WORLD_SIZE`` > 1), once."""
@@ -66,3 +68,61 @@ def all_sum_grads(parameters) -> None:
     for p in parameters:
         if p.grad is not None:
             all_sum(p.grad)
+
+
+#: the whole batch's texts while a rank runs its share of it (the text encoder pads to their longest, as one process would)
+BATCH_TEXTS: list | None = None
+
+
+class one_process_dropout:
+    """While a rank runs its share of a training batch, dropout draws the masks one process would draw.
+
+    One process draws each dropout mask for the whole batch from the global generator; a rank that drew
+    masks for its own rows only would train on different masks (and leave the generators of the ranks
+    apart). Inside this context ``torch.nn.functional.dropout`` (which ``nn.Dropout`` and Hugging Face's
+    eager attention call) draws the whole batch's mask, as ``torch``'s own dropout does (Bernoulli
+    noise over the tensor, divided by 1 - p), and applies the rows of this rank's share. Hugging Face
+    encoders are switched from SDPA to eager attention for the duration, since SDPA draws its attention
+    dropout inside one kernel; the rows are padded to the whole batch's longest text (``BATCH_TEXTS``), so
+    every mask has the one-process shape. A rank's share is ``rows`` (positions in the batch of ``size``).
+    """
+
+    def __init__(self, model, texts: list, rows: list[int]):
+        self.model, self.texts, self.rows, self.size = model, texts, torch.as_tensor(rows), len(texts)
+
+    def __enter__(self):
+        import torch.nn.functional as F
+
+        global BATCH_TEXTS
+        self._dropout = F.dropout
+        rows, size, own = self.rows, self.size, F.dropout
+
+        def dropout(input, p=0.5, training=True, inplace=False):
+            if not training or p <= 0.0 or p >= 1.0:
+                return own(input, p, training, inplace)
+            if input.dim() == 0 or input.shape[0] != len(rows):
+                raise LayerlensError(f"data-parallel profiling: a dropout on a tensor of shape {tuple(input.shape)} is not over the "
+                                   f"batch's {len(rows)} rows of this rank; run the probe in one process")
+            noise = torch.empty((size, *input.shape[1:]), dtype=input.dtype, device=input.device).bernoulli_(1 - p)
+            noise.div_(1 - p)
+            return input * noise[rows.to(input.device)]
+
+        F.dropout = dropout
+        self._attn = []
+        for m in self.model.modules():
+            config = getattr(m, "config", None)
+            if getattr(config, "_attn_implementation", None) == "sdpa" and hasattr(m, "set_attn_implementation"):
+                m.set_attn_implementation("eager")
+                self._attn.append(m)
+        BATCH_TEXTS = self.texts
+        return self
+
+    def __exit__(self, *exc):
+        import torch.nn.functional as F
+
+        global BATCH_TEXTS
+        F.dropout = self._dropout
+        for m in self._attn:
+            m.set_attn_implementation("sdpa")
+        BATCH_TEXTS = None
+        return False

@@ -55,7 +55,7 @@ from torch import nn
 from ..errors import LayerlensError
 from ..manifest import SCHEMA_VERSION
 from ..methods import DEFAULT_RANKS
-from .dist import all_sum, all_sum_grads, share, world
+from .dist import all_sum, all_sum_grads, one_process_dropout, share, world
 from .profiler import _progress, adaptable_layers, load_jsonl, load_model
 
 #: the metric a probe manifest carries (raw held-out loss increase, clipped at 0)
@@ -103,9 +103,11 @@ def train_steps(model, texts, labels, steps: int, batch_size: int, lr: float, se
         idx = torch.randint(len(texts), (batch_size,), generator=gen).tolist()
         if world()[1] == 1:
             loss = nn.functional.cross_entropy(model([texts[i] for i in idx]), y[idx])
-        else:  # this rank's share of the batch; the summed gradients are the whole batch's mean gradient
-            mine = share(idx)
-            loss = nn.functional.cross_entropy(model([texts[i] for i in mine]), y[mine], reduction="sum") / len(idx)
+        else:  # this rank's share of the batch (dropout masks as one process draws them); the summed gradients are the mean's
+            rows = share(list(range(len(idx))))
+            mine = [idx[r] for r in rows]
+            with one_process_dropout(model, [texts[i] for i in idx], rows):
+                loss = nn.functional.cross_entropy(model([texts[i] for i in mine]), y[mine], reduction="sum") / len(idx)
         opt.zero_grad()
         loss.backward()
         all_sum_grads(trainable)  # nothing to do with one process

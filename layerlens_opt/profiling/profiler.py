@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import LayerlensError
+from . import dist
 from .dist import all_sum, share, world
 from ..manifest import DEFAULT_METRIC_WEIGHTS, SEPARABLE_SCHEMA_VERSION
 from ..methods import DEFAULT_RANKS
@@ -226,11 +227,12 @@ def _hf_classifier(encoder, tokenizer, n_classes, device, max_length) -> TextCla
     left = getattr(tokenizer, "padding_side", "right") == "left"
 
     def encode(texts):
-        missing = [t for t in dict.fromkeys(texts) if t not in cache]
+        batch = dist.BATCH_TEXTS or texts  # a rank's share of a training batch is padded as the whole batch is
+        missing = [t for t in dict.fromkeys(batch) if t not in cache]
         if missing:
             cache.update(zip(missing, tokenizer(missing, truncation=True, max_length=max_length)["input_ids"]))
         seqs = [cache[t] for t in texts]
-        width = max(len(s) for s in seqs)
+        width = max(len(cache[t]) for t in batch)
         ids = torch.full((len(seqs), width), pad, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for i, s in enumerate(seqs):

@@ -200,14 +200,18 @@ def make_allocation(
         raise ValueError(f"choice has {len(choice)} entries for {problem.n_layers} layers")
     layers = []
     allowed = []
+    option_layer, option_rank = problem.option_layer[list(choice)].tolist(), problem.option_rank[list(choice)].tolist()
+    option_cost, option_gain = problem.option_cost[list(choice)].tolist(), problem.option_gain[list(choice)].tolist()
+    method_names = [METHOD_NAMES[m] for m in problem.option_method[list(choice)].tolist()]
+    starts = problem.layer_start.tolist()
     for l, o in enumerate(choice):
         info = problem.layers[l]
-        if int(problem.option_layer[o]) != l:
+        if option_layer[l] != l:
             raise ValueError(f"option {o} does not belong to layer {l} ({info.name})")
-        method, rank = problem.method_of(o), int(problem.option_rank[o])
+        method, rank = method_names[l], option_rank[l]
         if info.members:  # a tied group: every member listed, in manifest order below
-            k = o - int(problem.layer_start[l])
-            share = int(problem.option_cost[o]) // len(info.members)
+            k = o - starts[l]
+            share = option_cost[l] // len(info.members)
             for (i, m), gains in zip(info.members, info.member_gains):
                 layers.append((i, LayerChoice(
                     name=m.name, kind=m.kind, block=m.block, method=method, rank=rank, params=share, gain=float(gains[k]),
@@ -216,8 +220,8 @@ def make_allocation(
             continue
         i = problem.layer_index[l] if problem.layer_index is not None else l
         layers.append((i, LayerChoice(
-            name=info.name, kind=info.kind, block=info.block, method=method, rank=rank, params=int(problem.option_cost[o]),
-            gain=float(problem.option_gain[o]), utility=info.utility, in_features=info.in_features, out_features=info.out_features)))
+            name=info.name, kind=info.kind, block=info.block, method=method, rank=rank, params=option_cost[l],
+            gain=option_gain[l], utility=info.utility, in_features=info.in_features, out_features=info.out_features)))
         allowed.append((i, info.methods))
     if problem.layer_index is not None:
         layers.sort(key=lambda t: t[0])

@@ -237,7 +237,7 @@ class Problem:
 
     def value(self, choice: Sequence[int]) -> float:
         """The objective of one option per layer: the options' gains plus the active pair terms."""
-        total = float(sum(float(self.option_gain[o]) for o in choice))
+        total = float(sum(self.option_gain[list(choice)].tolist())) if len(choice) else 0.0
         if self.pairs:
             none = METHOD_NAMES.index("none")
             adapted = [int(self.option_method[o]) != none for o in choice]
@@ -252,12 +252,10 @@ class Problem:
 
     def cost_range(self) -> tuple[int, int]:
         """Smallest and largest total cost any allocation can have (ignoring the window)."""
-        lo = hi = 0
-        for l in range(self.n_layers):
-            costs = self.option_cost[self.layer_start[l] : self.layer_start[l + 1]]
-            lo += int(costs.min())
-            hi += int(costs.max())
-        return lo, hi
+        if not self.n_layers:
+            return 0, 0
+        starts = self.layer_start[:-1]
+        return int(np.minimum.reduceat(self.option_cost, starts).sum()), int(np.maximum.reduceat(self.option_cost, starts).sum())
 
     def window_problem(self) -> str | None:
         """Why the utilization window cannot be met at all, or None.
@@ -333,8 +331,9 @@ def _prefix_layers(manifest: Manifest) -> tuple[set[int], str | None]:
     attention_total = 0
     for key, members in by_block.items():
         attention_total += len(members)
-        values = [i for i in members if role(manifest.layers[i].name) == "v"]
-        fused = [i for i in members if role(manifest.layers[i].name) == "qkv"]
+        roles = [role(manifest.layers[i].name) for i in members]
+        values = [i for i, r in zip(members, roles) if r == "v"]
+        fused = [i for i, r in zip(members, roles) if r == "qkv"]
         if values:
             eligible.add(values[0])
         elif fused:
@@ -355,19 +354,23 @@ def _per_block_methods() -> set[str]:
     return {m for m, spec in METHODS.items() if spec.one_per_block}
 
 
-def allowed_methods(manifest: Manifest, options: ModelOptions) -> dict[str, set[str]]:
-    """Layer name -> the methods of ``options.methods`` it accepts (its ``allowed_methods``, else its kind's; prefix on one layer per block)."""
-    prefix_ok, _ = _prefix_layers(manifest)
+def allowed_methods(manifest: Manifest, options: ModelOptions, prefix_ok: set[int] | None = None) -> dict[str, set[str]]:
+    """Layer name -> the methods of ``options.methods`` it accepts (its ``allowed_methods``, else its kind's; prefix on one
+    layer per block: ``prefix_ok``, from :func:`_prefix_layers` when not given)."""
+    if prefix_ok is None:
+        prefix_ok, _ = _prefix_layers(manifest)
     per_block = _per_block_methods()
+    wanted = set(options.methods)
+    by_kind: dict[str, set[str]] = {}
     out = {}
     for l, layer in enumerate(manifest.layers):
         if layer.allowed_methods is not None:
-            fits = set(layer.allowed_methods)
-        else:
-            fits = {m for m, spec in METHODS.items() if layer.kind in spec.fits}
-            if layer.kind == "attention" and l not in prefix_ok:
-                fits -= per_block
-        out[layer.name] = fits & set(options.methods)
+            out[layer.name] = set(layer.allowed_methods) & wanted
+            continue
+        fits = by_kind.get(layer.kind)
+        if fits is None:
+            fits = by_kind[layer.kind] = {m for m, spec in METHODS.items() if layer.kind in spec.fits} & wanted
+        out[layer.name] = fits - per_block if layer.kind == "attention" and l not in prefix_ok else set(fits)
     return out
 
 
@@ -379,7 +382,7 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
         utility = (1.0 - options.shrink) * utility + options.shrink * utility.mean()
     pairs = _pair_terms(manifest, options) if options.interactions else ()
     prefix_ok, prefix_note = _prefix_layers(manifest)
-    accepted = allowed_methods(manifest, ModelOptions(methods=tuple(METHOD_NAMES)))
+    accepted = allowed_methods(manifest, ModelOptions(methods=tuple(METHOD_NAMES)), prefix_ok)
     notes: list[str] = []
 
     layer_of: list[int] = []

@@ -523,7 +523,7 @@ def _merge_groups(manifest, groups, infos, layer_of, method_of, rank_of, cost_of
     n_infos, n_layer, n_method, n_rank, n_cost, n_gain, n_starts, index = out
 
     def options(l):
-        return [(method_of[o], rank_of[o]) for o in range(starts[l], starts[l + 1])]
+        return method_of[starts[l] : starts[l + 1]], rank_of[starts[l] : starts[l + 1]]
 
     for l, info in enumerate(infos):
         if l in grouped and l not in first:
@@ -534,24 +534,25 @@ def _merge_groups(manifest, groups, infos, layer_of, method_of, rank_of, cost_of
             members = groups[key]
             label = group_label(key)
             ref = manifest.layers[members[0]]
+            ref_options = options(members[0])
             for i in members[1:]:
                 other = manifest.layers[i]
                 if (other.in_features, other.out_features) != (ref.in_features, ref.out_features):
                     raise LayerlensError(
                         f"tied group {label!r}: layer {other.name!r} is {other.in_features}x{other.out_features} but {ref.name!r} is "
                         f"{ref.in_features}x{ref.out_features}; a group's layers must have one shape (narrow --tie-groups or the 'group' fields)")
-                if options(i) != options(members[0]):
+                if options(i) != ref_options:
                     raise LayerlensError(
                         f"tied group {label!r}: layer {other.name!r} accepts methods {', '.join(infos[i].methods)} but {ref.name!r} accepts "
                         f"{', '.join(infos[members[0]].methods)}; a group's layers must accept the same methods (check kind and allowed_methods)")
             span = range(starts[members[0]], starts[members[0] + 1])
-            member_gains = tuple(tuple(gain_of[starts[i] + (o - span.start)] for o in span) for i in members)
-            for n, o in enumerate(span):
+            member_gains = tuple(tuple(gain_of[starts[i] : starts[i] + len(span)]) for i in members)
+            for o, column in zip(span, zip(*member_gains)):
                 n_layer.append(k)
                 n_method.append(method_of[o])
                 n_rank.append(rank_of[o])
                 n_cost.append(cost_of[o] * len(members))
-                n_gain.append(float(sum(g[n] for g in member_gains)))
+                n_gain.append(float(sum(column)))
             blocks = {infos[i].block for i in members}
             n_infos.append(LayerInfo(
                 name=f"group {label}", kind=info.kind, block=blocks.pop() if len(blocks) == 1 else None,

@@ -99,18 +99,45 @@ _MEASURE = (
 
 
 def process_times(files, repeats: int):
-    """Wall time of the whole CLI process (start-up, imports, read, build, solve, print) and its own peak memory."""
+    """Wall time of the whole CLI process (start-up, imports, read, build, solve, print), its own peak memory and
+    the answer's status; ``files``: (label, manifest path, budget, *more solve arguments)."""
     rows = []
-    for label, path, budget in files:
+    for label, path, budget, *more in files:
         times, peaks = [], []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", _MEASURE, "solve", str(path), "--budget", str(budget)],
-                                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            out = subprocess.run([sys.executable, "-c", _MEASURE, "solve", str(path), "--budget", str(budget), *more],
+                                 check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             times.append(time.perf_counter() - t0)
             peaks.append(int(out.stderr.rsplit("peak_kb", 1)[1].split()[0]) / 1024)
-        rows.append((label, f"{statistics.median(times):.3f}", f"{min(times):.3f}", f"{max(peaks):.0f}"))
-    return table(("problem", "median s", "min s", "peak MB"), rows, "lrrr")
+        status = next((line.split()[1] for line in out.stdout.splitlines() if line.startswith("status ")), "-")
+        rows.append((label, f"{statistics.median(times):.3f}", f"{min(times):.3f}", f"{max(peaks):.0f}", status))
+    return table(("problem", "median s", "min s", "peak MB", "status"), rows, "lrrrl")
+
+
+#: the regex that ties every block's experts per projection in the generated MoE manifests
+MOE_TIES = r"layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.\d+\.(\w+)"
+
+
+def scale(repeats: int, time_limit: float):
+    """The whole process from 72 to 50,000 layers and on the MoE manifests, tied and untied."""
+    from .generate import MOE_ARCHITECTURES, architecture
+
+    tmp = Path(tempfile.mkdtemp(prefix="layerlens-scale-"))
+    files = []
+    for n in (72, 560, 2000, 10_000, 50_000):
+        path = tmp / f"synthetic-{n}.json"
+        data = synthetic(n, seed=0)
+        path.write_text(json.dumps(data))
+        files.append((f"synthetic {n:,}", path, data["model"]["suggested_budget"], "--time-limit", str(time_limit)))
+    for key in MOE_ARCHITECTURES:
+        path = tmp / f"{key}.json"
+        data = architecture(key)
+        path.write_text(json.dumps(data))
+        budget = data["model"]["suggested_budget"]
+        files.append((f"{key} untied", path, budget, "--time-limit", str(time_limit)))
+        files.append((f"{key} tied experts", path, budget, "--time-limit", str(time_limit), "--tie-groups", MOE_TIES))
+    return process_times(files, repeats)
 
 
 def profiling_processes(processes=(1, 2)):
@@ -230,12 +257,11 @@ def moe(time_limit: float):
     """The generated MoE manifests, with every block's experts tied per projection and without ties."""
     from .generate import MOE_ARCHITECTURES, architecture
 
-    ties = r"layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.\d+\.(\w+)"
     rows = []
     for key in MOE_ARCHITECTURES:
         data = architecture(key)
         manifest = parse_manifest(data)
-        for label, regex in (("tied experts", ties), ("untied", None)):
+        for label, regex in (("tied experts", MOE_TIES), ("untied", None)):
             t0 = time.perf_counter()
             problem = build_problem(manifest, Constraints(data["model"]["suggested_budget"], tie_groups=regex))
             alloc, wall = _run(problem, "auto", {"time_limit": time_limit})
@@ -262,8 +288,9 @@ def main(argv=None) -> None:
     parser.add_argument("--time-limit", type=float, default=120.0, help="per solver and problem")
     parser.add_argument("--repeats", type=int, default=5, help="process-time repetitions")
     parser.add_argument("--no-shipped", action="store_true", help="skip problems/architectures")
-    parser.add_argument("--only", choices=["pairs", "moe", "side", "large", "profiling"],
-                        help="run one section only (profiling: 1 vs 2 processes, not in the default run)")
+    parser.add_argument("--only", choices=["pairs", "moe", "side", "large", "scale", "profiling"],
+                        help="run one section only (profiling: 1 vs 2 processes; scale: the whole process up to 50,000 layers and "
+                             "on the MoE manifests; neither is in the default run)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.quick:
@@ -277,6 +304,8 @@ def main(argv=None) -> None:
         "large": (f"large generated problems, auto only (limit {limit:g} s)", lambda: large([10_000, 50_000], limit)),
         "pairs": ("pairwise interaction terms (auto hands these to CBC: the gains are not separable)", lambda: with_pairs(limit)),
         "moe": (f"mixture-of-experts manifests (generated; time limit {limit:g} s)", lambda: moe(limit)),
+        "scale": (f"whole `layerlens-opt solve` process at scale, {min(args.repeats, 3)} runs each (time limit 60 s)",
+                  lambda: scale(min(args.repeats, 3), 60.0)),
         "profiling": ("data-parallel profiling: MiniLM, pairs task, one process vs torchrun (gloo)", profiling_processes),
     }
     if args.only:

@@ -167,3 +167,68 @@ def test_core_memory_bound_hands_over_to_cbc(monkeypatch):
     bounded = solve(problem, "auto")
     assert bounded.solver == "auto/cbc" and any("for backtracking" in n for n in bounded.notes)
     assert bounded.status == Status.OPTIMAL and abs(bounded.objective - free.objective) <= 1e-9 * max(1.0, abs(free.objective))
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10**6), n=st.integers(2, 6), shift=st.sampled_from([-0.2, -0.01, 0.0, 0.01, 0.2]))
+def test_core_dp_against_a_target_keeps_every_allocation_worth_it(seed, n, shift):
+    """The DP against a target T (options fixed against T) finds the cap-only optimum when it is worth T,
+    and answers below T otherwise: what the deepening's proof rests on."""
+    problem = random_problem(seed, n_layers=n, lo=0.0, hi=1.0)
+    best, _ = brute_force(problem)
+    pre = mckp.presolve(problem)
+    # the cheapest allocation as the incumbent, so that the answer cannot be the presolve's (often optimal) one
+    pre = mckp.with_incumbent(problem, pre, tuple(opts[0] for opts in pre.options), options=pre.options)
+    target = best + shift * max(abs(best), 1e-3) if shift else best
+    trial = replace(pre, kept=mckp.fix(problem, pre.options, pre.bound, pre.price, target))
+    core = mckp.solve_core(problem, trial, target=target)
+    assert core.choice is not None
+    if target <= best:
+        assert core.value == pytest.approx(best, rel=1e-9, abs=1e-12)
+        assert problem.value(core.choice) == pytest.approx(best, rel=1e-9, abs=1e-12)
+    else:
+        assert core.value < target
+    assert sum(int(problem.option_cost[o]) for o in core.choice) <= problem.constraints.hi
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10**6), n=st.integers(2, 7))
+def test_deepening_from_a_poor_incumbent_proves_the_optimum(seed, n):
+    """Started from the cheapest allocation (far from the bound), the deepening rounds improve the
+    incumbent and end at the brute-force optimum."""
+    problem = random_problem(seed, n_layers=n, lo=0.0, hi=1.0)
+    best, _ = brute_force(problem)
+    pre = mckp.presolve(problem)
+    cheapest = tuple(opts[0] for opts in pre.options)
+    poor = mckp.with_incumbent(problem, pre, cheapest, options=pre.options)
+    core, proven = mckp.solve_deepening(problem, poor)
+    assert core.value == pytest.approx(best, rel=1e-9, abs=1e-12)
+    assert problem.value(core.choice) == pytest.approx(best, rel=1e-9, abs=1e-12)
+    assert proven.incumbent_value >= poor.incumbent_value
+
+
+def test_deepening_proves_a_problem_whose_incumbent_is_far_from_the_optimum():
+    """A generated problem whose incumbent is 6x further from the LP bound than the optimum: the first rounds
+    (targets above the optimum) fail, a later one proves the optimum, which equals CBC's."""
+    data = synthetic(224, seed=0)
+    problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"]))
+    ref = solve(problem, "cbc")
+    assert ref.status == Status.OPTIMAL
+    pre = mckp.presolve(problem)
+    true_gap = pre.bound - ref.objective
+    assert true_gap > 0
+    poor = mckp.with_incumbent(problem, pre, pre.incumbent, value=pre.bound - 6 * true_gap, options=pre.options)
+    rounds = []
+    original = mckp.solve_core
+
+    def counting(*args, **kw):
+        result = original(*args, **kw)
+        rounds.append((kw.get("target"), result.value))
+        return result
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(mckp, "solve_core", counting):
+        core, _ = mckp.solve_deepening(problem, poor)
+    assert len(rounds) >= 3 and all(value < target for target, value in rounds[:2])  # the first two targets lie above the optimum
+    assert core.value == pytest.approx(ref.objective, rel=1e-9)

@@ -231,16 +231,16 @@ def make_allocation(
     total = sum(layer.params for layer in layers)
     if status == Status.OPTIMAL and bound is None:
         bound = objective
-    metrics = compute_metrics(
-        Columns.of(layers), constraints,
-        problem.gradient_norms, problem.fisher_traces, [m for _, m in allowed],
-    )
-    return Allocation(
+    columns = Columns.of(layers)
+    metrics = compute_metrics(columns, constraints, problem.gradient_norms, problem.fisher_traces, [m for _, m in allowed])
+    alloc = Allocation(
         solver=solver, status=status, objective=objective, bound=bound, gap=gap_of(objective, bound),
         budget=c.budget, total_params=total, utilization=total / c.budget, seconds=dict(seconds or {}),
         layers=tuple(layers), metrics=metrics, constraints=constraints, message=message,
         notes=all_notes, warm_start=warm_start, choice=choice,
     )
+    alloc.__dict__["columns"] = columns  # the cached_property's value, already computed from the same layers
+    return alloc
 
 
 def _number(value, finite: bool = True) -> bool:

@@ -13,7 +13,11 @@ if TYPE_CHECKING:
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:
     """Columns padded to width; ``align`` is one 'l'/'r' per column (default: numbers right)."""
-    rows = [[_cell(v) for v in row] for row in rows]
+    return _render(headers, [[_cell(v) for v in row] for row in rows], align)
+
+
+def _render(headers: Sequence[str], rows: list[list[str]], align: str | None) -> str:
+    """:func:`table` of cells already written as text."""
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(v)) for w, v in zip(widths, row)]
@@ -44,11 +48,13 @@ def _cell(value: Any) -> str:
 
 
 def allocation_table(alloc: Allocation) -> str:
+    # the cells :func:`_cell` would write, without its type dispatch per cell (tens of thousands of layers)
     rows = [
-        (l.name, l.kind, l.method, l.rank, l.params, round(l.utility, 4), None if l.gain is None else round(l.gain, 5))
+        [str(l.name), str(l.kind), str(l.method), f"{l.rank:,}", f"{l.params:,}", _cell(round(l.utility, 4)),
+         "-" if l.gain is None else _cell(round(l.gain, 5))]
         for l in alloc.layers
     ]
-    return table(("layer", "kind", "method", "rank", "params", "utility", "gain"), rows, "lllrrrr")
+    return _render(("layer", "kind", "method", "rank", "params", "utility", "gain"), rows, "lllrrrr")
 
 
 def summary(alloc: Allocation) -> str:

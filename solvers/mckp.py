@@ -545,7 +545,7 @@ def solve_deepening(problem: Problem, pre: Presolve, *, deadline: float | None =
     optimum with far smaller frontiers than one DP against the incumbent; the last round is that DP.
     Returns the answer and the presolve it was proven against."""
     tol = REL_TOL * max(1.0, abs(pre.bound))
-    delta = (pre.bound - pre.incumbent_value) / DEEPENING_START
+    delta = max(0.0, pre.bound - pre.incumbent_value) / DEEPENING_START  # an incumbent past the bound (rounding): one round
     peak = 0
     while True:
         target = pre.bound - delta

@@ -232,3 +232,23 @@ def test_deepening_proves_a_problem_whose_incumbent_is_far_from_the_optimum():
         core, _ = mckp.solve_deepening(problem, poor)
     assert len(rounds) >= 3 and all(value < target for target, value in rounds[:2])  # the first two targets lie above the optimum
     assert core.value == pytest.approx(ref.objective, rel=1e-9)
+
+
+def test_deepening_with_an_incumbent_past_the_bound_runs_one_round():
+    """Rounding can put the incumbent's value a hair above the LP bound: the deepening then runs one round (the
+    targets would otherwise climb above the bound, round after round)."""
+    problem = random_problem(3, n_layers=5, lo=0.0, hi=1.0)
+    pre = mckp.presolve(problem)
+    past = mckp.with_incumbent(problem, pre, pre.incumbent, value=pre.bound + 1e-9 * max(1.0, abs(pre.bound)), options=pre.options)
+    rounds = []
+    original = mckp.solve_core
+
+    def counting(*args, **kw):
+        rounds.append(kw.get("target"))
+        return original(*args, **kw)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(mckp, "solve_core", counting):
+        core, _ = mckp.solve_deepening(problem, past)
+    assert rounds == [None] and core.choice == pre.incumbent

@@ -342,9 +342,7 @@ class _SuffixBound:
 
     def __init__(self, cost, gain, opt_idx: list[np.ndarray]):
         pos, dcs, dgs = [], [], []
-        n = len(opt_idx)
-        self.base_cost = np.zeros(n + 1, dtype=np.int64)
-        self.base_gain = np.zeros(n + 1)
+        base_cost, base_gain = np.zeros(len(opt_idx), dtype=np.int64), np.zeros(len(opt_idx))  # each hull's cheapest point
         cl, gl = cost.tolist(), gain.tolist()
         for i, idx in enumerate(opt_idx):
             order = sorted(idx.tolist(), key=lambda o: (cl[o], -gl[o]))
@@ -354,13 +352,14 @@ class _SuffixBound:
                     undom.append(o)
                     best = gl[o]
             h = _hull(tuple(undom), cl, gl)
-            self.base_cost[i], self.base_gain[i] = cl[h[0]], gl[h[0]]
+            base_cost[i], base_gain[i] = cl[h[0]], gl[h[0]]
             for a, b in zip(h, h[1:]):
                 pos.append(i)
                 dcs.append(cl[b] - cl[a])
                 dgs.append(gl[b] - gl[a])
-        self.base_cost = np.concatenate((np.cumsum(self.base_cost[:n][::-1])[::-1], [0]))
-        self.base_gain = np.concatenate((np.cumsum(self.base_gain[:n][::-1])[::-1], [0.0]))
+        # suffix sums: what the layers from k on cost and gain at their cheapest hull points
+        self.base_cost = np.concatenate((np.cumsum(base_cost[::-1])[::-1], [0]))
+        self.base_gain = np.concatenate((np.cumsum(base_gain[::-1])[::-1], [0.0]))
         dc, dg = np.array(dcs, dtype=np.int64), np.array(dgs, dtype=float)
         order = np.argsort(-(dg / dc) if len(dc) else dg, kind="stable")
         self.pos, self.dc, self.dg = np.array(pos, dtype=np.int64)[order], dc[order], dg[order]

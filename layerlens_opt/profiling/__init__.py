@@ -18,7 +18,7 @@ def profile_manifest(model_spec: str, data_path: str, signal: str = "probe", *, 
         raise LayerlensError(f"profiling needs torch ({exc.name} is missing): pip install torch==2.13.0 && pip install -e '.[torch]'") from None
     from ..manifest import parse_manifest
     from ..naming import parse_block_pattern, parse_kind_patterns
-    from .dist import init_from_env, world
+    from .dist import finish, init_from_env, world
 
     init_from_env(device)  # under torchrun: join the process group; each rank profiles its share of the data
     rank, size = world()
@@ -37,6 +37,7 @@ def profile_manifest(model_spec: str, data_path: str, signal: str = "probe", *, 
         raise LayerlensError(f"unknown signal {signal!r}; use probe or first-order")
     if size > 1:
         manifest["model"]["processes"] = size
+        finish()
     return parse_manifest(manifest, source="profiled manifest")
 
 

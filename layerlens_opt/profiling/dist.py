@@ -27,6 +27,16 @@ def init_from_env(device: str = "cpu") -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def finish() -> None:
+    """Leave the process group together (a barrier, then its teardown), so that no rank exits while gloo's
+    threads still serve a peer (which aborts the process: "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def world() -> tuple[int, int]:
     """(rank, world size); (0, 1) without a process group."""
     import torch.distributed as dist
@@ -37,7 +47,12 @@ def world() -> tuple[int, int]:
 
 
 def is_main() -> bool:
-    return world()[0] == 0
+    """Rank 0, or the only process (after :func:`finish`, torchrun's ``RANK`` says which rank this was)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def share(items: list) -> list:

@@ -185,7 +185,10 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
         layers.append(layer)
 
     metric_names = list(layers[0].metrics)
+    names = set(metric_names)
     for layer in layers[1:]:
+        if layer.metrics.keys() == names:  # the common case, without building the two lists below
+            continue
         missing = [m for m in metric_names if m not in layer.metrics]
         extra = [m for m in layer.metrics if m not in metric_names]
         if missing or extra:

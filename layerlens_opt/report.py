@@ -27,7 +27,11 @@ def _render(headers: Sequence[str], rows: list[list[str]], align: str | None) ->
         return "  ".join(v.rjust(w) if a == "r" else v.ljust(w) for v, w, a in zip(row, widths, align)).rstrip()
 
     lines = [fmt(list(headers)), "  ".join("-" * w for w in widths)]
-    lines += [fmt(row) for row in rows]
+    if all(len(row) == len(headers) for row in rows):  # one format string for the rows: what fmt writes, faster
+        line = "  ".join(f"{{:{'>' if a == 'r' else '<'}{w}}}" for w, a in zip(widths, align)).format
+        lines += [line(*row).rstrip() for row in rows]
+    else:
+        lines += [fmt(row) for row in rows]
     return "\n".join(lines)
 
 

@@ -111,8 +111,9 @@ def _frontier(layer_opts: list[np.ndarray], cost, gain, count_of, cap: int):
     return s_cost, s_gain, s_cnt, chosen
 
 
-def build_knapsack(problem: Problem, capped: list[int], weight: np.ndarray) -> Knapsack | str:
-    """The knapsack whose choices are exactly the allocations meeting the tie (or the problem itself), or why not."""
+def build_knapsack(problem: Problem, capped: list[int], weight: np.ndarray, deadline: float | None = None) -> Knapsack | str:
+    """The knapsack whose choices are exactly the allocations meeting the tie (or the problem itself), or why not
+    (also when ``deadline``, a ``time.perf_counter()`` time, passes while the blocks' frontiers are built)."""
     c = problem.constraints
     cost, gain, method = problem.option_cost, problem.option_gain, problem.option_method
     starts = problem.layer_start
@@ -134,6 +135,8 @@ def build_knapsack(problem: Problem, capped: list[int], weight: np.ndarray) -> K
                 by_block[info.block].append(l)
     pieces = []  # per choice: (rows: options x layers of problem options, method per option, counts per option)
     for unit in units:
+        if deadline is not None and len(unit) > 1 and time.perf_counter() > deadline:
+            return "the time limit passed while the tied blocks' frontiers were built"
         if len(unit) == 1:
             l = unit[0]
             span = np.arange(starts[l], starts[l + 1])
@@ -296,7 +299,7 @@ def solve_side(problem: Problem, deadline: float | None = None, max_states: int 
     """The cap-only optimum under method caps and/or tied blocks, proven by the knapsack DP (see the module text)."""
     t0 = time.perf_counter()
     capped, caps, weight = _capped(problem)
-    knap = build_knapsack(problem, capped, weight)
+    knap = build_knapsack(problem, capped, weight, deadline)
     if isinstance(knap, str):
         return SideResult(None, knap)
     mu = multipliers(knap, caps, deadline)

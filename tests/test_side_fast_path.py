@@ -60,3 +60,24 @@ def test_fast_path_answers_and_matches_cbc_at_224_layers(side):
     assert cbc.status == Status.OPTIMAL
     assert fast.objective == pytest.approx(cbc.objective, rel=1e-9)
     assert not fast.violations
+
+
+def test_time_limit_passing_while_tied_blocks_are_built_hands_over_to_cbc(monkeypatch):
+    """Building the blocks' frontiers checks the deadline: past it, auto says so and CBC answers (within its own
+    minimum second) instead of the build running on."""
+    from layerlens_opt.solvers import SolverOptions, side
+
+    data = synthetic(224, seed=3)
+    problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"], tie_blocks=True))
+    calls = []
+    original = side.build_knapsack
+
+    def late(problem, capped, weight, deadline=None):
+        calls.append(deadline)
+        return original(problem, capped, weight, deadline=0.0)  # a deadline long past
+
+    monkeypatch.setattr(side, "build_knapsack", late)
+    alloc = solve(problem, "auto", SolverOptions(time_limit=30))
+    assert calls and calls[0] is not None  # the command's deadline reaches the build
+    assert alloc.solver.startswith("auto/cbc") and any("time limit passed while the tied blocks" in n for n in alloc.notes)
+    assert alloc.status in (Status.OPTIMAL, Status.FEASIBLE) and not alloc.violations

@@ -200,9 +200,10 @@ def make_allocation(
         raise ValueError(f"choice has {len(choice)} entries for {problem.n_layers} layers")
     layers = []
     allowed = []
-    option_layer, option_rank = problem.option_layer[list(choice)].tolist(), problem.option_rank[list(choice)].tolist()
-    option_cost, option_gain = problem.option_cost[list(choice)].tolist(), problem.option_gain[list(choice)].tolist()
-    method_names = [METHOD_NAMES[m] for m in problem.option_method[list(choice)].tolist()]
+    picked = list(choice)
+    option_layer, option_rank = problem.option_layer[picked].tolist(), problem.option_rank[picked].tolist()
+    option_cost, option_gain = problem.option_cost[picked].tolist(), problem.option_gain[picked].tolist()
+    method_names = [METHOD_NAMES[m] for m in problem.option_method[picked].tolist()]
     starts = problem.layer_start.tolist()
     for l, o in enumerate(choice):
         info = problem.layers[l]

@@ -235,6 +235,10 @@ class Problem:
     def method_of(self, option: int) -> str:
         return METHOD_NAMES[int(self.option_method[option])]
 
+    def cost(self, choice: Sequence[int]) -> int:
+        """The trainable parameters of one option per layer."""
+        return int(self.option_cost[list(choice)].sum()) if len(choice) else 0
+
     def value(self, choice: Sequence[int]) -> float:
         """The objective of one option per layer: the options' gains plus the active pair terms."""
         total = float(sum(self.option_gain[list(choice)].tolist())) if len(choice) else 0.0

@@ -22,16 +22,11 @@ def _render(headers: Sequence[str], rows: list[list[str]], align: str | None) ->
     for row in rows:
         widths = [max(w, len(v)) for w, v in zip(widths, row)]
     align = align or "".join("r" if rows and _numeric(rows[0][i]) else "l" for i in range(len(headers)))
-
-    def fmt(row):
-        return "  ".join(v.rjust(w) if a == "r" else v.ljust(w) for v, w, a in zip(row, widths, align)).rstrip()
-
-    lines = [fmt(list(headers)), "  ".join("-" * w for w in widths)]
-    if all(len(row) == len(headers) for row in rows):  # one format string for the rows: what fmt writes, faster
-        line = "  ".join(f"{{:{'>' if a == 'r' else '<'}{w}}}" for w, a in zip(widths, align)).format
-        lines += [line(*row).rstrip() for row in rows]
-    else:
-        lines += [fmt(row) for row in rows]
+    # one format string for every line; a short row's missing cells are blanks (stripped), a long row's extra ones ignored
+    line = "  ".join(f"{{:{'>' if a == 'r' else '<'}{w}}}" for w, a in zip(widths, align)).format
+    blank = [""] * len(headers)
+    lines = [line(*headers).rstrip(), "  ".join("-" * w for w in widths)]
+    lines += [line(*row, *blank).rstrip() for row in rows]
     return "\n".join(lines)
 
 

@@ -44,7 +44,7 @@ def solve_auto(problem: Problem, options: SolverOptions) -> Allocation:
             core = mckp.solve_core(problem, pre, min_methods=c.min_methods, deadline=deadline)
     if core.choice is None:
         return _fallback(problem, options, t0, f"{core.reason}; CBC solved the problem instead", base)
-    used = sum(int(problem.option_cost[o]) for o in core.choice)
+    used = problem.cost(core.choice)
     if used < c.lo:
         return _fallback(problem, options, t0, f"the best allocation under the cap uses {used / c.budget:.1%} of the budget, "
                          f"below the {c.min_utilization:.0%} floor, so the floor binds; CBC solved the full ILP", base)
@@ -65,7 +65,7 @@ def _side(problem: Problem, options: SolverOptions, t0: float, deadline: float |
     result = solve_side(problem, deadline)
     if result.choice is None:
         return _fallback(problem, options, t0, f"method caps / tied blocks: {result.reason}; CBC solved the full ILP")
-    used = sum(int(problem.option_cost[o]) for o in result.choice)
+    used = problem.cost(result.choice)
     if used < c.lo:
         return _fallback(problem, options, t0, f"the best allocation under the cap and the side constraints uses "
                          f"{used / c.budget:.1%} of the budget, below the {c.min_utilization:.0%} floor, so the floor binds; "

@@ -317,11 +317,11 @@ def solve_ilp(problem: Problem, options: SolverOptions, backend: str = "cbc", pr
         seconds.update(build=tb, solve=ts)
         if warm:
             notes.append(f"warm start: the presolve incumbent (objective {pre.incumbent_value:.6g})")
-        if choice is None or sum(int(problem.option_cost[o]) for o in choice) >= c.lo:
+        if choice is None or problem.cost(choice) >= c.lo:
             return _finish(problem, backend, status, choice, bound, lp_bound, seconds, message, notes, warm)
         notes.append(
             f"the {c.min_utilization:.0%} utilization floor binds (the best allocation under the cap uses "
-            f"{sum(int(problem.option_cost[o]) for o in choice) / c.budget:.1%}); solved the full model"
+            f"{problem.cost(choice) / c.budget:.1%}); solved the full model"
         )
     elif options.presolve:
         notes.append("side constraints break the knapsack structure the presolve relies on: solved the full model")

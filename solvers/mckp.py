@@ -100,21 +100,6 @@ def undominated(problem: Problem, per_method: bool = False, key=None) -> tuple[t
     return tuple(out)
 
 
-def _hull(opts: tuple[int, ...], cost: list, gain: list) -> list[int]:
-    """Upper concave hull of a layer's undominated options, starting at the cheapest."""
-    hull: list[int] = []
-    for o in opts:
-        while len(hull) >= 2:
-            a, b = hull[-2], hull[-1]
-            # drop b if it lies on or below the segment a -> o
-            if (gain[b] - gain[a]) * (cost[o] - cost[a]) <= (gain[o] - gain[a]) * (cost[b] - cost[a]):
-                hull.pop()
-            else:
-                break
-        hull.append(o)
-    return hull
-
-
 class _Padded:
     """A layer x option view of some options per layer, in a given order: ``idx`` their numbers (pads: 0),
     ``cost`` and ``gain`` (pads: a huge cost, -inf gain) and ``valid`` (False on pads)."""
@@ -122,6 +107,7 @@ class _Padded:
     PAD_COST = np.iinfo(np.int64).max // 4
 
     def __init__(self, problem: Problem, idx: np.ndarray, valid: np.ndarray):
+        self.problem = problem
         self.idx, self.valid = np.where(valid, idx, 0), valid
         self.cost = np.where(valid, problem.option_cost[self.idx], self.PAD_COST)
         self.gain = np.where(valid, problem.option_gain[self.idx], -np.inf)
@@ -141,6 +127,15 @@ class _Padded:
         cols = np.arange(int(counts.max()) if len(counts) else 0)[None, :]
         return cls(problem, starts[:-1, None] + cols, cols < counts[:, None])
 
+    def undominated(self) -> "_Padded":
+        """Each row sorted by cost (then gain descending, then option number), valid only on the options no
+        cheaper-or-equal option beats."""
+        order = np.lexsort((self.idx, -self.gain, self.cost), axis=-1)
+        idx, valid = np.take_along_axis(self.idx, order, axis=1), np.take_along_axis(self.valid, order, axis=1)
+        gain = np.take_along_axis(self.gain, order, axis=1)
+        valid[:, 1:] &= gain[:, 1:] > np.maximum.accumulate(gain, axis=1)[:, :-1]
+        return _Padded(self.problem, idx, valid)
+
     def rows(self, mask: np.ndarray) -> tuple[tuple[int, ...], ...]:
         """Per layer, the options where ``mask`` holds, in column order."""
         counts = mask.sum(axis=1).tolist()
@@ -154,19 +149,15 @@ class _Padded:
 
 def _undominated_plain(problem: Problem) -> tuple[tuple[int, ...], ...]:
     """:func:`undominated` without keys, all layers at once."""
-    m = _Padded.every(problem)
-    order = np.lexsort((m.idx, -m.gain, m.cost), axis=-1)  # what the one-layer sort gives (ties: option number)
-    m = _Padded(problem, np.take_along_axis(m.idx, order, axis=1), np.take_along_axis(m.valid, order, axis=1))
-    keep = m.valid.copy()
-    keep[:, 1:] &= m.gain[:, 1:] > np.maximum.accumulate(m.gain, axis=1)[:, :-1]
-    return m.rows(keep)
+    m = _Padded.every(problem).undominated()
+    return m.rows(m.valid)
 
 
 def _hull_mask(cost: np.ndarray, gain: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Per row of undominated options (cost ascending), the points of the upper concave hull.
 
     A point on or below the segment between its neighbours is on no upper hull, so every such
-    point is dropped at once, until none is left (the same test as :func:`_hull`)."""
+    point is dropped at once, until none is left."""
     on = valid.copy()
     n, width = on.shape
     if width < 3:
@@ -190,6 +181,24 @@ def _hull_mask(cost: np.ndarray, gain: np.ndarray, valid: np.ndarray) -> np.ndar
         on &= ~below
 
 
+def _hull_segments(m: _Padded):
+    """The segments of each row's upper concave hull (rows of undominated options, cost ascending), in the order
+    the LP fills them: slope descending, ties by row, then position. Returns (row, from column, to column,
+    cost step, gain step, slope) per segment and each row's first hull column."""
+    on = _hull_mask(m.cost, m.gain, m.valid)
+    hull_rank = np.cumsum(on, axis=1) - 1  # position of each hull point in its row's hull
+    row, col = np.nonzero(on)  # row-major: rows ascending, hull points cost ascending
+    k = hull_rank[row, col]
+    seg = k > 0  # a hull point after the first ends a segment
+    to_col, frm_col = col[seg], col[np.flatnonzero(seg) - 1]
+    seg_row, seg_k = row[seg], k[seg]
+    dc = m.cost[seg_row, to_col] - m.cost[seg_row, frm_col]
+    dg = m.gain[seg_row, to_col] - m.gain[seg_row, frm_col]
+    slope = dg / dc
+    order = np.lexsort((seg_k, seg_row, -slope))
+    return (seg_row[order], frm_col[order], to_col[order], dc[order], dg[order], slope[order]), np.argmax(on, axis=1)
+
+
 def presolve(problem: Problem, deadline: float | None = None) -> Presolve:
     """Dominance, LP bound, incumbent and reduced-cost fixing for the cap-only problem.
 
@@ -202,21 +211,8 @@ def presolve(problem: Problem, deadline: float | None = None) -> Presolve:
     n, width = m.valid.shape
     rows = np.arange(n)
 
-    # hull segments, taken greedily by decreasing slope (ties: layer, then position) until the cap
-    on = _hull_mask(m.cost, m.gain, m.valid)
-    hull_rank = np.cumsum(on, axis=1) - 1  # position of each hull point in its layer's hull
-    layer_of, col = np.nonzero(on)  # row-major: layers ascending, hull points cost ascending
-    k = hull_rank[layer_of, col]
-    seg = k > 0  # a hull point after the first ends a segment
-    to_col = col[seg]
-    frm_col = col[np.flatnonzero(seg) - 1]
-    seg_layer, seg_k = layer_of[seg], k[seg]
-    dc = m.cost[seg_layer, to_col] - m.cost[seg_layer, frm_col]
-    dg = m.gain[seg_layer, to_col] - m.gain[seg_layer, frm_col]
-    slope = dg / dc
-    order = np.lexsort((seg_k, seg_layer, -slope))
-    seg_layer, to_col, frm_col, dc, slope = seg_layer[order], to_col[order], frm_col[order], dc[order], slope[order]
-    first_col = np.argmax(on, axis=1)
+    # hull segments, taken greedily by decreasing slope until the cap
+    (seg_layer, frm_col, to_col, dc, _, slope), first_col = _hull_segments(m)
     used0 = int(m.cost[rows, first_col].sum())
     reach = used0 + np.cumsum(dc)
     over = np.flatnonzero(reach > cap)
@@ -248,8 +244,7 @@ def presolve(problem: Problem, deadline: float | None = None) -> Presolve:
         choice_col[l] = j
         used += int(dcost[l, j])
     incumbent = tuple(m.idx[rows, choice_col].tolist())
-    gain = problem.option_gain.tolist()
-    value = float(sum(gain[o] for o in incumbent))
+    value = float(sum(problem.option_gain[list(incumbent)].tolist()))
     return Presolve(
         options=options,
         bound=bound,
@@ -340,29 +335,13 @@ class _SuffixBound:
     Each layer's kept options give an upper concave hull; the LP of a set of layers fills their hull
     segments in decreasing slope. One global sort, then per checkpoint a masked cumulative sum."""
 
-    def __init__(self, cost, gain, opt_idx: list[np.ndarray]):
-        pos, dcs, dgs = [], [], []
-        base_cost, base_gain = np.zeros(len(opt_idx), dtype=np.int64), np.zeros(len(opt_idx))  # each hull's cheapest point
-        cl, gl = cost.tolist(), gain.tolist()
-        for i, idx in enumerate(opt_idx):
-            order = sorted(idx.tolist(), key=lambda o: (cl[o], -gl[o]))
-            undom, best = [], -float("inf")
-            for o in order:
-                if gl[o] > best:
-                    undom.append(o)
-                    best = gl[o]
-            h = _hull(tuple(undom), cl, gl)
-            base_cost[i], base_gain[i] = cl[h[0]], gl[h[0]]
-            for a, b in zip(h, h[1:]):
-                pos.append(i)
-                dcs.append(cl[b] - cl[a])
-                dgs.append(gl[b] - gl[a])
+    def __init__(self, problem: Problem, opt_idx: list[np.ndarray]):
+        m = _Padded.of(problem, opt_idx).undominated()
+        (self.pos, _, _, self.dc, self.dg, _), first = _hull_segments(m)
+        rows = np.arange(len(opt_idx))
         # suffix sums: what the layers from k on cost and gain at their cheapest hull points
-        self.base_cost = np.concatenate((np.cumsum(base_cost[::-1])[::-1], [0]))
-        self.base_gain = np.concatenate((np.cumsum(base_gain[::-1])[::-1], [0.0]))
-        dc, dg = np.array(dcs, dtype=np.int64), np.array(dgs, dtype=float)
-        order = np.argsort(-(dg / dc) if len(dc) else dg, kind="stable")
-        self.pos, self.dc, self.dg = np.array(pos, dtype=np.int64)[order], dc[order], dg[order]
+        self.base_cost = np.concatenate((np.cumsum(m.cost[rows, first][::-1])[::-1], [0]))
+        self.base_gain = np.concatenate((np.cumsum(m.gain[rows, first][::-1])[::-1], [0.0]))
 
     def keep(self, k: int, c: np.ndarray, g: np.ndarray, cap: int, target: float) -> np.ndarray:
         """Which states after step k (cost c, gain g) can still reach ``target`` under ``cap``."""
@@ -454,8 +433,9 @@ def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_sta
     reduced = [gain[idx] - price * cost[idx] for idx in opt_idx]
     order = _core_order(reduced)
     free, opt_idx, reduced = [free[i] for i in order], [opt_idx[i] for i in order], [reduced[i] for i in order]
-    fixed_cost = sum(int(cost[choice[l]]) for l in fixed)
-    fixed_gain = sum(float(gain[choice[l]]) for l in fixed)
+    fixed_choice = [choice[l] for l in fixed]
+    fixed_cost = int(cost[fixed_choice].sum())  # (``problem`` may be side.py's knapsack: arrays only)
+    fixed_gain = sum(gain[fixed_choice].tolist())  # summed in layer order, as the objective is
     cap = problem.constraints.hi - fixed_cost
     goal = (pre.incumbent_value if target is None else target) - fixed_gain
     tol = REL_TOL * max(1.0, abs(pre.bound))
@@ -463,7 +443,7 @@ def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_sta
     # best reduced value of each free layer, and suffix sums for the Lagrangian bound
     best_reduced = np.array([float(r.max()) for r in reduced])
     suffix = np.concatenate((np.cumsum(best_reduced[::-1])[::-1], [0.0]))
-    bound = _SuffixBound(cost, gain, opt_idx) if len(free) > 1 else None
+    bound = _SuffixBound(problem, opt_idx) if len(free) > 1 else None
     every = max(1, -(-len(free) // LP_BOUND_CHECKS))
 
     s_cost, s_gain = np.zeros(1, dtype=np.int64), np.zeros(1)
@@ -569,7 +549,7 @@ def repair_min_methods(problem: Problem, choice, k: int):
     None if no such switch sequence is found (the caller then uses the ILP)."""
     choice = list(choice)
     cost, gain = problem.option_cost, problem.option_gain
-    used = sum(int(cost[o]) for o in choice)
+    used = problem.cost(choice)
     cap = problem.constraints.hi
     while len(methods_used(problem, choice)) < k:
         present = methods_used(problem, choice)

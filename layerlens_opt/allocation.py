@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from enum import Enum
 from pathlib import Path
@@ -101,6 +101,13 @@ class Allocation:
     def columns(self) -> Columns:
         """The layers as columns (method, rank, params, utility, block, group, kind): what metrics read."""
         return Columns.of(self.layers)
+
+    def replace(self, **changes) -> "Allocation":
+        """A copy with ``changes`` (dataclasses.replace), keeping the computed columns when the layers stay."""
+        out = replace(self, **changes)
+        if "layers" not in changes and "columns" in self.__dict__:
+            out.__dict__["columns"] = self.__dict__["columns"]
+        return out
 
     @property
     def violations(self) -> list[str]:
@@ -245,7 +252,10 @@ def make_allocation(
 
 
 def _number(value, finite: bool = True) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and (not finite or math.isfinite(value))
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and (not finite or math.isfinite(value))
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def _check_layer_fields(path, layer: dict) -> None:

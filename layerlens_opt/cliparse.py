@@ -189,8 +189,6 @@ def build_from_options(kw):
 
 
 def solve_from_options(problem, build_seconds, kw, solver=None):
-    from dataclasses import replace
-
     from .solvers import SolverOptions, solve
 
     limit = kw["time_limit"]
@@ -202,7 +200,7 @@ def solve_from_options(problem, build_seconds, kw, solver=None):
     alloc = solve(problem, solver or kw["solver"], options)
     seconds = dict(alloc.seconds)
     seconds["build"] = seconds.get("build", 0.0) + build_seconds
-    return replace(alloc, seconds=seconds)
+    return alloc.replace(seconds=seconds)
 
 
 def _stack(*decorators):

@@ -149,7 +149,12 @@ class Columns:
     def of(cls, layers: Iterable[Any]) -> "Columns":
         if isinstance(layers, Columns):
             return layers
-        rows = [l if isinstance(l, Mapping) else vars(l) for l in layers]
+        layers = list(layers)
+        # one kind of row decides how every row is read (a per-row ABC isinstance costs ~2 us; 50,000 layers)
+        if len({type(l) for l in layers}) == 1 and not isinstance(layers[0], Mapping):
+            rows = [vars(l) for l in layers]
+        else:
+            rows = [l if isinstance(l, Mapping) else vars(l) for l in layers]
         return cls(
             method=[r["method"] for r in rows],
             rank=np.array([float(r.get("rank", 0)) for r in rows]),

@@ -47,13 +47,29 @@ def _cell(value: Any) -> str:
 
 
 def allocation_table(alloc: Allocation) -> str:
-    # the cells :func:`_cell` would write, without its type dispatch per cell (tens of thousands of layers)
-    rows = [
-        [str(l.name), str(l.kind), str(l.method), f"{l.rank:,}", f"{l.params:,}", _cell(round(l.utility, 4)),
-         "-" if l.gain is None else _cell(round(l.gain, 5))]
-        for l in alloc.layers
+    """Every layer's choice, one row each. Written column by column with the cells :func:`_cell` would
+    write (tens of thousands of layers: no type dispatch per cell, one format string per row)."""
+    layers = alloc.layers
+    columns = [
+        [str(l.name) for l in layers],
+        [str(l.kind) for l in layers],
+        [str(l.method) for l in layers],
+        [f"{l.rank:,}" for l in layers],
+        [f"{l.params:,}" for l in layers],
+        [_float4(round(l.utility, 4)) for l in layers],
+        ["-" if l.gain is None else _float4(round(l.gain, 5)) for l in layers],
     ]
-    return _render(("layer", "kind", "method", "rank", "params", "utility", "gain"), rows, "lllrrrr")
+    headers = ("layer", "kind", "method", "rank", "params", "utility", "gain")
+    widths = [max(len(h), max(map(len, col), default=0)) for h, col in zip(headers, columns)]
+    line = "  ".join(f"{{:{'>' if a == 'r' else '<'}{w}}}" for w, a in zip(widths, "lllrrrr")).format
+    lines = [line(*headers).rstrip(), "  ".join("-" * w for w in widths)]
+    lines += [line(*row).rstrip() for row in zip(*columns)]
+    return "\n".join(lines)
+
+
+def _float4(value) -> str:
+    """:func:`_cell` of a rounded utility or gain (a float, or an int from a loaded file)."""
+    return f"{value:.4g}" if type(value) is float else _cell(value)
 
 
 def summary(alloc: Allocation) -> str:

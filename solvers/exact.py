@@ -88,8 +88,6 @@ def _fallback(problem: Problem, options: SolverOptions, t0: float, why: str, pre
     When too little of the time limit is left to build the model and start CBC, the presolve's
     incumbent is the answer (status feasible, with the LP bound and its gap) if it meets every
     constraint; the time limit is then honoured instead of overrun by the build."""
-    from dataclasses import replace
-
     from .ilp import solve_ilp
 
     deadline = None
@@ -104,4 +102,4 @@ def _fallback(problem: Problem, options: SolverOptions, t0: float, why: str, pre
                                    seconds={"build": pre.seconds, "solve": time.perf_counter() - t0 - pre.seconds}, notes=[note],
                                    message="the time limit stopped the search before a proof; the gap is reported")
     alloc = solve_ilp(problem, options, "cbc", pre, deadline=deadline)
-    return replace(alloc, solver=f"auto/{alloc.solver}", notes=alloc.notes + (f"auto: {why}",))
+    return alloc.replace(solver=f"auto/{alloc.solver}", notes=alloc.notes + (f"auto: {why}",))

@@ -58,6 +58,7 @@ def test_from_dict_leaves_the_callers_dict_alone_and_load_returns_the_type(tmp_p
     (lambda d: d["layers"][2].update(rank=-1), "field 'rank' must be a non-negative integer"),
     (lambda d: d["layers"][0].update(method="dora"), "unknown method 'dora'"),
     (lambda d: d.update(status="great"), "'status' is 'great'"),
+    (lambda d: d["layers"][1].update(utility=10**400), "field 'utility' must be a non-negative finite number"),  # no float: not an OverflowError
 ])
 def test_from_dict_names_the_field(edit, fragment, tmp_path):
     problem = build_problem(load_manifest(SHIPPED[0]), Constraints(budget=50_000))
@@ -88,3 +89,17 @@ def test_consumers_take_the_typed_object(tmp_path):
     if lora:
         assert lora_config(exact)["target_modules"] == [l.name for l in lora]
     assert sum(others_than_lora(exact).values()) == sum(1 for l in exact.layers if l.method not in ("lora", "none"))
+
+
+@pytest.mark.parametrize("path", SHIPPED[:4])
+def test_the_allocation_table_is_the_generic_table_of_its_cells(path):
+    """allocation_table writes its columns without per-cell dispatch; the text is table()'s, cell for cell,
+    also for a loaded file's integer utility, integer gain and missing gain."""
+    from layerlens_opt.report import allocation_table, table
+
+    alloc = solve(build_problem(load_manifest(path), Constraints(budget=80_000)), "heuristic")
+    data = alloc.to_dict()
+    data["layers"][0]["utility"], data["layers"][1]["gain"], data["layers"][2]["gain"] = 12345, None, 7
+    for a in (alloc, Allocation.from_dict(data)):
+        rows = [(l.name, l.kind, l.method, l.rank, l.params, round(l.utility, 4), None if l.gain is None else round(l.gain, 5)) for l in a.layers]
+        assert allocation_table(a) == table(("layer", "kind", "method", "rank", "params", "utility", "gain"), rows, "lllrrrr")

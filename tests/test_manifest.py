@@ -59,3 +59,86 @@ def test_unreadable_files(tmp_path):
     bad.write_text("{\n  'a': 1}")
     with pytest.raises(ManifestError, match="not valid JSON at line 2"):
         load_manifest(bad)
+
+
+# --- the column-at-a-time check accepts exactly what the layer-by-layer parser accepts -------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from layerlens_opt import manifest as manifest_module  # noqa: E402
+
+_ODD_VALUES = [0, -1, 1, 3.5, True, False, None, "", "x", "mlp", [], {}, [1], 10**400, float("nan"), float("inf"), -0.0, 2**31, 2**31 + 1,
+               ["lora"], ["dora"], {"lora": {"1": 0.5}}, {"lora": {"1": 2.0}}]
+_FIELDS = ["name", "kind", "in_features", "out_features", "block", "metrics", "group", "allowed_methods", "gain_curves", "extra"]
+
+
+def _parse_or_error(data):
+    try:
+        return parse_manifest(data)
+    except ManifestError as exc:
+        return f"error: {exc}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.sampled_from(_FIELDS + ["metrics.fisher", "drop"]), st.sampled_from(range(len(_ODD_VALUES)))),
+                max_size=3),
+       st.sampled_from(["int", "float"]))
+def test_bulk_check_accepts_and_builds_what_the_layer_parser_does(edits, metric_type):
+    conv = int if metric_type == "int" else float
+    layers = [layer(f"l{i}", kind=("attention", "mlp", "block")[i % 3], block=i // 2, ge=conv(i + 1), fi=conv(2 * i), pe=conv(1))
+              for i in range(5)]
+    layers[1]["group"] = "g"
+    layers[3]["group"] = "g"
+    data = manifest(layers, metadata={"gradient_norms": {"l0": 1, "l1": 2.5}})
+    for i, where, k in edits:
+        value = _ODD_VALUES[k]
+        target = data["layers"][i]
+        if where == "drop":
+            target.pop(_FIELDS[k % 6], None)
+        elif where == "metrics.fisher":
+            if isinstance(target.get("metrics"), dict):
+                target["metrics"]["fisher"] = value
+        else:
+            target[where] = value
+    fast = _parse_or_error(data)
+    original = manifest_module._checked_in_bulk
+    manifest_module._checked_in_bulk = lambda raw, source: None
+    try:
+        slow = _parse_or_error(data)
+    finally:
+        manifest_module._checked_in_bulk = original
+    assert fast == slow
+    if not isinstance(fast, str):
+        assert [type(v) for l in fast.layers for v in l.metrics.values()] == [float] * 15
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["attention", "mlp", "block", "linear", "embedding"]), st.integers(1, 2**31), st.integers(1, 9),
+                          st.one_of(st.none(), st.integers(0, 3)), st.one_of(st.none(), st.sampled_from(["g1", "g2"])),
+                          st.lists(st.one_of(st.integers(0, 10**6), st.floats(0, 1e300)), min_size=3, max_size=3)),
+                min_size=1, max_size=6))
+def test_bulk_check_builds_the_layers_the_layer_parser_builds(rows):
+    layers = [layer(f"l{i}", kind=k, d_in=a, d_out=b, block=blk, ge=m[0], fi=m[1], pe=m[2], **({"group": g} if g else {}))
+              for i, (k, a, b, blk, g, m) in enumerate(rows)]
+    if len(rows) > 1:
+        layers[-1]["allowed_methods"] = ["lora", "none"]  # parsed by the layer parser inside the bulk path
+    data = manifest(layers)
+    bulk = manifest_module._checked_in_bulk(data["layers"], "m")
+    assert bulk is not None
+    original = manifest_module._checked_in_bulk
+    manifest_module._checked_in_bulk = lambda raw, source: None
+    try:
+        slow = parse_manifest(data)
+    finally:
+        manifest_module._checked_in_bulk = original
+    assert parse_manifest(data) == slow and tuple(bulk) == slow.layers
+    assert {type(v) for l in bulk for v in l.metrics.values()} == {float}
+
+
+def test_bulk_check_takes_plain_manifests_and_a_big_integer_metric_is_an_error():
+    data = manifest([layer("a", block=0), layer("b", group="g"), layer("c", allowed_methods=["lora"])])
+    assert manifest_module._checked_in_bulk(data["layers"], "m") is not None  # the fast path is the one tested above
+    data["layers"][1]["metrics"]["fisher"] = 10**400  # finite as an int, not as a float: refused, one short line
+    with pytest.raises(ManifestError, match=r"layer 'b' field 'metrics.fisher' must be a non-negative finite number, got 1000+\.\.\.$"):
+        parse_manifest(data)
+    assert manifest_module._checked_in_bulk(data["layers"], "m") is None

@@ -378,6 +378,17 @@ def allowed_methods(manifest: Manifest, options: ModelOptions, prefix_ok: set[in
     return out
 
 
+def _concat_templates(parts):
+    """The option templates' columns end to end (methods int8, ranks and costs int64, efficiencies and fractions
+    float64) and each template's start in them (one more entry than templates)."""
+    dtypes = (np.int8, np.int64, np.int64, np.float64, np.float64)
+    try:
+        columns = tuple(np.array([v for p in parts for v in p[k]], dtype=dtype) for k, dtype in enumerate(dtypes))
+    except OverflowError:  # a cost past int64: only absurd ranks on absurd shapes get here
+        raise LayerlensError("an option's parameter count does not fit in 64 bits; lower --ranks or --max-rank") from None
+    return columns, np.concatenate(([0], np.cumsum([len(p[0]) for p in parts]))).astype(np.int64)
+
+
 def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOptions | None = None) -> Problem:
     """Build the problem: options per layer with exact cost and gain, compatibility applied."""
     options = options or ModelOptions()
@@ -389,11 +400,6 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
     accepted = allowed_methods(manifest, ModelOptions(methods=tuple(METHOD_NAMES)), prefix_ok)
     notes: list[str] = []
 
-    layer_of: list[int] = []
-    method_of: list[int] = []
-    rank_of: list[int] = []
-    cost_of: list[int] = []
-    starts = [0]
     infos: list[LayerInfo] = []
     method_index = {m: i for i, m in enumerate(METHOD_NAMES)}
     wanted = [m for m in METHOD_NAMES if m in options.methods]
@@ -401,10 +407,10 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
     per_block_wanted = bool(_per_block_methods() & set(options.methods))
 
     # a layer's options (methods, ranks, costs, efficiency and captured fraction) depend on its methods, its shape and
-    # its measured curves only: layers without curves share them by (methods, d_in, d_out); gains = utility x eff x frac
-    templates: dict[tuple, tuple[list, list, list, list, list]] = {}
-    eff_of: list[float] = []
-    frac_of: list[float] = []
+    # its measured curves only: layers without curves share a template by (methods, d_in, d_out); gains = utility x eff x frac
+    templates: dict[tuple, int] = {}
+    parts: list[tuple[list, list, list, list, list]] = []  # per template: methods, ranks, costs, efficiencies, fractions
+    template_of: list[int] = []
     rank_sets = {m: tuple(sorted(options.ranks.get(m, DEFAULT_RANKS))) for m in wanted}
     for l, layer in enumerate(manifest.layers):
         fits = accepted[layer.name]
@@ -417,8 +423,8 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
                 f"(it allows {', '.join(m for m in METHOD_NAMES if m in fits)}); add 'none' or one of those to the method set"
             )
         key = (methods, layer.in_features, layer.out_features)
-        template = None if layer.gain_curves else templates.get(key)
-        if template is None:
+        t = None if layer.gain_curves else templates.get(key)
+        if t is None:
             template = ([], [], [], [], [])
             for m in methods:
                 spec = METHODS[m]
@@ -432,19 +438,21 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
                     template[2].append(param_cost(m, r, layer.in_features, layer.out_features))
                     template[3].append(spec.efficiency)
                     template[4].append(measured_curve(curve, r) if curve is not None else default_curve(m, r))
+            t = len(parts)
+            parts.append(template)
             if not layer.gain_curves:
-                templates[key] = template
-        method_of.extend(template[0])
-        rank_of.extend(template[1])
-        cost_of.extend(template[2])
-        eff_of.extend(template[3])
-        frac_of.extend(template[4])
-        layer_of.extend([l] * len(template[0]))
-        starts.append(len(cost_of))
+                templates[key] = t
+        template_of.append(t)
         infos.append(LayerInfo(layer.name, layer.kind, layer.block, layer.in_features, layer.out_features, float(utility[l]), methods))
-    # u * efficiency * frac, left to right, as numbers in one pass
-    gain_of = ((np.asarray(utility, dtype=np.float64)[np.asarray(layer_of, dtype=np.int64)] * np.asarray(eff_of))
-               * np.asarray(frac_of)).tolist() if layer_of else []
+    # every layer's options gathered from its template in one pass; gains u * efficiency * frac, left to right
+    (t_method, t_rank, t_cost, t_eff, t_frac), t_start = _concat_templates(parts)
+    tid = np.asarray(template_of, dtype=np.int64)
+    sizes = t_start[tid + 1] - t_start[tid]
+    starts = np.concatenate(([0], np.cumsum(sizes)))
+    layer_of = np.repeat(np.arange(len(tid)), sizes)
+    src = np.arange(starts[-1]) + np.repeat(t_start[tid] - starts[:-1], sizes)
+    method_of, rank_of, cost_of = t_method[src], t_rank[src], t_cost[src]
+    gain_of = (np.asarray(utility, dtype=np.float64)[layer_of] * t_eff[src]) * t_frac[src]
 
     if prefix_pruned and prefix_note:
         notes.append(prefix_note)
@@ -520,60 +528,60 @@ def tied_groups(manifest: Manifest, regex: str | None = None) -> dict[str, list[
 
 def _merge_groups(manifest, groups, infos, layer_of, method_of, rank_of, cost_of, gain_of, starts):
     """Each tied group becomes one layer of the problem at its first member's place: options
-    (method, rank) shared by all members, costs and gains summed. Members must match in shape and options."""
+    (method, rank) shared by all members, costs and gains summed. Members must match in shape and options.
+    The option columns are arrays; the result's are gathered from them in one pass."""
     first = {members[0]: key for key, members in groups.items()}
     grouped = {i for members in groups.values() for i in members}
-    out = ([], [], [], [], [], [], [0], [])
-    n_infos, n_layer, n_method, n_rank, n_cost, n_gain, n_starts, index = out
+    keep = [l for l in range(len(infos)) if l not in grouped or l in first]  # the merged problem's layers, in order
+    n_infos = []
+    times = np.ones(len(infos), dtype=np.int64)  # what each kept layer's costs are multiplied by: its members
+    summed: list[tuple[int, list[float]]] = []  # (merged layer, its options' summed gains)
 
     def options(l):
-        return method_of[starts[l] : starts[l + 1]], rank_of[starts[l] : starts[l + 1]]
+        return method_of[starts[l] : starts[l + 1]].tolist(), rank_of[starts[l] : starts[l + 1]].tolist()
 
-    for l, info in enumerate(infos):
-        if l in grouped and l not in first:
-            continue
-        k = len(n_infos)
-        if l in first:
-            key = first[l]
-            members = groups[key]
-            label = group_label(key)
-            ref = manifest.layers[members[0]]
-            ref_options = options(members[0])
-            for i in members[1:]:
-                other = manifest.layers[i]
-                if (other.in_features, other.out_features) != (ref.in_features, ref.out_features):
-                    raise LayerlensError(
-                        f"tied group {label!r}: layer {other.name!r} is {other.in_features}x{other.out_features} but {ref.name!r} is "
-                        f"{ref.in_features}x{ref.out_features}; a group's layers must have one shape (narrow --tie-groups or the 'group' fields)")
-                if options(i) != ref_options:
-                    raise LayerlensError(
-                        f"tied group {label!r}: layer {other.name!r} accepts methods {', '.join(infos[i].methods)} but {ref.name!r} accepts "
-                        f"{', '.join(infos[members[0]].methods)}; a group's layers must accept the same methods (check kind and allowed_methods)")
-            span = range(starts[members[0]], starts[members[0] + 1])
-            member_gains = tuple(tuple(gain_of[starts[i] : starts[i] + len(span)]) for i in members)
-            for o, column in zip(span, zip(*member_gains)):
-                n_layer.append(k)
-                n_method.append(method_of[o])
-                n_rank.append(rank_of[o])
-                n_cost.append(cost_of[o] * len(members))
-                n_gain.append(float(sum(column)))
-            blocks = {infos[i].block for i in members}
-            n_infos.append(LayerInfo(
-                name=f"group {label}", kind=info.kind, block=blocks.pop() if len(blocks) == 1 else None,
-                in_features=info.in_features, out_features=info.out_features,
-                utility=float(np.mean([infos[i].utility for i in members])), methods=info.methods,
-                members=tuple((i, infos[i]) for i in members), member_gains=member_gains, group=label))
-        else:
-            for o in range(starts[l], starts[l + 1]):
-                n_layer.append(k)
-                n_method.append(method_of[o])
-                n_rank.append(rank_of[o])
-                n_cost.append(cost_of[o])
-                n_gain.append(gain_of[o])
+    for k, l in enumerate(keep):
+        info = infos[l]
+        if l not in first:
             n_infos.append(info)
-        n_starts.append(len(n_cost))
-        index.append(l)
-    return n_infos, n_layer, n_method, n_rank, n_cost, n_gain, n_starts, tuple(index)
+            continue
+        key = first[l]
+        members = groups[key]
+        label = group_label(key)
+        ref = manifest.layers[members[0]]
+        ref_options = options(members[0])
+        for i in members[1:]:
+            other = manifest.layers[i]
+            if (other.in_features, other.out_features) != (ref.in_features, ref.out_features):
+                raise LayerlensError(
+                    f"tied group {label!r}: layer {other.name!r} is {other.in_features}x{other.out_features} but {ref.name!r} is "
+                    f"{ref.in_features}x{ref.out_features}; a group's layers must have one shape (narrow --tie-groups or the 'group' fields)")
+            if options(i) != ref_options:
+                raise LayerlensError(
+                    f"tied group {label!r}: layer {other.name!r} accepts methods {', '.join(infos[i].methods)} but {ref.name!r} accepts "
+                    f"{', '.join(infos[members[0]].methods)}; a group's layers must accept the same methods (check kind and allowed_methods)")
+        width = len(ref_options[0])
+        member_gains = tuple(tuple(gain_of[starts[i] : starts[i] + width].tolist()) for i in members)
+        summed.append((k, [float(sum(column)) for column in zip(*member_gains)]))  # left to right, member order
+        times[l] = len(members)
+        blocks = {infos[i].block for i in members}
+        n_infos.append(LayerInfo(
+            name=f"group {label}", kind=info.kind, block=blocks.pop() if len(blocks) == 1 else None,
+            in_features=info.in_features, out_features=info.out_features,
+            utility=float(np.mean([infos[i].utility for i in members])), methods=info.methods,
+            members=tuple((i, infos[i]) for i in members), member_gains=member_gains, group=label))
+    kept = np.asarray(keep, dtype=np.int64)
+    sizes = starts[kept + 1] - starts[kept]
+    n_starts = np.concatenate(([0], np.cumsum(sizes)))
+    src = np.arange(n_starts[-1]) + np.repeat(starts[kept] - n_starts[:-1], sizes)
+    per_option = np.repeat(times[kept], sizes)
+    if len(src) and int(cost_of[src].max()) * int(times.max()) >= 2**63:
+        raise LayerlensError("a tied group's summed parameter count does not fit in 64 bits; split the group or lower --ranks")
+    n_gain = gain_of[src]
+    for k, gains in summed:
+        n_gain[n_starts[k] : n_starts[k + 1]] = gains
+    return (n_infos, np.repeat(np.arange(len(keep)), sizes), method_of[src], rank_of[src], cost_of[src] * per_option, n_gain,
+            n_starts, tuple(keep))
 
 
 def _pair_terms(manifest: Manifest, options: ModelOptions) -> tuple[PairTerm, ...]:

@@ -47,6 +47,20 @@ def test_solve_prints_table_and_summary():
         assert word in r.output
 
 
+def test_a_command_raises_the_collector_thresholds_only_while_it_runs(monkeypatch):
+    import gc
+
+    from layerlens_opt import cliparse
+
+    seen = []
+    real = cliparse.build_from_options
+    monkeypatch.setattr("layerlens_opt.cli._build", lambda kw: (real(kw), seen.append(gc.get_threshold()))[0])
+    before = gc.get_threshold()
+    assert run("solve", SCENARIO, "--budget", "50k").exit_code == 0
+    assert run("solve", SCENARIO, "--budget", "-1").exit_code != 0  # an error path restores them too
+    assert seen == [cliparse.SOLVE_GC_THRESHOLD] and gc.get_threshold() == before != cliparse.SOLVE_GC_THRESHOLD
+
+
 @pytest.mark.parametrize("solver", ["auto", "cbc", "highs", "heuristic"])
 def test_solve_json_matches_schema(solver, tmp_path):
     out = tmp_path / "alloc.json"

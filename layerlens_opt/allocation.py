@@ -205,42 +205,36 @@ def make_allocation(
     choice = tuple(int(o) for o in choice)
     if len(choice) != problem.n_layers:
         raise ValueError(f"choice has {len(choice)} entries for {problem.n_layers} layers")
-    layers = []
-    allowed = []
     picked = list(choice)
-    option_layer, option_rank = problem.option_layer[picked].tolist(), problem.option_rank[picked].tolist()
-    option_cost, option_gain = problem.option_cost[picked].tolist(), problem.option_gain[picked].tolist()
+    wrong = np.flatnonzero(problem.option_layer[picked] != np.arange(len(picked)))
+    if len(wrong):
+        l = int(wrong[0])
+        raise ValueError(f"option {choice[l]} does not belong to layer {l} ({problem.layers[l].name})")
+    option_rank, option_cost, option_gain = problem.option_rank[picked].tolist(), problem.option_cost[picked].tolist(), problem.option_gain[picked].tolist()
     method_names = [METHOD_NAMES[m] for m in problem.option_method[picked].tolist()]
     starts = problem.layer_start.tolist()
-    for l, o in enumerate(choice):
-        info = problem.layers[l]
-        if option_layer[l] != l:
-            raise ValueError(f"option {o} does not belong to layer {l} ({info.name})")
-        method, rank = method_names[l], option_rank[l]
-        if info.members:  # a tied group: every member listed, in manifest order below
+    # every manifest layer at its manifest index: a tied group lists each member
+    n_out = sum(len(info.members) or 1 for info in problem.layers)
+    layers: list = [None] * n_out
+    allowed: list = [None] * n_out
+    index = problem.layer_index if problem.layer_index is not None else range(len(choice))
+    for l, (info, i, o, method, rank, cost, gain) in enumerate(zip(problem.layers, index, choice, method_names, option_rank, option_cost, option_gain)):
+        if info.members:
             k = o - starts[l]
-            share = option_cost[l] // len(info.members)
-            for (i, m), gains in zip(info.members, info.member_gains):
-                layers.append((i, LayerChoice(
-                    name=m.name, kind=m.kind, block=m.block, method=method, rank=rank, params=share, gain=float(gains[k]),
-                    utility=m.utility, in_features=m.in_features, out_features=m.out_features, group=info.group)))
-                allowed.append((i, m.methods))
-            continue
-        i = problem.layer_index[l] if problem.layer_index is not None else l
-        layers.append((i, LayerChoice(
-            name=info.name, kind=info.kind, block=info.block, method=method, rank=rank, params=option_cost[l],
-            gain=option_gain[l], utility=info.utility, in_features=info.in_features, out_features=info.out_features)))
-        allowed.append((i, info.methods))
-    if problem.layer_index is not None:
-        layers.sort(key=lambda t: t[0])
-        allowed.sort(key=lambda t: t[0])
-    layers = [c for _, c in layers]
+            share = cost // len(info.members)
+            for (j, m), gains in zip(info.members, info.member_gains):
+                layers[j] = LayerChoice(m.name, m.kind, m.block, method, rank, share, float(gains[k]), m.utility, m.in_features, m.out_features,
+                                        info.group)
+                allowed[j] = m.methods
+        else:
+            layers[i] = LayerChoice(info.name, info.kind, info.block, method, rank, cost, gain, info.utility, info.in_features, info.out_features)
+            allowed[i] = info.methods
     objective = problem.value(choice)  # the layers' gains plus any active pair terms
-    total = sum(layer.params for layer in layers)
     if status == Status.OPTIMAL and bound is None:
         bound = objective
     columns = Columns.of(layers)
-    metrics = compute_metrics(columns, constraints, problem.gradient_norms, problem.fisher_traces, [m for _, m in allowed])
+    total = int(columns.params.sum())
+    metrics = compute_metrics(columns, constraints, problem.gradient_norms, problem.fisher_traces, allowed)
     alloc = Allocation(
         solver=solver, status=status, objective=objective, bound=bound, gap=gap_of(objective, bound),
         budget=c.budget, total_params=total, utilization=total / c.budget, seconds=dict(seconds or {}),

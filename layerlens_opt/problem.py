@@ -535,10 +535,7 @@ def _merge_groups(manifest, groups, infos, layer_of, method_of, rank_of, cost_of
     keep = [l for l in range(len(infos)) if l not in grouped or l in first]  # the merged problem's layers, in order
     n_infos = []
     times = np.ones(len(infos), dtype=np.int64)  # what each kept layer's costs are multiplied by: its members
-    summed: list[tuple[int, list[float]]] = []  # (merged layer, its options' summed gains)
-
-    def options(l):
-        return method_of[starts[l] : starts[l + 1]].tolist(), rank_of[starts[l] : starts[l + 1]].tolist()
+    summed: list[tuple[int, np.ndarray]] = []  # (merged layer, its options' summed gains)
 
     for k, l in enumerate(keep):
         info = infos[l]
@@ -549,20 +546,30 @@ def _merge_groups(manifest, groups, infos, layer_of, method_of, rank_of, cost_of
         members = groups[key]
         label = group_label(key)
         ref = manifest.layers[members[0]]
-        ref_options = options(members[0])
-        for i in members[1:]:
+        # every member against the first: its shape, then its options (method, rank); the first that differs is named
+        at = np.asarray(members, dtype=np.int64)
+        width = int(starts[l + 1] - starts[l])
+        shape_bad = [(manifest.layers[i].in_features, manifest.layers[i].out_features) != (ref.in_features, ref.out_features)
+                     for i in members]
+        same_width = (starts[at + 1] - starts[at]) == width
+        span = starts[at[same_width]][:, None] + np.arange(width)
+        options_bad = ~same_width
+        options_bad[same_width] = ((method_of[span] != method_of[starts[l] : starts[l + 1]]).any(axis=1)
+                                   | (rank_of[span] != rank_of[starts[l] : starts[l + 1]]).any(axis=1))
+        bad = np.flatnonzero(np.asarray(shape_bad) | options_bad)
+        if len(bad):
+            i = members[int(bad[0])]
             other = manifest.layers[i]
-            if (other.in_features, other.out_features) != (ref.in_features, ref.out_features):
+            if shape_bad[int(bad[0])]:
                 raise LayerlensError(
                     f"tied group {label!r}: layer {other.name!r} is {other.in_features}x{other.out_features} but {ref.name!r} is "
                     f"{ref.in_features}x{ref.out_features}; a group's layers must have one shape (narrow --tie-groups or the 'group' fields)")
-            if options(i) != ref_options:
-                raise LayerlensError(
-                    f"tied group {label!r}: layer {other.name!r} accepts methods {', '.join(infos[i].methods)} but {ref.name!r} accepts "
-                    f"{', '.join(infos[members[0]].methods)}; a group's layers must accept the same methods (check kind and allowed_methods)")
-        width = len(ref_options[0])
-        member_gains = tuple(tuple(gain_of[starts[i] : starts[i] + width].tolist()) for i in members)
-        summed.append((k, [float(sum(column)) for column in zip(*member_gains)]))  # left to right, member order
+            raise LayerlensError(
+                f"tied group {label!r}: layer {other.name!r} accepts methods {', '.join(infos[i].methods)} but {ref.name!r} accepts "
+                f"{', '.join(infos[members[0]].methods)}; a group's layers must accept the same methods (check kind and allowed_methods)")
+        gains = gain_of[span]  # members x options
+        member_gains = tuple(map(tuple, gains.tolist()))
+        summed.append((k, np.cumsum(gains, axis=0)[-1]))  # left to right in member order, as Python's sum of each column
         times[l] = len(members)
         blocks = {infos[i].block for i in members}
         n_infos.append(LayerInfo(

@@ -80,24 +80,46 @@ def undominated(problem: Problem, per_method: bool = False, key=None) -> tuple[t
     """
     if not per_method and key is None:
         return _undominated_plain(problem)
-    cost = problem.option_cost.tolist()
-    gain = problem.option_gain.tolist()
-    keys = problem.option_method.tolist() if per_method else (key.tolist() if key is not None else None)
-    starts = problem.layer_start.tolist()
-    free = key is not None and not per_method
-    out = []
-    for l in range(problem.n_layers):
-        idx = sorted(range(starts[l], starts[l + 1]), key=lambda o: (cost[o], -gain[o]))
-        kept = []
-        best: dict[int, float] = {}
-        for o in idx:
-            k = keys[o] if keys is not None else 0
-            floor = max(best.get(k, -float("inf")), best.get(0, -float("inf"))) if free else best.get(k, -float("inf"))
-            if gain[o] > floor:
-                kept.append(o)
-                best[k] = max(gain[o], best.get(k, -float("inf")))
-        out.append(tuple(kept))
-    return tuple(out)
+    keys = problem.option_method.astype(np.int64) if per_method else np.asarray(key, dtype=np.int64)
+    cost, gain = problem.option_cost, problem.option_gain
+    layer = np.repeat(np.arange(problem.n_layers), np.diff(problem.layer_start))
+    opt = np.arange(len(cost))
+    order = np.lexsort((opt, -gain, cost, layer))  # per layer: cost ascending, then gain descending, then option number
+    k, g, lay = keys[order], gain[order], layer[order]
+    # the best gain before each option among its layer's options of the same key (an option with a worse or equal gain
+    # than one before it is dominated: that one costs no more)
+    by_key = np.lexsort((np.arange(len(order)), k, lay))
+    floor = np.empty(len(order))
+    floor[by_key] = _prior_max(_segments(lay[by_key], k[by_key]), g[by_key])
+    if key is not None and not per_method:  # options using no capped resource (key 0) dominate every key
+        floor = np.maximum(floor, _prior_max(_segments(lay), np.where(k == 0, g, -np.inf)))
+    kept = order[g > floor]
+    bounds = np.searchsorted(layer[kept], np.arange(1, problem.n_layers))
+    return tuple(tuple(part) for part in np.split(kept, bounds))
+
+
+def _segments(*labels: np.ndarray) -> np.ndarray:
+    """Segment numbers (0, 1, ...) of positions already grouped by ``labels``: a new segment where any label changes."""
+    change = np.zeros(len(labels[0]), dtype=bool)
+    for a in labels:
+        change[1:] |= a[1:] != a[:-1]
+    return np.cumsum(change)
+
+
+def _prior_max(seg: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """For each position, the largest of ``values`` at earlier positions of its segment (-inf where none); ``seg``
+    non-decreasing. Exact: values are replaced by their ranks, offset per segment, and one running maximum taken."""
+    out = np.full(len(values), -np.inf)
+    if len(values) < 2:
+        return out
+    uniq, rank = np.unique(values, return_inverse=True)
+    span = len(uniq) + 1
+    base = seg.astype(np.int64) * span
+    run = np.maximum.accumulate(base + rank.reshape(-1) + 1)
+    prior = run[:-1]
+    same = prior > base[1:]  # the running maximum so far comes from this segment
+    out[1:][same] = uniq[prior[same] - base[1:][same] - 1]
+    return out
 
 
 class _Padded:
@@ -296,10 +318,7 @@ def pareto(c: np.ndarray, g: np.ndarray, key: np.ndarray | None, *rest: np.ndarr
         run = np.maximum.accumulate(g)
         keep[1:] = g[1:] > run[:-1]
     else:
-        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        for a, b in zip(starts, np.r_[starts[1:], len(g)]):
-            run = np.maximum.accumulate(g[a:b])
-            keep[a + 1 : b] = g[a + 1 : b] > run[:-1]
+        keep = g > _prior_max(_segments(key), g)
     return (c[keep], g[keep], None if key is None else key[keep], *(r[order][keep] for r in rest))
 
 

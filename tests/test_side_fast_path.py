@@ -81,3 +81,49 @@ def test_time_limit_passing_while_tied_blocks_are_built_hands_over_to_cbc(monkey
     assert calls and calls[0] is not None  # the command's deadline reaches the build
     assert alloc.solver.startswith("auto/cbc") and any("time limit passed while the tied blocks" in n for n in alloc.notes)
     assert alloc.status in (Status.OPTIMAL, Status.FEASIBLE) and not alloc.violations
+
+
+# --- vectorized dominance and Pareto filters against their definitions, option by option -----------------------
+
+def _undominated_reference(problem, keys, free):
+    """The definition: per layer, options by cost (then gain descending, then number); one stays when its gain beats
+    every earlier option of its key (and, when ``free``, every earlier option of key 0)."""
+    out = []
+    for l in range(problem.n_layers):
+        idx = sorted(problem.options_of(l), key=lambda o: (int(problem.option_cost[o]), -float(problem.option_gain[o]), o))
+        kept = []
+        for i, o in enumerate(idx):
+            before = [q for q in idx[:i] if keys[q] == keys[o] or (free and keys[q] == 0)]
+            if all(problem.option_gain[o] > problem.option_gain[q] for q in before):
+                kept.append(o)
+        out.append(tuple(kept))
+    return tuple(out)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 10**6), st.integers(1, 9), st.integers(1, 4), st.booleans())
+def test_keyed_dominance_matches_its_definition(seed, n_layers, n_keys, ties):
+    from layerlens_opt.solvers import mckp
+
+    p = random_problem(seed, n_layers=n_layers, ranks=(1, 2, 4, 8))
+    rng = np.random.default_rng(seed)
+    if ties:  # equal gains and costs across options, so the tie rules matter
+        p = p.__class__(**{**p.__dict__, "option_gain": np.round(p.option_gain, 1), "option_cost": (p.option_cost // 500) * 500})
+    key = rng.integers(0, n_keys, len(p.option_cost))
+    assert mckp.undominated(p, key=key) == _undominated_reference(p, key, free=True)
+    assert mckp.undominated(p, per_method=True) == _undominated_reference(p, p.option_method, free=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 60), st.integers(1, 5))
+def test_keyed_pareto_matches_its_definition(seed, n, n_keys):
+    from layerlens_opt.solvers import mckp
+
+    rng = np.random.default_rng(seed)
+    c, g = rng.integers(0, 8, n), np.round(rng.uniform(0, 3, n), 1)
+    key, tag = rng.integers(0, n_keys, n), np.arange(n)
+    oc, og, ok, otag = mckp.pareto(c, g, key, tag)
+    # kept: per key, by cost ascending then gain descending (stable), the states whose gain beats every earlier one's
+    order = sorted(range(n), key=lambda i: (key[i], c[i], -g[i]))
+    want = [i for j, i in enumerate(order) if all(g[i] > g[q] for q in order[:j] if key[q] == key[i])]
+    assert otag.tolist() == want and oc.tolist() == c[want].tolist() and ok.tolist() == key[want].tolist()

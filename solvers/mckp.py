@@ -307,6 +307,10 @@ def with_incumbent(problem: Problem, pre: Presolve, choice, per_method: bool = F
                    kept=fix(problem, options, pre.bound, pre.price, value, padded), padded=padded)
 
 
+#: up to this many keys :func:`pareto` takes a running maximum per key, above it one ranked pass over all
+PARETO_LOOP_KEYS = 32
+
+
 def pareto(c: np.ndarray, g: np.ndarray, key: np.ndarray | None, *rest: np.ndarray):
     """The (cost, gain) states no cheaper-or-equal state of the same ``key`` beats (``key`` None: one
     frontier), sorted by key then cost; ``rest`` are arrays carried along. Returns (c, g, key, *rest)."""
@@ -318,7 +322,12 @@ def pareto(c: np.ndarray, g: np.ndarray, key: np.ndarray | None, *rest: np.ndarr
         run = np.maximum.accumulate(g)
         keep[1:] = g[1:] > run[:-1]
     else:
-        keep = g > _prior_max(_segments(key), g)
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        if len(starts) <= PARETO_LOOP_KEYS:  # a few keys: one running maximum each
+            for a, b in zip(starts, np.r_[starts[1:], len(g)]):
+                keep[a + 1 : b] = g[a + 1 : b] > np.maximum.accumulate(g[a:b])[:-1]
+        else:  # many (the capped DP's count vectors): one pass over all
+            keep = g > _prior_max(np.cumsum(np.r_[False, key[1:] != key[:-1]]), g)
     return (c[keep], g[keep], None if key is None else key[keep], *(r[order][keep] for r in rest))
 
 

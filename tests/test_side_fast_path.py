@@ -115,8 +115,8 @@ def test_keyed_dominance_matches_its_definition(seed, n_layers, n_keys, ties):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(0, 10**6), st.integers(1, 60), st.integers(1, 5))
-def test_keyed_pareto_matches_its_definition(seed, n, n_keys):
+@given(st.integers(0, 10**6), st.integers(1, 200), st.sampled_from([1, 3, 5, 40, 100]))
+def test_keyed_pareto_matches_its_definition(seed, n, n_keys):  # few keys: a loop over them; many: one ranked pass
     from layerlens_opt.solvers import mckp
 
     rng = np.random.default_rng(seed)

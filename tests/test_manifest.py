@@ -72,11 +72,17 @@ _ODD_VALUES = [0, -1, 1, 3.5, True, False, None, "", "x", "mlp", [], {}, [1], 10
 _FIELDS = ["name", "kind", "in_features", "out_features", "block", "metrics", "group", "allowed_methods", "gain_curves", "extra"]
 
 
-def _parse_or_error(data):
+def _parse_or_error(data, layer_by_layer=False):
+    """The manifest parse_manifest makes of ``data`` (or its error's text); ``layer_by_layer``: with the bulk check off."""
+    original = manifest_module._checked_in_bulk
+    if layer_by_layer:
+        manifest_module._checked_in_bulk = lambda raw, source: None
     try:
         return parse_manifest(data)
     except ManifestError as exc:
         return f"error: {exc}"
+    finally:
+        manifest_module._checked_in_bulk = original
 
 
 @settings(max_examples=300, deadline=None)
@@ -101,13 +107,7 @@ def test_bulk_check_accepts_and_builds_what_the_layer_parser_does(edits, metric_
         else:
             target[where] = value
     fast = _parse_or_error(data)
-    original = manifest_module._checked_in_bulk
-    manifest_module._checked_in_bulk = lambda raw, source: None
-    try:
-        slow = _parse_or_error(data)
-    finally:
-        manifest_module._checked_in_bulk = original
-    assert fast == slow
+    assert fast == _parse_or_error(data, layer_by_layer=True)
     if not isinstance(fast, str):
         assert [type(v) for l in fast.layers for v in l.metrics.values()] == [float] * 15
 
@@ -125,12 +125,7 @@ def test_bulk_check_builds_the_layers_the_layer_parser_builds(rows):
     data = manifest(layers)
     bulk = manifest_module._checked_in_bulk(data["layers"], "m")
     assert bulk is not None
-    original = manifest_module._checked_in_bulk
-    manifest_module._checked_in_bulk = lambda raw, source: None
-    try:
-        slow = parse_manifest(data)
-    finally:
-        manifest_module._checked_in_bulk = original
+    slow = _parse_or_error(data, layer_by_layer=True)
     assert parse_manifest(data) == slow and tuple(bulk) == slow.layers
     assert {type(v) for l in bulk for v in l.metrics.values()} == {float}
 

@@ -64,7 +64,8 @@ def _side(problem: Problem, options: SolverOptions, t0: float, deadline: float |
     c = problem.constraints
     result = solve_side(problem, deadline)
     if result.choice is None:
-        return _fallback(problem, options, t0, f"method caps / tied blocks: {result.reason}; CBC solved the full ILP")
+        alloc = _fallback(problem, options, t0, f"method caps / tied blocks: {result.reason}; CBC solved the full ILP")
+        return _kept_incumbent(problem, alloc, result, t0) or alloc
     used = problem.cost(result.choice)
     if used < c.lo:
         return _fallback(problem, options, t0, f"the best allocation under the cap and the side constraints uses "
@@ -75,6 +76,24 @@ def _side(problem: Problem, options: SolverOptions, t0: float, deadline: float |
         return _fallback(problem, options, t0, f"the knapsack path's answer breaks a constraint ({broken[0]}); CBC solved the full ILP")
     seconds = {"build": result.presolve_seconds, "solve": time.perf_counter() - t0 - result.presolve_seconds}
     return make_allocation(problem, result.choice, solver="auto", status=Status.OPTIMAL, seconds=seconds, notes=[result.note])
+
+
+def _kept_incumbent(problem: Problem, alloc: Allocation, result, t0: float) -> Allocation | None:
+    """The knapsack path's own allocation (it meets the caps and ties) with its Lagrangian bound, where its DP
+    stopped and CBC then found nothing better (or nothing); None where CBC's answer stands."""
+    start = result.incumbent
+    if start is None or choice_violations(problem, start):  # e.g. below the utilization floor
+        return None
+    value = problem.value(start)
+    if alloc.ok and alloc.objective is not None and alloc.objective >= value - 1e-9 * max(1.0, abs(value)):
+        return None
+    bound = result.bound if alloc.bound is None or not alloc.ok else min(result.bound, alloc.bound)
+    why = alloc.message or alloc.status.value
+    return make_allocation(
+        problem, start, solver="auto", status=Status.FEASIBLE, bound=max(bound, value),
+        seconds={"solve": time.perf_counter() - t0}, message="the search stopped before a proof; the gap is reported",
+        notes=[f"auto: method caps / tied blocks: {result.reason}; CBC found no better allocation ({why}), so the knapsack "
+               "path's allocation that meets them is reported with its Lagrangian bound"])
 
 
 #: seconds per LP variable that building the model through PuLP, writing its MPS file and starting CBC take

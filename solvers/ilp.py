@@ -244,6 +244,12 @@ def _run(problem: Problem, backend: str, options: SolverOptions, keep=None, floo
             os.unlink(log_path)
     t2 = time.perf_counter()
     status = _status_table().get((prob.status, prob.sol_status), Status.ERROR)
+    if status == Status.INFEASIBLE and backend == "cbc" and options.time_limit is not None and t2 - t1 >= options.time_limit:
+        # CBC cut short by its time limit inside its preprocessing prints "Pre-processing says infeasible" and PuLP
+        # reads that as infeasible: not a proof (seen with a 1 s limit on 2,000 layers with two caps, which are feasible)
+        return Status.ERROR, None, None, t1 - t0, t2 - t1, warm, (
+            f"{backend} stopped at its time limit ({options.time_limit:.1f} s) without an allocation; its preprocessing, cut "
+            "short, said 'infeasible', which is not a proof; give it more time (--time-limit)")
     bound = cbc_bound if status == Status.FEASIBLE else None
     if backend == "highs" and status in (Status.OPTIMAL, Status.FEASIBLE):
         try:

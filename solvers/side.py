@@ -293,6 +293,9 @@ class SideResult:
     reason: str = ""
     note: str = ""
     presolve_seconds: float = 0.0
+    #: when the DP stopped: an allocation meeting the caps and ties (problem options) and an upper bound on the optimum
+    incumbent: tuple[int, ...] | None = None
+    bound: float | None = None
 
 
 def solve_side(problem: Problem, deadline: float | None = None, max_states: int = 400_000) -> SideResult:
@@ -321,9 +324,9 @@ def solve_side(problem: Problem, deadline: float | None = None, max_states: int 
         core = mckp.solve_core(shifted, pre, max_states=max_states, deadline=deadline, counts=knap.counts, caps=caps, mu=mu)
     else:
         core, pre = mckp.solve_deepening(shifted, pre, deadline=deadline, max_states=max_states)
-    if core.choice is None:
-        return SideResult(None, core.reason)
     bound = pre.bound + float(mu @ caps)
+    if core.choice is None:
+        return SideResult(None, core.reason, incumbent=knap.expand(start, problem.n_layers), bound=bound)
     what = " and ".join(w for w, on in (("method caps", len(caps) > 0), ("tied blocks", problem.constraints.tie_blocks)) if on) \
         or "method caps that cannot bind"
     note = (f"{what} on the knapsack path: {knap.n_layers:,} choices ({len(knap.option_cost):,} options"

@@ -127,3 +127,35 @@ def test_keyed_pareto_matches_its_definition(seed, n, n_keys):  # few keys: a lo
     order = sorted(range(n), key=lambda i: (key[i], c[i], -g[i]))
     want = [i for j, i in enumerate(order) if all(g[i] > g[q] for q in order[:j] if key[q] == key[i])]
     assert otag.tolist() == want and oc.tolist() == c[want].tolist() and ok.tolist() == key[want].tolist()
+
+
+def test_cbc_cut_short_by_its_time_limit_never_calls_a_feasible_problem_infeasible():
+    """With a 1 s limit on 2,000 layers and two caps, CBC's preprocessing is cut short and says 'infeasible'
+    (PuLP reads a proof); the problem is feasible (the knapsack path meets both caps), so that is an error, not a proof."""
+    from layerlens_opt.solvers import SolverOptions
+
+    data = synthetic(2000, seed=0)
+    problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"],
+                                                              method_caps=(("adapter", 6), ("lora", 500))))
+    alloc = solve(problem, "cbc", SolverOptions(time_limit=1.0))
+    assert alloc.status != Status.INFEASIBLE, alloc.message
+    if not alloc.ok:
+        assert "not a proof" in alloc.message
+
+
+def test_auto_keeps_the_knapsack_paths_allocation_when_its_dp_stops_and_cbc_finds_nothing(monkeypatch):
+    from layerlens_opt.allocation import make_allocation
+    from layerlens_opt.solvers import SolverOptions, exact, mckp
+
+    data = synthetic(224, seed=1)
+    problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"], tie_blocks=True,
+                                                              method_caps=(("adapter", 3),)))
+    best = solve(problem, "auto")
+    assert best.status == Status.OPTIMAL
+    monkeypatch.setattr(mckp, "solve_core", lambda *a, **k: mckp.CoreResult(None, 1, "the state limit stopped it (forced)"))
+    monkeypatch.setattr(exact, "_fallback", lambda problem, *a, **k: make_allocation(
+        problem, None, solver="auto/cbc", status=Status.ERROR, message="cbc stopped without an allocation (forced)"))
+    alloc = solve(problem, "auto", SolverOptions(time_limit=30))
+    assert alloc.status == Status.FEASIBLE and not alloc.violations
+    assert alloc.objective <= best.objective + 1e-9 and alloc.bound >= best.objective - 1e-9  # a true bound
+    assert any("knapsack path's allocation" in n and "(forced)" in n for n in alloc.notes)

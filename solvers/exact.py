@@ -57,14 +57,22 @@ def solve_auto(problem: Problem, options: SolverOptions) -> Allocation:
     return make_allocation(problem, core.choice, solver="auto", status=Status.OPTIMAL, seconds=seconds, notes=notes)
 
 
+#: the share of --time-limit the caps/ties knapsack path may use before CBC takes over
+SIDE_SHARE = 0.5
+
+
 def _side(problem: Problem, options: SolverOptions, t0: float, deadline: float | None) -> Allocation:
     """Method caps / tied blocks on the knapsack path (:mod:`side`); CBC where it cannot prove the answer."""
     from .side import solve_side
 
     c = problem.constraints
-    result = solve_side(problem, deadline)
+    # the knapsack path may take half of the time limit: where its DP cannot finish (two binding caps can
+    # overflow the counted frontiers) CBC, started from its allocation, gets the other half
+    side_deadline = None if deadline is None else t0 + SIDE_SHARE * (deadline - t0)
+    result = solve_side(problem, side_deadline)
     if result.choice is None:
-        alloc = _fallback(problem, options, t0, f"method caps / tied blocks: {result.reason}; CBC solved the full ILP")
+        alloc = _fallback(problem, options, t0, f"method caps / tied blocks: {result.reason}; CBC solved the full ILP",
+                          start=result.incumbent)
         return _kept_incumbent(problem, alloc, result, t0) or alloc
     used = problem.cost(result.choice)
     if used < c.lo:
@@ -101,7 +109,8 @@ def _kept_incumbent(problem: Problem, alloc: Allocation, result, t0: float) -> A
 BUILD_SECONDS_PER_VARIABLE = 5e-5
 
 
-def _fallback(problem: Problem, options: SolverOptions, t0: float, why: str, pre: mckp.Presolve | None = None) -> Allocation:
+def _fallback(problem: Problem, options: SolverOptions, t0: float, why: str, pre: mckp.Presolve | None = None,
+              start: tuple[int, ...] | None = None) -> Allocation:
     """CBC on the problem, within what is left of the time limit, with ``why`` in the notes.
 
     When too little of the time limit is left to build the model and start CBC, the presolve's
@@ -120,5 +129,5 @@ def _fallback(problem: Problem, options: SolverOptions, t0: float, why: str, pre
             return make_allocation(problem, pre.incumbent, solver="auto", status=Status.FEASIBLE, bound=pre.bound,
                                    seconds={"build": pre.seconds, "solve": time.perf_counter() - t0 - pre.seconds}, notes=[note],
                                    message="the time limit stopped the search before a proof; the gap is reported")
-    alloc = solve_ilp(problem, options, "cbc", pre, deadline=deadline)
+    alloc = solve_ilp(problem, options, "cbc", pre, deadline=deadline, start=start)
     return alloc.replace(solver=f"auto/{alloc.solver}", notes=alloc.notes + (f"auto: {why}",))

@@ -291,7 +291,7 @@ def _cbc_bound(log_path: str) -> float | None:
 
 
 def solve_ilp(problem: Problem, options: SolverOptions, backend: str = "cbc", pre: "mckp.Presolve | None" = None,
-              deadline: float | None = None) -> Allocation:
+              deadline: float | None = None, start: tuple[int, ...] | None = None) -> Allocation:
     """Solve with CBC or HiGHS. With ``options.presolve`` and no side constraints, the model
     is first reduced by the knapsack presolve (dominance + reduced-cost fixing), warm
     started from its incumbent, and re-solved in full only if the utilization floor binds.
@@ -332,8 +332,11 @@ def solve_ilp(problem: Problem, options: SolverOptions, backend: str = "cbc", pr
     elif options.presolve:
         notes.append("side constraints break the knapsack structure the presolve relies on: solved the full model")
 
-    start = None
-    if options.warm_start and problem.pairs:
+    given, start = start, None
+    if options.warm_start and given is not None and not problem.pairs and not choice_violations(problem, given):
+        start = given  # the caller's allocation that meets every constraint (auto: the knapsack path's)
+        notes.append("warm start: the knapsack path's allocation, which meets the side constraints")
+    elif options.warm_start and problem.pairs:
         # seen here: CBC 2.10 given a start on a model with pair terms returned that start as "optimal"
         # although better allocations existed (brute force disagreed); without a start it is exact
         notes.append("warm start not used: CBC mishandles starts on models with pair terms")
@@ -346,7 +349,7 @@ def solve_ilp(problem: Problem, options: SolverOptions, backend: str = "cbc", pr
     status, choice, bound, tb, ts, warm, message = _run(problem, backend, options, None, floor=True, start=start, deadline=deadline)
     seconds["build"] = seconds.get("build", 0.0) + tb
     seconds["solve"] = seconds.get("solve", 0.0) + ts
-    if warm:
+    if warm and start is not given:
         notes.append("warm start: the heuristic's allocation")
     return _finish(problem, backend, status, choice, bound, lp_bound, seconds, message, notes, warm)
 

@@ -159,3 +159,18 @@ def test_auto_keeps_the_knapsack_paths_allocation_when_its_dp_stops_and_cbc_find
     assert alloc.status == Status.FEASIBLE and not alloc.violations
     assert alloc.objective <= best.objective + 1e-9 and alloc.bound >= best.objective - 1e-9  # a true bound
     assert any("knapsack path's allocation" in n and "(forced)" in n for n in alloc.notes)
+
+
+def test_cbc_takes_over_from_the_knapsack_paths_allocation(monkeypatch):
+    """Where the caps/ties DP stops, CBC starts from the knapsack path's allocation (it meets the caps and ties;
+    the heuristic's does not) and the answer is still the optimum."""
+    from layerlens_opt.solvers import mckp
+
+    data = synthetic(72, seed=2)
+    problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"], tie_blocks=True,
+                                                              method_caps=(("adapter", 2),)))
+    best = solve(problem, "auto")
+    monkeypatch.setattr(mckp, "solve_core", lambda *a, **k: mckp.CoreResult(None, 1, "the state limit stopped it (forced)"))
+    alloc = solve(problem, "auto")
+    assert alloc.solver == "auto/cbc" and alloc.warm_start and "warm start: the knapsack path's allocation, which meets the side constraints" in alloc.notes
+    assert alloc.status == Status.OPTIMAL and abs(alloc.objective - best.objective) < 1e-9

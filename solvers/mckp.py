@@ -95,7 +95,7 @@ def undominated(problem: Problem, per_method: bool = False, key=None) -> tuple[t
         floor = np.maximum(floor, _prior_max(_segments(lay), np.where(k == 0, g, -np.inf)))
     kept = order[g > floor]
     bounds = np.searchsorted(layer[kept], np.arange(1, problem.n_layers))
-    return tuple(tuple(part) for part in np.split(kept, bounds))
+    return tuple(tuple(part.tolist()) for part in np.split(kept, bounds))  # Python ints, as the plain path gives
 
 
 def _segments(*labels: np.ndarray) -> np.ndarray:
@@ -327,7 +327,7 @@ def pareto(c: np.ndarray, g: np.ndarray, key: np.ndarray | None, *rest: np.ndarr
             for a, b in zip(starts, np.r_[starts[1:], len(g)]):
                 keep[a + 1 : b] = g[a + 1 : b] > np.maximum.accumulate(g[a:b])[:-1]
         else:  # many (the capped DP's count vectors): one pass over all
-            keep = g > _prior_max(np.cumsum(np.r_[False, key[1:] != key[:-1]]), g)
+            keep = g > _prior_max(_segments(key), g)
     return (c[keep], g[keep], None if key is None else key[keep], *(r[order][keep] for r in rest))
 
 

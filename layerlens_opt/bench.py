@@ -124,19 +124,20 @@ def scale(repeats: int, time_limit: float):
     from .generate import MOE_ARCHITECTURES, architecture
 
     tmp = Path(tempfile.mkdtemp(prefix="layerlens-scale-"))
+    limit = ("--time-limit", str(time_limit))
     files = []
     for n in (72, 560, 2000, 10_000, 50_000):
         path = tmp / f"synthetic-{n}.json"
         data = synthetic(n, seed=0)
         path.write_text(json.dumps(data))
-        files.append((f"synthetic {n:,}", path, data["model"]["suggested_budget"], "--time-limit", str(time_limit)))
+        files.append((f"synthetic {n:,}", path, data["model"]["suggested_budget"], *limit))
     for key in MOE_ARCHITECTURES:
         path = tmp / f"{key}.json"
         data = architecture(key)
         path.write_text(json.dumps(data))
         budget = data["model"]["suggested_budget"]
-        files.append((f"{key} untied", path, budget, "--time-limit", str(time_limit)))
-        files.append((f"{key} tied experts", path, budget, "--time-limit", str(time_limit), "--tie-groups", MOE_TIES))
+        files.append((f"{key} untied", path, budget, *limit))
+        files.append((f"{key} tied experts", path, budget, *limit, "--tie-groups", MOE_TIES))
     return process_times(files, repeats)
 
 

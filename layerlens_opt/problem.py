@@ -378,6 +378,15 @@ def allowed_methods(manifest: Manifest, options: ModelOptions, prefix_ok: set[in
     return out
 
 
+def _spans(begin: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ranges [begin, end) of a column laid end to end: for each position, its range's number and where it comes from,
+    and the ranges' starts in the result (one more entry than ranges)."""
+    sizes = end - begin
+    starts = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+    which = np.repeat(np.arange(len(sizes)), sizes)
+    return which, starts, np.arange(starts[-1]) + (begin - starts[:-1])[which]
+
+
 def _concat_templates(parts):
     """The option templates' columns end to end (methods int8, ranks and costs int64, efficiencies and fractions
     float64) and each template's start in them (one more entry than templates)."""
@@ -447,10 +456,7 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
     # every layer's options gathered from its template in one pass; gains u * efficiency * frac, left to right
     (t_method, t_rank, t_cost, t_eff, t_frac), t_start = _concat_templates(parts)
     tid = np.asarray(template_of, dtype=np.int64)
-    sizes = t_start[tid + 1] - t_start[tid]
-    starts = np.concatenate(([0], np.cumsum(sizes)))
-    layer_of = np.repeat(np.arange(len(tid)), sizes)
-    src = np.arange(starts[-1]) + np.repeat(t_start[tid] - starts[:-1], sizes)
+    layer_of, starts, src = _spans(t_start[tid], t_start[tid + 1])
     method_of, rank_of, cost_of = t_method[src], t_rank[src], t_cost[src]
     gain_of = (np.asarray(utility, dtype=np.float64)[layer_of] * t_eff[src]) * t_frac[src]
 
@@ -578,17 +584,14 @@ def _merge_groups(manifest, groups, infos, layer_of, method_of, rank_of, cost_of
             utility=float(np.mean([infos[i].utility for i in members])), methods=info.methods,
             members=tuple((i, infos[i]) for i in members), member_gains=member_gains, group=label))
     kept = np.asarray(keep, dtype=np.int64)
-    sizes = starts[kept + 1] - starts[kept]
-    n_starts = np.concatenate(([0], np.cumsum(sizes)))
-    src = np.arange(n_starts[-1]) + np.repeat(starts[kept] - n_starts[:-1], sizes)
-    per_option = np.repeat(times[kept], sizes)
+    n_layer, n_starts, src = _spans(starts[kept], starts[kept + 1])
+    per_option = times[kept][n_layer]
     if len(src) and int(cost_of[src].max()) * int(times.max()) >= 2**63:
         raise LayerlensError("a tied group's summed parameter count does not fit in 64 bits; split the group or lower --ranks")
     n_gain = gain_of[src]
     for k, gains in summed:
         n_gain[n_starts[k] : n_starts[k + 1]] = gains
-    return (n_infos, np.repeat(np.arange(len(keep)), sizes), method_of[src], rank_of[src], cost_of[src] * per_option, n_gain,
-            n_starts, tuple(keep))
+    return n_infos, n_layer, method_of[src], rank_of[src], cost_of[src] * per_option, n_gain, n_starts, tuple(keep)
 
 
 def _pair_terms(manifest: Manifest, options: ModelOptions) -> tuple[PairTerm, ...]:

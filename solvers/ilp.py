@@ -332,10 +332,10 @@ def solve_ilp(problem: Problem, options: SolverOptions, backend: str = "cbc", pr
     elif options.presolve:
         notes.append("side constraints break the knapsack structure the presolve relies on: solved the full model")
 
-    given, start = start, None
+    given, start, origin = start, None, "the heuristic's allocation"
     if options.warm_start and given is not None and not problem.pairs and not choice_violations(problem, given):
         start = given  # the caller's allocation that meets every constraint (auto: the knapsack path's)
-        notes.append("warm start: the knapsack path's allocation, which meets the side constraints")
+        origin = "the knapsack path's allocation, which meets the side constraints"
     elif options.warm_start and problem.pairs:
         # seen here: CBC 2.10 given a start on a model with pair terms returned that start as "optimal"
         # although better allocations existed (brute force disagreed); without a start it is exact
@@ -349,8 +349,8 @@ def solve_ilp(problem: Problem, options: SolverOptions, backend: str = "cbc", pr
     status, choice, bound, tb, ts, warm, message = _run(problem, backend, options, None, floor=True, start=start, deadline=deadline)
     seconds["build"] = seconds.get("build", 0.0) + tb
     seconds["solve"] = seconds.get("solve", 0.0) + ts
-    if warm and start is not given:
-        notes.append("warm start: the heuristic's allocation")
+    if warm:
+        notes.append(f"warm start: {origin}")
     return _finish(problem, backend, status, choice, bound, lp_bound, seconds, message, notes, warm)
 
 

@@ -94,8 +94,16 @@ def undominated(problem: Problem, per_method: bool = False, key=None) -> tuple[t
     if key is not None and not per_method:  # options using no capped resource (key 0) dominate every key
         floor = np.maximum(floor, _prior_max(_segments(lay), np.where(k == 0, g, -np.inf)))
     kept = order[g > floor]
-    bounds = np.searchsorted(layer[kept], np.arange(1, problem.n_layers))
-    return tuple(tuple(part.tolist()) for part in np.split(kept, bounds))  # Python ints, as the plain path gives
+    return _per_layer(kept.tolist(), np.bincount(layer[kept], minlength=problem.n_layers).tolist())
+
+
+def _per_layer(flat: list, counts: list) -> tuple[tuple[int, ...], ...]:
+    """``flat`` cut into consecutive tuples of ``counts`` items: the options kept per layer."""
+    out, at = [], 0
+    for n in counts:
+        out.append(tuple(flat[at : at + n]))
+        at += n
+    return tuple(out)
 
 
 def _segments(*labels: np.ndarray) -> np.ndarray:
@@ -160,13 +168,7 @@ class _Padded:
 
     def rows(self, mask: np.ndarray) -> tuple[tuple[int, ...], ...]:
         """Per layer, the options where ``mask`` holds, in column order."""
-        counts = mask.sum(axis=1).tolist()
-        flat = self.idx[mask].tolist()
-        out, at = [], 0
-        for n in counts:
-            out.append(tuple(flat[at : at + n]))
-            at += n
-        return tuple(out)
+        return _per_layer(self.idx[mask].tolist(), mask.sum(axis=1).tolist())
 
 
 def _undominated_plain(problem: Problem) -> tuple[tuple[int, ...], ...]:

@@ -12,8 +12,10 @@ Pure Python + numpy (no LP library is imported), so ``solve`` stays fast to star
    (gain per parameter) until the cap is reached. The slope of the segment cut
    by the cap is the budget's shadow price ``price``; the bound is the
    Lagrangian ``price * cap + sum_l max_o (gain - price * cost)``.
-3. **Incumbent.** The LP's integer part, then segments and single moves that
-   still fit.
+3. **Incumbent.** The better of the LP's integer part and that part with the
+   segment the cap cuts taken whole (the least steep segments of other layers
+   undone to pay for it), each then filled with segments that still fit; then
+   the best single moves.
 4. **Reduced-cost fixing.** Any allocation containing option o has objective at
    most ``bound + rc(o)`` with ``rc(o) = (g_o - price c_o) - max_o' (g_o' - price c_o')``;
    options with ``bound + rc(o) < incumbent - tol`` cannot be in a better
@@ -248,14 +250,16 @@ def presolve(problem: Problem, deadline: float | None = None) -> Presolve:
     reduced = m.gain - price * m.cost
     bound = sum(reduced.max(axis=1).tolist(), price * cap)
 
-    # incumbent: later segments that still fit, then the best single moves
+    # incumbents: the LP's integer part filled with later segments that still fit; and (when the cap cuts a
+    # segment) that segment taken whole, paid for by undoing the least steep segments of other layers, then
+    # filled the same way. The better of the two is improved by the best single moves.
+    taken = choice_col
     used = int(reach[stop - 1]) if stop else used0
-    cur = choice_col.tolist()
-    for l, to, frm, d in zip(seg_layer[stop:].tolist(), to_col[stop:].tolist(), frm_col[stop:].tolist(), dc[stop:].tolist()):
-        if cur[l] == frm and used + d <= cap:
-            cur[l] = to
-            used += d
-    choice_col = np.array(cur, dtype=np.int64)
+    choice_col, used = _filled(m, taken.copy(), used, cap, seg_layer[stop:], frm_col[stop:], to_col[stop:], dc[stop:])
+    if len(over):
+        whole = _split_taken(m, taken, used0, cap, (seg_layer, frm_col, to_col, dc), stop)
+        if whole is not None and float(m.gain[rows, whole[0]].sum()) > float(m.gain[rows, choice_col].sum()):
+            choice_col, used = whole
     for _ in range(8):
         if deadline is not None and time.perf_counter() > deadline:
             break
@@ -280,6 +284,40 @@ def presolve(problem: Problem, deadline: float | None = None) -> Presolve:
         seconds=time.perf_counter() - t0,
         padded=m,
     )
+
+
+def _filled(m: _Padded, cols: np.ndarray, used: int, cap: int, seg_layer, frm_col, to_col, dc) -> tuple[np.ndarray, int]:
+    """``cols`` (a column per layer, costing ``used``) with the given hull segments taken in order where the
+    layer stands at the segment's start and its cost still fits under ``cap``."""
+    fits = np.flatnonzero(dc <= cap - used)  # (the room only shrinks: no other segment can ever fit)
+    cur = cols.tolist()
+    for l, to, frm, d in zip(seg_layer[fits].tolist(), to_col[fits].tolist(), frm_col[fits].tolist(), dc[fits].tolist()):
+        if cur[l] == frm and used + d <= cap:
+            cur[l] = to
+            used += d
+    return np.array(cur, dtype=np.int64), used
+
+
+def _split_taken(m: _Padded, taken: np.ndarray, used0: int, cap: int, segments, stop: int):
+    """The LP's integer part (``taken``) with the segment the cap cuts (number ``stop``) taken whole, the least
+    steep taken segments of the other layers undone until the cost fits, then later segments that fit. None
+    if undoing every other layer's segments does not make room."""
+    seg_layer, frm_col, to_col, dc = segments
+    split = seg_layer[stop]
+    cols = taken.copy()
+    cols[split] = to_col[stop]
+    used = used0 + int(dc[: stop + 1].sum())
+    back = np.flatnonzero(seg_layer[:stop] != split)[::-1]  # taken segments of other layers, least steep first
+    freed = np.cumsum(dc[back])
+    n_undo = int(np.searchsorted(freed, used - cap))  # the fewest that free enough (a layer's later segments first)
+    if n_undo >= len(back):
+        return None
+    undo = back[: n_undo + 1]
+    # undoing a layer's segments from its last one back leaves it at the start of the earliest one undone
+    np.minimum.at(cols, seg_layer[undo], frm_col[undo])
+    used -= int(freed[n_undo])
+    rest = slice(stop + 1, None)
+    return _filled(m, cols, used, cap, seg_layer[rest], frm_col[rest], to_col[rest], dc[rest])
 
 
 def fix(problem: Problem, options, bound: float, price: float, value: float, padded: _Padded | None = None) -> tuple[tuple[int, ...], ...]:

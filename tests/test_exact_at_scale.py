@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -167,6 +168,35 @@ def test_core_memory_bound_hands_over_to_cbc(monkeypatch):
     bounded = solve(problem, "auto")
     assert bounded.solver == "auto/cbc" and any("for backtracking" in n for n in bounded.notes)
     assert bounded.status == Status.OPTIMAL and abs(bounded.objective - free.objective) <= 1e-9 * max(1.0, abs(free.objective))
+
+
+
+def test_presolve_takes_the_cut_segment_whole_when_that_is_better():
+    """Two small layers fill the cap's first 6 of 10; the third layer's one step (cost 10, gain 10) is cut by the
+    cap. The LP's integer part plus what still fits is worth 6.5; taking the cut step whole and undoing the
+    other two (the least steep first) is worth 10, the optimum, which no single move reaches from 6.5."""
+    problem = random_problem(1, n_layers=3, methods=("lora", "none"), ranks=(1,))
+    assert problem.layer_start.tolist() == [0, 2, 4, 6] and problem.option_method.tolist() == [0, 4] * 3  # lora, none
+    problem = replace(problem, option_cost=np.array([3, 0, 3, 0, 10, 0], dtype=np.int64),
+                      option_gain=np.array([3.3, 0.0, 3.2, 0.0, 10.0, 0.0]),
+                      constraints=Constraints(budget=10, min_utilization=0.0, max_utilization=1.0))
+    pre = mckp.presolve(problem)
+    assert pre.incumbent == (1, 3, 4) and pre.incumbent_value == pytest.approx(10.0)
+    assert pre.incumbent_value == pytest.approx(brute_force(problem)[0])
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 8), lo=st.sampled_from([0.0, 0.7]))
+def test_presolve_incumbent_fits_and_is_no_worse_than_the_lp_integer_part(seed, n, lo):
+    problem = random_problem(seed, n_layers=n, lo=lo, hi=1.0)
+    pre = mckp.presolve(problem)
+    assert all(problem.option_layer[o] == l for l, o in enumerate(pre.incumbent))
+    assert int(problem.option_cost[list(pre.incumbent)].sum()) <= problem.constraints.hi
+    assert pre.incumbent_value == pytest.approx(problem.value(pre.incumbent), rel=1e-12)
+    if int(problem.option_cost[list(pre.lp_choice)].sum()) <= problem.constraints.hi:
+        assert pre.incumbent_value >= problem.value(pre.lp_choice) - 1e-12
+    best, _ = brute_force(replace(problem, constraints=replace(problem.constraints, min_utilization=0.0)))
+    assert pre.incumbent_value <= best + 1e-12 <= pre.bound + 1e-9
 
 
 @SETTINGS

@@ -44,10 +44,9 @@ def solve_auto(problem: Problem, options: SolverOptions) -> Allocation:
             core = mckp.solve_core(problem, pre, min_methods=c.min_methods, deadline=deadline)
     if core.choice is None:
         return _fallback(problem, options, t0, f"{core.reason}; CBC solved the problem instead", base)
-    used = problem.cost(core.choice)
-    if used < c.lo:
-        return _fallback(problem, options, t0, f"the best allocation under the cap uses {used / c.budget:.1%} of the budget, "
-                         f"below the {c.min_utilization:.0%} floor, so the floor binds; CBC solved the full ILP", base)
+    floor = _below_floor(problem, core.choice, "the cap")
+    if floor:
+        return _fallback(problem, options, t0, floor, base)
     seconds = {"build": pre.seconds, "solve": time.perf_counter() - t0 - pre.seconds}
     notes = [
         f"knapsack presolve: LP bound {pre.bound:.6g}, shadow price {pre.price * 1000:.4g} gain per 1k params, "
@@ -65,7 +64,6 @@ def _side(problem: Problem, options: SolverOptions, t0: float, deadline: float |
     """Method caps / tied blocks on the knapsack path (:mod:`side`); CBC where it cannot prove the answer."""
     from .side import solve_side
 
-    c = problem.constraints
     # the knapsack path may take half of the time limit: where its DP cannot finish (two binding caps can
     # overflow the counted frontiers) CBC, started from its allocation, gets the other half
     side_deadline = None if deadline is None else t0 + SIDE_SHARE * (deadline - t0)
@@ -74,16 +72,29 @@ def _side(problem: Problem, options: SolverOptions, t0: float, deadline: float |
         alloc = _fallback(problem, options, t0, f"method caps / tied blocks: {result.reason}; CBC solved the full ILP",
                           start=result.incumbent)
         return _kept_incumbent(problem, alloc, result, t0) or alloc
-    used = problem.cost(result.choice)
-    if used < c.lo:
-        return _fallback(problem, options, t0, f"the best allocation under the cap and the side constraints uses "
-                         f"{used / c.budget:.1%} of the budget, below the {c.min_utilization:.0%} floor, so the floor binds; "
-                         "CBC solved the full ILP")
+    floor = _below_floor(problem, result.choice, "the cap and the side constraints")
+    if floor:
+        return _fallback(problem, options, t0, floor)
     broken = choice_violations(problem, result.choice)
     if broken:  # a guard: the construction meets every constraint by design
         return _fallback(problem, options, t0, f"the knapsack path's answer breaks a constraint ({broken[0]}); CBC solved the full ILP")
     seconds = {"build": result.presolve_seconds, "solve": time.perf_counter() - t0 - result.presolve_seconds}
     return make_allocation(problem, result.choice, solver="auto", status=Status.OPTIMAL, seconds=seconds, notes=[result.note])
+
+
+def _below_floor(problem: Problem, choice, under: str) -> str | None:
+    """Why CBC takes over when the best allocation under ``under`` misses the utilization floor; None if it meets it."""
+    c, used = problem.constraints, problem.cost(choice)
+    if used >= c.lo:
+        return None
+    return (f"the best allocation under {under} uses {used / c.budget:.1%} of the budget, below the "
+            f"{c.min_utilization:.0%} floor, so the floor binds; CBC solved the full ILP")
+
+
+def _unproven(problem: Problem, choice, bound: float, seconds: dict, note: str, stopped_by: str) -> Allocation:
+    """A feasible allocation reported with an upper bound (and so its gap) where the search stopped before a proof."""
+    return make_allocation(problem, choice, solver="auto", status=Status.FEASIBLE, bound=bound, seconds=seconds,
+                           notes=[note], message=f"{stopped_by} before a proof; the gap is reported")
 
 
 def _kept_incumbent(problem: Problem, alloc: Allocation, result, t0: float) -> Allocation | None:
@@ -97,11 +108,9 @@ def _kept_incumbent(problem: Problem, alloc: Allocation, result, t0: float) -> A
         return None
     bound = result.bound if alloc.bound is None or not alloc.ok else min(result.bound, alloc.bound)
     why = alloc.message or alloc.status.value
-    return make_allocation(
-        problem, start, solver="auto", status=Status.FEASIBLE, bound=max(bound, value),
-        seconds={"solve": time.perf_counter() - t0}, message="the search stopped before a proof; the gap is reported",
-        notes=[f"auto: method caps / tied blocks: {result.reason}; CBC found no better allocation ({why}), so the knapsack "
-               "path's allocation that meets them is reported with its Lagrangian bound"])
+    return _unproven(problem, start, max(bound, value), {"solve": time.perf_counter() - t0},
+                     f"auto: method caps / tied blocks: {result.reason}; CBC found no better allocation ({why}), so the "
+                     "knapsack path's allocation that meets them is reported with its Lagrangian bound", "the search stopped")
 
 
 #: seconds per LP variable that building the model through PuLP, writing its MPS file and starting CBC take
@@ -126,8 +135,7 @@ def _fallback(problem: Problem, options: SolverOptions, t0: float, why: str, pre
         if pre is not None and left < 1.0 + BUILD_SECONDS_PER_VARIABLE * n_vars and not choice_violations(problem, pre.incumbent):
             note = (f"auto: {why.split(';')[0]}; the time limit left {max(left, 0.0):.1f} s, too little to build and run CBC "
                     f"on {n_vars:,} variables, so the presolve's incumbent is reported with its LP bound")
-            return make_allocation(problem, pre.incumbent, solver="auto", status=Status.FEASIBLE, bound=pre.bound,
-                                   seconds={"build": pre.seconds, "solve": time.perf_counter() - t0 - pre.seconds}, notes=[note],
-                                   message="the time limit stopped the search before a proof; the gap is reported")
+            return _unproven(problem, pre.incumbent, pre.bound, {"build": pre.seconds, "solve": time.perf_counter() - t0 - pre.seconds},
+                             note, "the time limit stopped the search")
     alloc = solve_ilp(problem, options, "cbc", pre, deadline=deadline, start=start)
     return alloc.replace(solver=f"auto/{alloc.solver}", notes=alloc.notes + (f"auto: {why}",))

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 from conftest import ROOT  # noqa: E402
 
@@ -92,3 +92,21 @@ def test_batch_smaller_than_the_processes_is_refused(monkeypatch, data_file, tmp
     monkeypatch.setattr(dist, "world", lambda: (0, 4))
     with pytest.raises(LayerlensError, match="smaller than the 4 processes"):
         profile_manifest("tiny_models:tiny", str(data_file), "first-order", batch_size=2)
+
+
+def test_the_whole_batch_is_known_only_inside_a_rank_share():
+    """Inside ``one_process_dropout`` a text encoder pads a rank's share as the whole batch (dist.whole_batch);
+    outside, and after an error inside, a batch is itself."""
+    import torch.nn.functional as F
+
+    from layerlens_opt.profiling import dist
+
+    batch, share = ["a", "bbbb", "cc", "d"], ["cc", "d"]
+    own = F.dropout
+    assert dist.whole_batch(share) == share
+    with dist.one_process_dropout(torch.nn.Linear(2, 2), batch, [2, 3]):
+        assert dist.whole_batch(share) == batch
+    assert dist.whole_batch(share) == share and F.dropout is own
+    with pytest.raises(RuntimeError), dist.one_process_dropout(torch.nn.Linear(2, 2), batch, [2, 3]):
+        raise RuntimeError("a failing step")
+    assert dist.whole_batch(share) == share and F.dropout is own

@@ -11,6 +11,7 @@ With one process (no ``WORLD_SIZE`` > 1 in the environment) nothing here does an
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 
 import torch
 
@@ -85,8 +86,14 @@ def all_sum_grads(parameters) -> None:
             all_sum(p.grad)
 
 
-#: the whole batch's texts while a rank runs its share of it (the text encoder pads to their longest, as one process would)
-BATCH_TEXTS: list | None = None
+#: the whole batch's texts while a rank runs its share of it (set by :class:`one_process_dropout`)
+_BATCH_TEXTS: ContextVar[list | None] = ContextVar("layerlens_batch_texts", default=None)
+
+
+def whole_batch(texts: list) -> list:
+    """The texts of the whole training batch this rank's ``texts`` are a share of (``texts`` outside
+    :class:`one_process_dropout`): a text encoder pads to their longest, as one process would."""
+    return _BATCH_TEXTS.get() or texts
 
 
 class one_process_dropout:
@@ -98,7 +105,7 @@ class one_process_dropout:
     eager attention call) draws the whole batch's mask, as ``torch``'s own dropout does (Bernoulli
     noise over the tensor, divided by 1 - p), and applies the rows of this rank's share. Hugging Face
     encoders are switched from SDPA to eager attention for the duration, since SDPA draws its attention
-    dropout inside one kernel; the rows are padded to the whole batch's longest text (``BATCH_TEXTS``), so
+    dropout inside one kernel; the rows are padded to the whole batch's longest text (:func:`whole_batch`), so
     every mask has the one-process shape. A rank's share is ``rows`` (positions in the batch of ``size``).
     """
 
@@ -108,7 +115,6 @@ class one_process_dropout:
     def __enter__(self):
         import torch.nn.functional as F
 
-        global BATCH_TEXTS
         self._dropout = F.dropout
         rows, size, own = self.rows, self.size, F.dropout
 
@@ -129,15 +135,14 @@ class one_process_dropout:
             if getattr(config, "_attn_implementation", None) == "sdpa" and hasattr(m, "set_attn_implementation"):
                 m.set_attn_implementation("eager")
                 self._attn.append(m)
-        BATCH_TEXTS = self.texts
+        self._batch = _BATCH_TEXTS.set(self.texts)
         return self
 
     def __exit__(self, *exc):
         import torch.nn.functional as F
 
-        global BATCH_TEXTS
         F.dropout = self._dropout
         for m in self._attn:
             m.set_attn_implementation("sdpa")
-        BATCH_TEXTS = None
+        _BATCH_TEXTS.reset(self._batch)
         return False

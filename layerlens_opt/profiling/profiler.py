@@ -227,7 +227,7 @@ def _hf_classifier(encoder, tokenizer, n_classes, device, max_length) -> TextCla
     left = getattr(tokenizer, "padding_side", "right") == "left"
 
     def encode(texts):
-        batch = dist.BATCH_TEXTS or texts  # a rank's share of a training batch is padded as the whole batch is
+        batch = dist.whole_batch(texts)  # a rank's share of a training batch is padded as the whole batch is
         missing = [t for t in dict.fromkeys(batch) if t not in cache]
         if missing:
             cache.update(zip(missing, tokenizer(missing, truncation=True, max_length=max_length)["input_ids"]))

@@ -354,7 +354,15 @@ PARETO_LOOP_KEYS = 32
 def pareto(c: np.ndarray, g: np.ndarray, key: np.ndarray | None, *rest: np.ndarray):
     """The (cost, gain) states no cheaper-or-equal state of the same ``key`` beats (``key`` None: one
     frontier), sorted by key then cost; ``rest`` are arrays carried along. Returns (c, g, key, *rest)."""
-    order = np.lexsort((-g, c)) if key is None else np.lexsort((-g, c, key))
+    # sorted by key and cost only (stable: equal pairs keep their order); of a (key, cost) pair the running
+    # maximum keeps the first of the best gains among others, and only the last kept of each pair stays --
+    # the state a sort on gain descending as well would keep
+    if key is None:
+        order = np.argsort(c, kind="stable")
+    elif len(c) and int(key.max()) < (2**62) // (int(c.max()) + 1) and int(key.min()) >= 0 and int(c.min()) >= 0:
+        order = np.argsort(key * (int(c.max()) + 1) + c, kind="stable")
+    else:
+        order = np.lexsort((c, key))
     c, g = c[order], g[order]
     key = None if key is None else key[order]
     keep = np.ones(len(g), dtype=bool)
@@ -368,6 +376,11 @@ def pareto(c: np.ndarray, g: np.ndarray, key: np.ndarray | None, *rest: np.ndarr
                 keep[a + 1 : b] = g[a + 1 : b] > np.maximum.accumulate(g[a:b])[:-1]
         else:  # many (the capped DP's count vectors): one pass over all
             keep = g > _prior_max(_segments(key), g)
+    kept = np.flatnonzero(keep)
+    same = c[kept[:-1]] == c[kept[1:]]
+    if key is not None:
+        same &= key[kept[:-1]] == key[kept[1:]]
+    keep[kept[:-1][same]] = False
     return (c[keep], g[keep], None if key is None else key[keep], *(r[order][keep] for r in rest))
 
 
@@ -473,13 +486,13 @@ def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_sta
     free = [l for l, k in enumerate(pre.kept) if len(k) > 1]
     opt_idx = [np.array(pre.kept[l], dtype=np.int64) for l in free]
     # the frontiers' key: none, the set of methods used (bitmask, OR), or the capped counts used (mixed radix, +)
-    key_inc, combine, base_key, valid = None, None, 0, None
+    key_inc, combine, base_key, room = None, None, 0, None
     if counts is not None:
         caps, mu = np.asarray(caps, dtype=np.int64), np.asarray(mu, dtype=float)
         limits = caps - (counts[[choice[l] for l in fixed]].sum(axis=0) if fixed else 0)
         if (limits < 0).any():  # no allocation better than the incumbent fits the caps with the fixed layers
             return CoreResult(pre.incumbent, 1, value=pre.incumbent_value)
-        radix = 2 * (limits + 1)  # a digit holds a sum of two values <= limit: no carry
+        radix = limits + 1  # a state is extended only within the caps, so no digit carries
         if float(np.prod(radix.astype(float))) > 2.0**62:
             return CoreResult(None, 1, "the caps' count space does not fit the DP's keys")
         pos = np.concatenate(([1], np.cumprod(radix)[:-1])).astype(np.int64)
@@ -488,7 +501,7 @@ def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_sta
             return (key[:, None] // pos[None, :]) % radix[None, :]
 
         key_inc, combine = counts @ pos, np.add
-        valid = lambda key: (digits(key) <= limits).all(axis=1)  # noqa: E731
+        room = lambda idx: limits[None, :] - counts[idx]  # noqa: E731  (options x caps: the counts a state may hold)
         opt_idx = [idx[(counts[idx] <= limits).all(axis=1)] for idx in opt_idx]
         if any(len(idx) == 0 for idx in opt_idx):  # a core layer has no option left within the caps
             return CoreResult(pre.incumbent, 1, value=pre.incumbent_value)
@@ -516,6 +529,7 @@ def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_sta
 
     s_cost, s_gain = np.zeros(1, dtype=np.int64), np.zeros(1)
     s_key = np.full(1, base_key, dtype=np.int64) if key_inc is not None else None
+    s_digits = np.zeros((1, len(caps)), dtype=np.int64) if counts is not None else None
     parents: list[np.ndarray] = []
     picks: list[np.ndarray] = []
     peak = stored = 1
@@ -527,17 +541,20 @@ def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_sta
             c, g, parent, pick = _extend(s_cost, s_gain, s_gain - price * s_cost, cost[idx], gain[idx], reduced[k], threshold, cap)
             key = None
         else:
-            n_opt = len(idx)
-            c = (s_cost[:, None] + cost[idx][None, :]).ravel()
-            g = (s_gain[:, None] + gain[idx][None, :]).ravel()
-            parent = np.repeat(np.arange(len(s_cost)), n_opt)
-            pick = np.tile(np.arange(n_opt, dtype=np.int16), len(s_cost))
-            key = combine(s_key[:, None], key_inc[idx][None, :]).ravel()
+            # options x states: each option's candidates come in the frontier's (key, cost) order, so the
+            # Pareto filter's stable sort merges sorted runs
+            c = cost[idx][:, None] + s_cost[None, :]
+            g = gain[idx][:, None] + s_gain[None, :]
             ok = (c <= cap) & (g - price * c >= threshold)
-            if valid is not None:
-                ok &= valid(key)
+            if room is not None:
+                left = room(idx)
+                for i in range(left.shape[1]):
+                    ok &= left[:, i, None] >= s_digits[None, :, i]
+            flat = np.flatnonzero(ok)
+            pick, parent = np.divmod(flat, len(s_cost))
+            key = combine(s_key[parent], key_inc[idx][pick])
             # Pareto filter (within each key): keep a state only if it beats every cheaper one
-            c, g, key, parent, pick = pareto(c[ok], g[ok], key[ok], parent[ok], pick[ok])
+            c, g, key, parent, pick = pareto(c.ravel()[flat], g.ravel()[flat], key, parent, pick.astype(np.int16))
         if bound is not None and k + 1 < len(free) and ((k + 1) % every == 0 or k + LP_BOUND_TAIL >= len(free)) and len(c):
             ok = bound.keep(k, c, g, cap, goal - tol)
             c, g, parent, pick = c[ok], g[ok], parent[ok], pick[ok]
@@ -552,6 +569,8 @@ def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_sta
             return CoreResult(None, peak, f"the core search would keep more than {max_stored:,} states "
                               f"(about {5 * max_stored // 10**6:,} MB) for backtracking")
         s_cost, s_gain, s_key = c, g, key
+        if room is not None:
+            s_digits = digits(key)
         parents.append(parent.astype(np.int32))
         picks.append(pick)
 

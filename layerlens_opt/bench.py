@@ -186,6 +186,7 @@ def side_constrained(problems, time_limit: float):
         variants = [
             ("method caps (lora <= 25% of layers)", replace(c, method_caps=(("lora", problem.n_layers // 4),))),
             ("method caps (adapter <= 6)", replace(c, method_caps=(("adapter", 6),))),
+            ("two caps (adapter <= 6, lora <= 25%)", replace(c, method_caps=(("adapter", 6), ("lora", problem.n_layers // 4)))),
             ("tied blocks", replace(c, tie_blocks=True)),
             ("tied blocks + adapter <= 6", replace(c, tie_blocks=True, method_caps=(("adapter", 6),))),
             ("min 3 methods", replace(c, min_methods=3)),

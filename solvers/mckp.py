@@ -168,6 +168,17 @@ class _Padded:
         valid[:, 1:] &= gain[:, 1:] > np.maximum.accumulate(gain, axis=1)[:, :-1]
         return _Padded(self.problem, idx, valid)
 
+    def compact(self) -> "_Padded":
+        """The valid entries of each row moved to its front (in order), the columns no row needs dropped:
+        what :meth:`of` builds from the rows' option tuples."""
+        order = np.argsort(~self.valid, axis=1, kind="stable")
+        width = int(self.valid.sum(axis=1).max()) if len(self.valid) else 0
+        order = order[:, :width]
+        out = object.__new__(_Padded)
+        out.problem = self.problem
+        out.idx, out.valid, out.cost, out.gain = (np.take_along_axis(a, order, axis=1) for a in (self.idx, self.valid, self.cost, self.gain))
+        return out
+
     def rows(self, mask: np.ndarray) -> tuple[tuple[int, ...], ...]:
         """Per layer, the options where ``mask`` holds, in column order."""
         return _per_layer(self.idx[mask].tolist(), mask.sum(axis=1).tolist())
@@ -177,6 +188,11 @@ def _undominated_plain(problem: Problem) -> tuple[tuple[int, ...], ...]:
     """:func:`undominated` without keys, all layers at once."""
     m = _Padded.every(problem).undominated()
     return m.rows(m.valid)
+
+
+def _undominated_padded(problem: Problem) -> _Padded:
+    """:func:`undominated` without keys as the padded matrix of :meth:`_Padded.of` (not built from tuples)."""
+    return _Padded.every(problem).undominated().compact()
 
 
 def _hull_mask(cost: np.ndarray, gain: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -217,11 +233,11 @@ def _hull_segments(m: _Padded):
     k = hull_rank[row, col]
     seg = k > 0  # a hull point after the first ends a segment
     to_col, frm_col = col[seg], col[np.flatnonzero(seg) - 1]
-    seg_row, seg_k = row[seg], k[seg]
+    seg_row = row[seg]
     dc = m.cost[seg_row, to_col] - m.cost[seg_row, frm_col]
     dg = m.gain[seg_row, to_col] - m.gain[seg_row, frm_col]
     slope = dg / dc
-    order = np.lexsort((seg_k, seg_row, -slope))
+    order = np.argsort(-slope, kind="stable")  # the segments come row by row, each row's in hull order
     return (seg_row[order], frm_col[order], to_col[order], dc[order], dg[order], slope[order]), np.argmax(on, axis=1)
 
 
@@ -232,8 +248,8 @@ def presolve(problem: Problem, deadline: float | None = None) -> Presolve:
     incumbent is not improved by single moves."""
     t0 = time.perf_counter()
     cap = problem.constraints.hi
-    options = undominated(problem)
-    m = _Padded.of(problem, options)
+    m = _undominated_padded(problem)
+    options = m.rows(m.valid)
     n, width = m.valid.shape
     rows = np.arange(n)
 

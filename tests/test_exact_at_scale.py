@@ -282,3 +282,16 @@ def test_deepening_with_an_incumbent_past_the_bound_runs_one_round():
     with unittest.mock.patch.object(mckp, "solve_core", counting):
         core, _ = mckp.solve_deepening(problem, past)
     assert rounds == [None] and core.choice == pre.incumbent
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 9), zero_gain=st.booleans())
+def test_presolve_matrix_is_the_one_built_from_the_undominated_options(seed, n, zero_gain):
+    """The presolve takes its layer x option matrix straight from the dominance pass (compacted), not from the
+    option tuples: the same numbers, pads and column order as building it from the tuples."""
+    problem = random_problem(seed, n_layers=n, zero_gain=zero_gain, ranks=(1, 2, 4, 8))
+    fast, ref = mckp._undominated_padded(problem), mckp._Padded.of(problem, mckp.undominated(problem))
+    for name in ("idx", "valid", "cost", "gain"):
+        a, b = getattr(fast, name), getattr(ref, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    assert fast.rows(fast.valid) == mckp.undominated(problem)

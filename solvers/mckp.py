@@ -271,9 +271,9 @@ def presolve(problem: Problem, deadline: float | None = None) -> Presolve:
     # filled the same way. The better of the two is improved by the best single moves.
     taken = choice_col
     used = int(reach[stop - 1]) if stop else used0
-    choice_col, used = _filled(m, taken.copy(), used, cap, seg_layer[stop:], frm_col[stop:], to_col[stop:], dc[stop:])
+    choice_col, used = _filled(taken.copy(), used, cap, seg_layer[stop:], frm_col[stop:], to_col[stop:], dc[stop:])
     if len(over):
-        whole = _split_taken(m, taken, used0, cap, (seg_layer, frm_col, to_col, dc), stop)
+        whole = _split_taken(taken, used0, cap, (seg_layer, frm_col, to_col, dc), stop)
         if whole is not None and float(m.gain[rows, whole[0]].sum()) > float(m.gain[rows, choice_col].sum()):
             choice_col, used = whole
     for _ in range(8):
@@ -302,7 +302,7 @@ def presolve(problem: Problem, deadline: float | None = None) -> Presolve:
     )
 
 
-def _filled(m: _Padded, cols: np.ndarray, used: int, cap: int, seg_layer, frm_col, to_col, dc) -> tuple[np.ndarray, int]:
+def _filled(cols: np.ndarray, used: int, cap: int, seg_layer, frm_col, to_col, dc) -> tuple[np.ndarray, int]:
     """``cols`` (a column per layer, costing ``used``) with the given hull segments taken in order where the
     layer stands at the segment's start and its cost still fits under ``cap``."""
     fits = np.flatnonzero(dc <= cap - used)  # (the room only shrinks: no other segment can ever fit)
@@ -314,7 +314,7 @@ def _filled(m: _Padded, cols: np.ndarray, used: int, cap: int, seg_layer, frm_co
     return np.array(cur, dtype=np.int64), used
 
 
-def _split_taken(m: _Padded, taken: np.ndarray, used0: int, cap: int, segments, stop: int):
+def _split_taken(taken: np.ndarray, used0: int, cap: int, segments, stop: int):
     """The LP's integer part (``taken``) with the segment the cap cuts (number ``stop``) taken whole, the least
     steep taken segments of the other layers undone until the cost fits, then later segments that fit. None
     if undoing every other layer's segments does not make room."""
@@ -333,7 +333,7 @@ def _split_taken(m: _Padded, taken: np.ndarray, used0: int, cap: int, segments, 
     np.minimum.at(cols, seg_layer[undo], frm_col[undo])
     used -= int(freed[n_undo])
     rest = slice(stop + 1, None)
-    return _filled(m, cols, used, cap, seg_layer[rest], frm_col[rest], to_col[rest], dc[rest])
+    return _filled(cols, used, cap, seg_layer[rest], frm_col[rest], to_col[rest], dc[rest])
 
 
 def fix(problem: Problem, options, bound: float, price: float, value: float, padded: _Padded | None = None) -> tuple[tuple[int, ...], ...]:

@@ -460,18 +460,8 @@ def _extend(s_cost, s_gain, s_reduced, cost_j, gain_j, reduced_j, threshold, cap
         gs.append(s_gain[idx] + gain_j[j])
         ps.append(idx)
         ks.append(np.full(len(idx), j, dtype=np.int16))
-    c, g, parent, pick = (np.concatenate(a) for a in (cs, gs, ps, ks))
-    if len(c) == 0:
-        return c, g, parent, pick
-    if len(cost_j) > 1:
-        order = np.argsort(c, kind="stable")
-        c, g, parent, pick = c[order], g[order], parent[order], pick[order]
-    keep = np.empty(len(c), dtype=bool)
-    keep[0] = True
-    keep[1:] = g[1:] > np.maximum.accumulate(g)[:-1]
-    kept = np.flatnonzero(keep)
-    keep[kept[:-1][c[kept[:-1]] == c[kept[1:]]]] = False  # of equal costs only the last kept (the best) stays
-    return c[keep], g[keep], parent[keep], pick[keep]
+    c, g, _, parent, pick = pareto(*(np.concatenate(a) for a in (cs, gs)), None, *(np.concatenate(a) for a in (ps, ks)))
+    return c, g, parent, pick
 
 
 def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_states: int = 400_000,

@@ -397,7 +397,8 @@ def pareto(c: np.ndarray, g: np.ndarray, key: np.ndarray | None, *rest: np.ndarr
     if key is not None:
         same &= key[kept[:-1]] == key[kept[1:]]
     keep[kept[:-1][same]] = False
-    return (c[keep], g[keep], None if key is None else key[keep], *(r[order][keep] for r in rest))
+    take = order[keep]  # the carried arrays are gathered at the kept states only
+    return (c[keep], g[keep], None if key is None else key[keep], *(r[take] for r in rest))
 
 
 @dataclass(frozen=True)

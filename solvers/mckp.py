@@ -582,8 +582,11 @@ def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_sta
         picks.append(pick)
 
     if counts is not None:
-        state = int(np.argmax(s_gain + digits(s_key) @ mu))  # the multipliers given back: real gains (less the fixed part)
-        value = None
+        real = s_gain + digits(s_key) @ mu  # the multipliers given back: real gains (less the fixed part)
+        state = int(np.argmax(real))
+        # in the frame of ``pre`` (real value less mu . caps): the fixed layers' real gains are their shifted gains
+        # plus mu . (caps - limits)
+        value = float(real[state]) + fixed_gain - float(limits @ mu)
     elif min_methods:
         used = np.array([bin(int(m)).count("1") for m in s_key])
         eligible = np.flatnonzero(used >= min_methods)
@@ -608,15 +611,18 @@ DEEPENING_START = 16
 
 
 def solve_deepening(problem: Problem, pre: Presolve, *, deadline: float | None = None,
-                    max_states: int = 400_000) -> tuple[CoreResult, Presolve]:
-    """The plain core DP run against targets that start near the LP bound and fall to the incumbent.
+                    max_states: int = 400_000, counts: np.ndarray | None = None, caps=None,
+                    mu=None) -> tuple[CoreResult, Presolve]:
+    """The core DP run against targets that start near the LP bound and fall to the incumbent.
 
     A DP against target T keeps every allocation worth at least T, so an answer reaching T is
     optimal; otherwise its answer, when better, becomes the incumbent (and fixes more options),
     and the target falls twice as far below the bound. Each round first fixes options against
     its target (reduced-cost fixing), so early rounds run on small cores. With a poor incumbent this proves the
     optimum with far smaller frontiers than one DP against the incumbent; the last round is that DP.
-    Returns the answer and the presolve it was proven against."""
+    ``counts``, ``caps``, ``mu``: the counted DP of method caps (see :func:`solve_core`); targets and
+    values are then in ``pre``'s frame, real value less ``mu . caps``.
+    Returns the answer and the presolve it was proven against (options fixed against the last round's target)."""
     tol = REL_TOL * max(1.0, abs(pre.bound))
     delta = max(0.0, pre.bound - pre.incumbent_value) / DEEPENING_START  # an incumbent past the bound (rounding): one round
     peak = 0
@@ -625,12 +631,14 @@ def solve_deepening(problem: Problem, pre: Presolve, *, deadline: float | None =
         last = target <= pre.incumbent_value + tol
         # reduced-cost fixing against the target: only options that can be in an allocation worth it stay
         trial = pre if last else replace(pre, kept=fix(problem, pre.options, pre.bound, pre.price, target, pre.padded))
-        core = solve_core(problem, trial, deadline=deadline, max_states=max_states, target=None if last else target)
+        core = solve_core(problem, trial, deadline=deadline, max_states=max_states, target=None if last else target,
+                          counts=counts, caps=caps, mu=mu)
         peak = max(peak, core.max_states)
         if core.choice is None or last or core.value >= target - tol:
-            return CoreResult(core.choice, peak, core.reason, core.value), pre
+            return CoreResult(core.choice, peak, core.reason, core.value), trial
         if core.value > pre.incumbent_value:
-            pre = with_incumbent(problem, pre, core.choice, options=pre.options)
+            pre = with_incumbent(problem, pre, core.choice, options=pre.options,
+                                 value=None if counts is None else core.value)
         delta *= 2
 
 

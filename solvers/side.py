@@ -320,10 +320,8 @@ def solve_side(problem: Problem, deadline: float | None = None, max_states: int 
     options = mckp.undominated(knap, key=key) if key is not None else None
     pre = mckp.with_incumbent(shifted, pre, start, value=value - float(mu @ caps), options=options)
     presolve_seconds = time.perf_counter() - t0
-    if len(caps):
-        core = mckp.solve_core(shifted, pre, max_states=max_states, deadline=deadline, counts=knap.counts, caps=caps, mu=mu)
-    else:
-        core, pre = mckp.solve_deepening(shifted, pre, deadline=deadline, max_states=max_states)
+    counted = dict(counts=knap.counts, caps=caps, mu=mu) if len(caps) else {}
+    core, pre = mckp.solve_deepening(shifted, pre, deadline=deadline, max_states=max_states, **counted)
     bound = pre.bound + float(mu @ caps)
     if core.choice is None:
         return SideResult(None, core.reason, incumbent=knap.expand(start, problem.n_layers), bound=bound)

@@ -62,6 +62,24 @@ def test_fast_path_answers_and_matches_cbc_at_224_layers(side):
     assert not fast.violations
 
 
+def test_two_binding_caps_are_proven_with_small_frontiers_by_deepening():
+    # the incumbent repaired to meet two binding caps is poor (here 0.09 below the optimum, a gap 30x the optimum's):
+    # one counted DP against it keeps ~14,000 states; run against targets near the bound, as the plain path is,
+    # a few hundred suffice
+    from layerlens_opt.solvers import side
+
+    data = synthetic(120, seed=1)
+    problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"],
+                                                              method_caps=(("adapter", 4), ("lora", 30))))
+    result = side.solve_side(problem, max_states=2_000)
+    assert result.choice is not None, result.reason
+    cbc = solve(problem, "cbc")
+    assert cbc.status == Status.OPTIMAL
+    assert problem.value(result.choice) == pytest.approx(cbc.objective, rel=1e-9)
+    counts = [problem.method_of(o) for o in result.choice]
+    assert counts.count("adapter") <= 4 and counts.count("lora") <= 30
+
+
 def test_time_limit_passing_while_tied_blocks_are_built_hands_over_to_cbc(monkeypatch):
     """Building the blocks' frontiers checks the deadline: past it, auto says so and CBC answers (within its own
     minimum second) instead of the build running on."""

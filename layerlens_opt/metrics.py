@@ -86,15 +86,11 @@ def pearson(a: Sequence[float], b: Sequence[float]) -> float | None:
 def average_ranks(values) -> np.ndarray:
     """1-based ranks of ``values``, ties sharing their average rank."""
     values = np.asarray(values, dtype=float)
-    order = np.argsort(values, kind="stable")
-    out = np.empty(len(values))
-    sorted_vals = values[order]
-    boundaries = np.flatnonzero(np.diff(sorted_vals)) + 1
-    starts = np.concatenate(([0], boundaries))
-    ends = np.concatenate((boundaries, [len(values)]))
-    for s, e in zip(starts, ends):
-        out[order[s:e]] = (s + e - 1) / 2 + 1
-    return out
+    if not len(values):
+        return np.empty(0)
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts  # 0-based position of each distinct value's first copy in sorted order
+    return (first + (counts - 1) / 2 + 1)[inverse.reshape(-1)]
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:

@@ -9,6 +9,7 @@ tried first by the profiler.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Sequence
 
@@ -76,7 +77,19 @@ def infer(name: str, user_kinds=(), user_block: re.Pattern | None = None) -> tup
 
 
 def role(name: str) -> str:
-    """The built-in role of a module name ('q', 'k', 'v', 'qkv', 'o', 'gate', 'up', 'down'), or ''."""
+    """The built-in role of a module name ('q', 'k', 'v', 'qkv', 'o', 'gate', 'up', 'down'), or ''.
+
+    The rules read at most the last three dot-separated parts of a name (and whether more come before), and
+    only a last part of digits (``to_out.0``), so the answer is looked up by that tail with the other parts of
+    digits written ``#``: a 50,000-layer model has a few dozen."""
+    parts = name.rsplit(".", 3)
+    head = "." if len(parts) == 4 else ""
+    tail = parts[1:] if head else parts
+    return _role_of_tail(head + ".".join(["#" if p.isdigit() else p for p in tail[:-1]] + tail[-1:]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _role_of_tail(name: str) -> str:
     for pat, _kind, r in RULES:
         if pat.search(name):
             return r

@@ -154,3 +154,41 @@ def test_rank_utility_consistency_matches_the_pairwise_definition():
         pairs = [(i, j) for i in range(n) for j in range(n) if u[i] > u[j]]
         expected = sum(r[i] >= r[j] for i, j in pairs) / len(pairs) if pairs else None
         assert consistency(u, r) == (None if expected is None else pytest.approx(expected))
+
+
+def test_average_ranks_match_their_definition_ties_included():
+    """1-based rank: 1 + the values below, plus half of the other copies of the same value (what Spearman's
+    correlation and the rank normalization use); -0.0 and 0.0 are one value."""
+    from layerlens_opt.metrics import average_ranks
+
+    rng = np.random.default_rng(1)
+    for trial in range(300):
+        n = int(rng.integers(0, 30))
+        v = rng.integers(-3, 3, n).astype(float) if trial % 2 else rng.normal(size=n)
+        if n > 1 and trial % 5 == 0:
+            v[0], v[-1] = -0.0, 0.0
+        expected = [1 + sum(w < x for w in v) + (sum(w == x for w in v) - 1) / 2 for x in v]
+        assert average_ranks(v).tolist() == expected
+
+
+def test_role_read_from_a_names_tail_equals_the_rules_on_the_whole_name():
+    """role() looks a name up by its last three parts (cached); the rules on the whole name must agree, on every
+    layer of the shipped problems and on names made to sit at the edges (short, dotted, underscored, look-behinds)."""
+    import json
+    from pathlib import Path
+
+    from layerlens_opt.naming import RULES, role
+
+    def scan(name):
+        return next((r for pat, _kind, r in RULES if pat.search(name)), "")
+
+    root = Path(__file__).resolve().parent.parent / "problems"
+    names = {layer["name"] for path in root.glob("*/*.json") for layer in json.loads(path.read_text()).get("layers", [])}
+    names |= {"q", "v", "x.q", "a.b.q", "a.b.c.q", "a_q", "a.b_v", "attention.output.dense", "x.attention.output.dense",
+              "y.x.attention.output.dense", "xattention.output.dense", "a.output.dense", "a.b.output.dense", "to_out.0",
+              "a.to_out.0", "a.b.c.to_out.0", "mlp.c_proj", "a.mlp.c_proj", "attn.c_proj", "b.attn.c_proj", "self_attn.c_proj",
+              "a.b.self_attn.dense", "a.b.mlp.fc_in", "Q_PROJ", "a.b.c.d.e.Wqkv", "a..q", ".q", "q.", "",
+              "h.3.to_out.0", "3.q", "1.2.q", "a.1.2.3", "a.1.2.v", "x.12.attention.output.dense", "x.attention.7.dense"}
+    assert len(names) > 100
+    for name in sorted(names):
+        assert role(name) == scan(name), name

@@ -32,15 +32,10 @@ class _Group(click.Group):
     """Turns LayerlensError into a one-line message and exit code 1."""
 
     def invoke(self, ctx):
-        import gc
-
-        thresholds = gc.get_threshold()  # a command that builds a problem raises them (cliparse.SOLVE_GC_THRESHOLD)
         try:
             return super().invoke(ctx)
         except LayerlensError as exc:
             raise click.ClickException(str(exc)) from None
-        finally:
-            gc.set_threshold(*thresholds)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

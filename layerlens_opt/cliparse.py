@@ -164,18 +164,29 @@ def parse_budgets(text: str) -> list[int]:
 
 #: the collector's thresholds while a command builds and solves: a 50,000-layer manifest makes ~10^6 long-lived objects
 #: (its JSON, layers, options, the allocation's rows), and Python's default thresholds traverse them all again and again
-#: (a third of the 50,000-layer solve's time). The command group restores them when the command ends
+#: (a third of the 50,000-layer solve's time). They hold until the command's context closes
 SOLVE_GC_THRESHOLD = (100_000, 50, 1000)
+
+
+def _collector_for_the_command() -> None:
+    """Raise the collector's thresholds for the rest of the running command (restored when its click context
+    closes, also after an error); outside a command (a library call) the caller's settings stay as they are."""
+    import gc
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return
+    before = gc.get_threshold()
+    gc.set_threshold(*SOLVE_GC_THRESHOLD)
+    ctx.call_on_close(lambda: gc.set_threshold(*before))
 
 
 def build_from_options(kw):
     """Manifest + options -> Problem, timed."""
-    import gc
-
     from .manifest import load_manifest
     from .problem import Constraints, ModelOptions, build_problem
 
-    gc.set_threshold(*SOLVE_GC_THRESHOLD)
+    _collector_for_the_command()
     t0 = time.perf_counter()
     manifest = load_manifest(kw["manifest"])
     methods = parse_methods(kw["methods"])

@@ -61,6 +61,34 @@ def test_a_command_raises_the_collector_thresholds_only_while_it_runs(monkeypatc
     assert seen == [cliparse.SOLVE_GC_THRESHOLD] and gc.get_threshold() == before != cliparse.SOLVE_GC_THRESHOLD
 
 
+def test_a_command_that_fails_after_raising_the_collector_thresholds_restores_them(monkeypatch):
+    import gc
+
+    from layerlens_opt import cliparse
+    from layerlens_opt.errors import LayerlensError
+
+    def failing(*a, **k):
+        raise LayerlensError("forced failure after the build")
+
+    monkeypatch.setattr("layerlens_opt.cli._solve", failing)
+    before = gc.get_threshold()
+    r = run("solve", SCENARIO, "--budget", "50k")
+    assert r.exit_code != 0 and "forced failure" in r.output
+    assert gc.get_threshold() == before != cliparse.SOLVE_GC_THRESHOLD
+
+
+def test_building_a_problem_from_the_library_leaves_the_collector_alone():
+    import gc
+
+    from layerlens_opt import cliparse
+
+    before = gc.get_threshold()
+    kw = dict(manifest=SCENARIO, methods="lora,adapter,ia3,prefix", ranks=(), weights=None, method_cap=(), budget=50_000, min_utilization=0.7,
+              max_utilization=0.9, min_methods=0, tie_blocks=False, normalization="max", max_rank=None, shrink=0.0)
+    problem, _ = cliparse.build_from_options(kw)
+    assert problem.n_layers > 0 and gc.get_threshold() == before != cliparse.SOLVE_GC_THRESHOLD
+
+
 @pytest.mark.parametrize("solver", ["auto", "cbc", "highs", "heuristic"])
 def test_solve_json_matches_schema(solver, tmp_path):
     out = tmp_path / "alloc.json"

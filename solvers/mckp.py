@@ -138,11 +138,15 @@ class _Padded:
 
     PAD_COST = np.iinfo(np.int64).max // 4
 
-    def __init__(self, problem: Problem, idx: np.ndarray, valid: np.ndarray):
+    def __init__(self, problem: Problem, idx: np.ndarray, valid: np.ndarray, cost_gain: tuple | None = None):
+        """``cost_gain``: the (cost, gain) matrices when the caller already has them (padded as above)."""
         self.problem = problem
         self.idx, self.valid = np.where(valid, idx, 0), valid
-        self.cost = np.where(valid, problem.option_cost[self.idx], self.PAD_COST)
-        self.gain = np.where(valid, problem.option_gain[self.idx], -np.inf)
+        if cost_gain is not None:
+            self.cost, self.gain = cost_gain
+        else:
+            self.cost = np.where(valid, problem.option_cost[self.idx], self.PAD_COST)
+            self.gain = np.where(valid, problem.option_gain[self.idx], -np.inf)
 
     @classmethod
     def of(cls, problem: Problem, options) -> "_Padded":
@@ -173,11 +177,8 @@ class _Padded:
         what :meth:`of` builds from the rows' option tuples."""
         order = np.argsort(~self.valid, axis=1, kind="stable")
         width = int(self.valid.sum(axis=1).max()) if len(self.valid) else 0
-        order = order[:, :width]
-        out = object.__new__(_Padded)
-        out.problem = self.problem
-        out.idx, out.valid, out.cost, out.gain = (np.take_along_axis(a, order, axis=1) for a in (self.idx, self.valid, self.cost, self.gain))
-        return out
+        idx, valid, cost, gain = (np.take_along_axis(a, order[:, :width], axis=1) for a in (self.idx, self.valid, self.cost, self.gain))
+        return _Padded(self.problem, idx, valid, (cost, gain))
 
     def rows(self, mask: np.ndarray) -> tuple[tuple[int, ...], ...]:
         """Per layer, the options where ``mask`` holds, in column order."""

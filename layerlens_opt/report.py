@@ -18,15 +18,21 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align: str | No
 
 
 def _render(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str | None) -> str:
-    """:func:`table` of cells already written as text (widths taken column by column: tens of thousands of rows)."""
-    columns = list(zip_longest(*rows, fillvalue=""))[: len(headers)]
-    widths = [max(len(h), max(map(len, col), default=0)) for h, col in zip_longest(headers, columns, fillvalue=())]
-    align = align or "".join("r" if rows and _numeric(rows[0][i]) else "l" for i in range(len(headers)))
-    # one format string for every line; a short row's missing cells are blanks (stripped), a long row's extra ones ignored
+    """:func:`table` of cells already written as text (a short row's missing cells are blanks, a long row's extra
+    ones ignored)."""
+    columns = [list(col) for col in zip_longest(*rows, fillvalue="")][: len(headers)]
+    columns += [[""] * len(rows) for _ in range(len(headers) - len(columns))]
+    return _render_columns(headers, columns, align)
+
+
+def _render_columns(headers: Sequence[str], columns: Sequence[Sequence[str]], align: str | None) -> str:
+    """A table given as one list of text cells per column, all of one length (widths taken column by column and one
+    format string for every line: tens of thousands of rows)."""
+    widths = [max(len(h), max(map(len, col), default=0)) for h, col in zip(headers, columns)]
+    align = align or "".join("r" if len(col) and _numeric(col[0]) else "l" for col in columns)
     line = "  ".join(f"{{:{'>' if a == 'r' else '<'}{w}}}" for w, a in zip(widths, align)).format
-    blank = [""] * len(headers)
     lines = [line(*headers).rstrip(), "  ".join("-" * w for w in widths)]
-    lines += [line(*row, *blank).rstrip() for row in rows]
+    lines += [line(*row).rstrip() for row in zip(*columns)]
     return "\n".join(lines)
 
 
@@ -59,7 +65,7 @@ def allocation_table(alloc: Allocation) -> str:
         [_float4(round(l.utility, 4)) for l in layers],
         ["-" if l.gain is None else _float4(round(l.gain, 5)) for l in layers],
     ]
-    return _render(("layer", "kind", "method", "rank", "params", "utility", "gain"), list(zip(*columns)), "lllrrrr")
+    return _render_columns(("layer", "kind", "method", "rank", "params", "utility", "gain"), columns, "lllrrrr")
 
 
 def _float4(value) -> str:

@@ -103,3 +103,11 @@ def test_the_allocation_table_is_the_generic_table_of_its_cells(path):
     for a in (alloc, Allocation.from_dict(data)):
         rows = [(l.name, l.kind, l.method, l.rank, l.params, round(l.utility, 4), None if l.gain is None else round(l.gain, 5)) for l in a.layers]
         assert allocation_table(a) == table(("layer", "kind", "method", "rank", "params", "utility", "gain"), rows, "lllrrrr")
+
+
+def test_a_table_pads_short_rows_and_drops_cells_past_its_headers():
+    from layerlens_opt.report import table
+
+    text = table(("name", "n", "note"), [("a", 1), ("bb", 22, "x", "ignored"), ()])
+    assert text.split("\n") == ["name   n  note", "----  --  ----", "a      1", "bb    22  x", ""]
+    assert table(("a", "b"), []).splitlines() == ["a  b", "-  -"]

@@ -148,9 +148,17 @@ class Columns:
         layers = list(layers)
         # one kind of row decides how every row is read (a per-row ABC isinstance costs ~2 us; 50,000 layers)
         if len({type(l) for l in layers}) == 1 and not isinstance(layers[0], Mapping):
-            rows = [vars(l) for l in layers]
-        else:
-            rows = [l if isinstance(l, Mapping) else vars(l) for l in layers]
+            # objects: read attribute by attribute (vars() makes each object build its __dict__: ~1.5 us a row)
+            return cls(
+                method=[l.method for l in layers],
+                rank=np.array([float(getattr(l, "rank", 0)) for l in layers]),
+                params=np.array([int(l.params) for l in layers], dtype=np.int64),
+                utility=np.array([float(getattr(l, "utility", 0.0)) for l in layers]),
+                block=[getattr(l, "block", None) for l in layers],
+                group=[getattr(l, "group", None) for l in layers],
+                kind=[getattr(l, "kind", "other") for l in layers],
+            )
+        rows = [l if isinstance(l, Mapping) else vars(l) for l in layers]
         return cls(
             method=[r["method"] for r in rows],
             rank=np.array([float(r.get("rank", 0)) for r in rows]),

@@ -111,3 +111,19 @@ def test_a_table_pads_short_rows_and_drops_cells_past_its_headers():
     text = table(("name", "n", "note"), [("a", 1), ("bb", 22, "x", "ignored"), ()])
     assert text.split("\n") == ["name   n  note", "----  --  ----", "a      1", "bb    22  x", ""]
     assert table(("a", "b"), []).splitlines() == ["a  b", "-  -"]
+
+
+def test_columns_read_from_layer_objects_equal_those_read_from_their_dicts():
+    """Columns.of reads LayerChoice objects attribute by attribute and dicts (a loaded file) key by key: the same
+    columns, tied groups and blocks included."""
+    from layerlens_opt.metrics import Columns
+
+    manifest = load_manifest(ROOT / "problems" / "architectures" / "mixtral-8x22b.json")
+    problem = build_problem(manifest, Constraints(budget=50_000_000, tie_groups=r"layers\.(\d+)\.block_sparse_moe\.experts\.\d+\.(\w+)"))
+    alloc = solve(problem, "auto")
+    assert any(l.group for l in alloc.layers) and any(l.block is not None for l in alloc.layers)
+    a, b = Columns.of(alloc.layers), Columns.of(alloc.to_dict()["layers"])
+    for field in ("method", "block", "group", "kind"):
+        assert list(getattr(a, field)) == list(getattr(b, field)), field
+    for field in ("rank", "params", "utility"):
+        assert getattr(a, field).tolist() == getattr(b, field).tolist() and getattr(a, field).dtype == getattr(b, field).dtype, field

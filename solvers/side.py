@@ -323,8 +323,8 @@ def solve_side(problem: Problem, deadline: float | None = None, max_states: int 
     counted = dict(counts=knap.counts, caps=caps, mu=mu) if len(caps) else {}
     core, pre = mckp.solve_deepening(shifted, pre, deadline=deadline, max_states=max_states, **counted)
     bound = pre.bound + float(mu @ caps)
-    if core.choice is None:
-        return SideResult(None, core.reason, incumbent=knap.expand(start, problem.n_layers), bound=bound)
+    if core.choice is None:  # the best allocation known that meets the caps and ties: a round may have improved ``start``
+        return SideResult(None, core.reason, incumbent=knap.expand(pre.incumbent, problem.n_layers), bound=bound)
     what = " and ".join(w for w, on in (("method caps", len(caps) > 0), ("tied blocks", problem.constraints.tie_blocks)) if on) \
         or "method caps that cannot bind"
     note = (f"{what} on the knapsack path: {knap.n_layers:,} choices ({len(knap.option_cost):,} options"

@@ -80,6 +80,32 @@ def test_two_binding_caps_are_proven_with_small_frontiers_by_deepening():
     assert counts.count("adapter") <= 4 and counts.count("lora") <= 30
 
 
+def test_a_stopped_deepening_hands_over_the_best_allocation_its_rounds_found(monkeypatch):
+    """The first round (a target near the bound) misses it but finds an allocation better than the repaired start;
+    when the next round stops (forced here), that allocation, not the start, is what CBC is given and auto keeps."""
+    from layerlens_opt.solvers import mckp, side
+
+    data = synthetic(120, seed=1)
+    problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"],
+                                                              method_caps=(("adapter", 4), ("lora", 30))))
+    real, rounds = mckp.solve_core, []
+
+    def first_round_only(knap, pre, **kw):
+        if rounds:
+            return mckp.CoreResult(None, 1, "the state limit stopped it (forced)")
+        result = real(knap, pre, **kw)
+        rounds.append((pre.incumbent, pre.incumbent_value, result.value))
+        return result
+
+    monkeypatch.setattr(mckp, "solve_core", first_round_only)
+    result = side.solve_side(problem)
+    assert result.choice is None and "(forced)" in result.reason
+    start, start_value, found = rounds[0]  # (no tied blocks: the knapsack's options are the problem's)
+    assert found > start_value + 1e-6
+    assert problem.value(result.incumbent) == pytest.approx(problem.value(start) + (found - start_value), rel=1e-9)
+    assert result.bound >= problem.value(result.incumbent)
+
+
 def test_time_limit_passing_while_tied_blocks_are_built_hands_over_to_cbc(monkeypatch):
     """Building the blocks' frontiers checks the deadline: past it, auto says so and CBC answers (within its own
     minimum second) instead of the build running on."""

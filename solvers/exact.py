@@ -43,6 +43,8 @@ def solve_auto(problem: Problem, options: SolverOptions) -> Allocation:
             pre = mckp.with_incumbent(problem, pre, start, per_method=True)
             core = mckp.solve_core(problem, pre, min_methods=c.min_methods, deadline=deadline)
     if core.choice is None:
+        if pre.incumbent_value > base.incumbent_value:  # a deepening round found a better allocation: CBC starts from it
+            base = mckp.with_incumbent(problem, base, pre.incumbent, options=base.options)
         return _fallback(problem, options, t0, f"{core.reason}; CBC solved the problem instead", base)
     floor = _below_floor(problem, core.choice, "the cap")
     if floor:
@@ -134,7 +136,8 @@ def _fallback(problem: Problem, options: SolverOptions, t0: float, why: str, pre
         n_vars = pre.kept_options if pre is not None and not problem.constraints.has_side_constraints else problem.n_options
         if pre is not None and left < 1.0 + BUILD_SECONDS_PER_VARIABLE * n_vars and not choice_violations(problem, pre.incumbent):
             note = (f"auto: {why.split(';')[0]}; the time limit left {max(left, 0.0):.1f} s, too little to build and run CBC "
-                    f"on {n_vars:,} variables, so the presolve's incumbent is reported with its LP bound")
+                    f"on {n_vars:,} variables, so the best allocation found so far (the presolve's incumbent or a better one of "
+                    "the core search's) is reported with its LP bound")
             return _unproven(problem, pre.incumbent, pre.bound, {"build": pre.seconds, "solve": time.perf_counter() - t0 - pre.seconds},
                              note, "the time limit stopped the search")
     alloc = solve_ilp(problem, options, "cbc", pre, deadline=deadline, start=start)

@@ -148,7 +148,33 @@ def test_time_limit_spent_before_cbc_reports_the_presolve_incumbent(monkeypatch)
     assert alloc.status == Status.FEASIBLE and alloc.layers
     assert not choice_violations(problem, alloc.choice)
     assert alloc.bound >= exact_alloc.objective - 1e-9 >= alloc.objective - 1e-9
-    assert any("presolve's incumbent" in n for n in alloc.notes)
+    assert any("best allocation found so far" in n for n in alloc.notes)
+
+
+def test_a_stopped_deepening_hands_cbc_the_best_allocation_its_rounds_found(monkeypatch):
+    """A deepening round misses its target but beats the presolve's incumbent; when the next round stops (forced)
+    and no time is left for CBC, that better allocation is the answer, not the presolve's."""
+    from layerlens_opt.solvers import exact
+
+    data = synthetic(224, seed=1)
+    problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"]))
+    pre = mckp.presolve(problem)
+    real, better = mckp.solve_core, []
+
+    def until_one_improves(core_pre, **kw):
+        if better:
+            return mckp.CoreResult(None, 1, "the time limit stopped the core search")
+        result = real(problem, core_pre, **kw)
+        if result.value > core_pre.incumbent_value + 1e-9:
+            better.append(result.value)
+        return result
+
+    monkeypatch.setattr(mckp, "solve_core", lambda p, core_pre, **kw: until_one_improves(core_pre, **kw))
+    monkeypatch.setattr(exact, "BUILD_SECONDS_PER_VARIABLE", 1e6)  # no time to build a CBC model
+    alloc = solve(problem, "auto", SolverOptions(time_limit=30))
+    assert better and better[0] > pre.incumbent_value + 1e-9
+    assert alloc.status == Status.FEASIBLE and alloc.objective == pytest.approx(better[0], rel=1e-12)
+    assert alloc.bound == pytest.approx(pre.bound) and not alloc.violations
 
 
 def test_without_a_time_limit_the_fallback_still_runs_cbc(monkeypatch):

@@ -18,6 +18,8 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from layerlens_opt.allocation import Allocation, Status, choice_violations, make_allocation
 from layerlens_opt.methods import METHOD_NAMES
 from layerlens_opt.problem import Problem
@@ -29,11 +31,13 @@ if TYPE_CHECKING:  # pragma: no cover
     import pulp
 
 
-def build_model(problem: Problem, keep=None, *, floor: bool = True, name: str = "layerlens"):
+def build_model(problem: Problem, keep=None, *, floor: bool = True, name: str = "layerlens", order=()):
     """The PuLP model of ``problem``: ``(LpProblem, {option index: variable})``.
 
     ``keep`` (a set of option indices) restricts the model to those options (the
-    presolved model); ``floor=False`` leaves out the utilization floor.
+    presolved model); ``floor=False`` leaves out the utilization floor; ``order``: pairs of
+    aligned option lists from :func:`exchange_order`, each becoming rows "the first layer takes
+    one of its t costliest options at least as often as the second" (symmetry breaking).
     """
     import pulp
 
@@ -56,6 +60,11 @@ def build_model(problem: Problem, keep=None, *, floor: bool = True, name: str = 
     prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(spend), pulp.LpConstraintLE, "budget_max", c.hi))
     if floor:
         prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(spend), pulp.LpConstraintGE, "budget_min", c.lo))
+    for k, (a, b) in enumerate(order):
+        for t in range(1, len(a)):
+            terms = [(x[o], 1) for o in a[t:] if o in x] + [(x[o], -1) for o in b[t:] if o in x]
+            if terms:
+                prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(terms), pulp.LpConstraintGE, f"order_{k}_{t}", 0))
 
     by_method: dict[int, list] = {}
     for o, v in x.items():
@@ -126,6 +135,61 @@ def build_model(problem: Problem, keep=None, *, floor: bool = True, name: str = 
     return prob, x
 
 
+def exchange_order(problem: Problem, options) -> list[tuple[list[int], list[int]]]:
+    """Symmetry breaking for near-identical layers, from an exchange argument.
+
+    ``options``: per layer its undominated options, cost ascending (the presolve's). Two layers
+    whose options have the same costs and methods, position by position, and where the first's
+    gain minus the second's never falls from one position to the next: if the first takes
+    position i and the second a costlier position j, swapping them changes the objective by
+    (g_a[j] - g_b[j]) - (g_a[i] - g_b[i]) >= 0 and leaves the total cost and the methods used as
+    they are. So some optimal allocation gives the first layer a position at least the second's,
+    for every such pair along a chain at once (sort the chain's positions: each adjacent swap is one
+    of these), and that allocation is worth at least any incumbent, so reduced-cost fixing keeps its
+    options. Layers of one shape whose gains are utility times one curve (the generated and profiled
+    manifests) form such chains in order of utility. Returns (first's options, second's options)
+    per linked pair, aligned by position."""
+    cost, gain, method = problem.option_cost, problem.option_gain, problem.option_method
+    classes: dict[tuple, list[int]] = {}
+    for l, opts in enumerate(options):
+        if len(opts) > 1:
+            idx = list(opts)
+            classes.setdefault((tuple(cost[idx].tolist()), tuple(method[idx].tolist())), []).append(l)
+    links = []
+    for layers in classes.values():
+        layers.sort(key=lambda l: (-float(gain[options[l][-1]]), l))
+        for a, b in zip(layers, layers[1:]):
+            d = gain[list(options[a])] - gain[list(options[b])]
+            if (np.diff(d) >= 0).all():
+                links.append((list(options[a]), list(options[b])))
+    return links
+
+
+def ordered_start(problem: Problem, choice, links, keep) -> tuple[int, ...]:
+    """``choice`` with each chain of ``links`` (consecutive pairs sharing a layer) given its chosen positions
+    sorted, costliest first, so that it meets the ordering rows; a chain whose layers hold options outside their
+    lists, or whose sorted options are not all in ``keep``, is left as it was. Never worth less than ``choice``
+    (each adjacent swap is an exchange of :func:`exchange_order`)."""
+    out = list(choice)
+    layer_of = problem.option_layer
+    chains: list[list[list[int]]] = []
+    for a, b in links:
+        if chains and int(layer_of[chains[-1][-1][0]]) == int(layer_of[a[0]]):
+            chains[-1].append(b)
+        else:
+            chains.append([a, b])
+    for chain in chains:
+        layers = [int(layer_of[opts[0]]) for opts in chain]
+        if any(out[l] not in opts for l, opts in zip(layers, chain)):
+            continue
+        positions = sorted((opts.index(out[l]) for l, opts in zip(layers, chain)), reverse=True)
+        picked = [opts[p] for opts, p in zip(chain, positions)]
+        if all(o in keep for o in picked):
+            for l, o in zip(layers, picked):
+                out[l] = o
+    return tuple(out) if problem.value(out) >= problem.value(choice) else tuple(choice)
+
+
 def export_model(problem: Problem, path: str, fmt: str = "lp") -> None:
     """Write the full, unreduced model as an LP or MPS file."""
     prob, _ = build_model(problem)
@@ -193,7 +257,7 @@ MAX_LP_VARIABLES = 400_000
 
 
 def _run(problem: Problem, backend: str, options: SolverOptions, keep=None, floor=True, start=None, deadline=None,
-         preprocess: bool = True):
+         preprocess: bool = True, order=()):
     """Build, solve, read back. Returns (status, choice or None, bound or None, build s, solve s, warm used).
 
     With a ``deadline`` (``time.perf_counter()`` seconds) the solver gets what is left of it after
@@ -208,7 +272,7 @@ def _run(problem: Problem, backend: str, options: SolverOptions, keep=None, floo
             "constraints and interaction terms that send the problem to an LP solver"
         )
     t0 = time.perf_counter()
-    prob, x = build_model(problem, keep, floor=floor)
+    prob, x = build_model(problem, keep, floor=floor, order=order)
     warm = False
     if start is not None and options.warm_start and backend == "cbc":
         chosen = set(start)
@@ -272,7 +336,7 @@ def _run(problem: Problem, backend: str, options: SolverOptions, keep=None, floo
                 choice = list(start)
             elif backend == "cbc" and preprocess and not small:
                 # called optimal: a preprocessing fault; solve again without it
-                return _run(problem, backend, options, keep, floor, start, deadline, preprocess=False)
+                return _run(problem, backend, options, keep, floor, start, deadline, preprocess=False, order=order)
     message = "" if choice is not None or status == Status.INFEASIBLE else f"{backend} stopped without an allocation (PuLP: {pulp.LpSolution[prob.sol_status]})"
     return status, choice, bound, t1 - t0, t2 - t1, warm, message
 
@@ -319,10 +383,17 @@ def solve_ilp(problem: Problem, options: SolverOptions, backend: str = "cbc", pr
             f"presolve: {problem.n_options:,} options -> {len(keep):,} after dominance and reduced-cost fixing "
             f"({pre.core_layers} layers left free); LP bound {pre.bound:.6g}"
         )
-        status, choice, bound, tb, ts, warm, message = _run(problem, backend, options, keep, floor=False, start=pre.incumbent, deadline=deadline)
+        order = exchange_order(problem, pre.options)
+        start = ordered_start(problem, pre.incumbent, order, keep)
+        if order:
+            notes.append(f"symmetry: ordering rows over {len(order):,} pairs of layers with the same options whose gains differ "
+                         "in step (the costlier choice to the layer whose gains grow faster)")
+        status, choice, bound, tb, ts, warm, message = _run(problem, backend, options, keep, floor=False, start=start,
+                                                            deadline=deadline, order=order)
         seconds.update(build=tb, solve=ts)
         if warm:
-            notes.append(f"warm start: the presolve incumbent (objective {pre.incumbent_value:.6g})")
+            notes.append(f"warm start: the presolve incumbent (objective {problem.value(start):.6g}"
+                         + (", its choices sorted along the ordering rows)" if start != pre.incumbent else ")"))
         if choice is None or problem.cost(choice) >= c.lo:
             return _finish(problem, backend, status, choice, bound, lp_bound, seconds, message, notes, warm)
         notes.append(

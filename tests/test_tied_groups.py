@@ -193,6 +193,8 @@ def test_cbc_preprocessing_fault_is_caught(monkeypatch):
     small models run without it, and a larger one whose answer is worse than its start is solved again."""
     from layerlens_opt.solvers import ilp
 
+    # the model that showed the fault, as it was: without the symmetry rows (with them CBC happens to answer right)
+    monkeypatch.setattr(ilp, "exchange_order", lambda problem, options: [])
     m = moe_manifest(blocks=1, experts=2, seed=0)
     opts = ModelOptions(methods=("lora", "none"), ranks={"lora": (1, 2)})
     budget = int(build_problem(m, Constraints(10**9), opts).cost_range()[1] * 0.4375)

@@ -62,8 +62,10 @@ def build_model(problem: Problem, keep=None, *, floor: bool = True, name: str = 
         prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(spend), pulp.LpConstraintGE, "budget_min", c.lo))
     for k, (a, b) in enumerate(order):
         for t in range(1, len(a)):
-            terms = [(x[o], 1) for o in a[t:] if o in x] + [(x[o], -1) for o in b[t:] if o in x]
-            if terms:
+            # implied (not written) when the second layer has none of its t costliest options or the first has only those
+            high_b = [(x[o], -1) for o in b[t:] if o in x]
+            if high_b and any(o in x for o in a[:t]):
+                terms = [(x[o], 1) for o in a[t:] if o in x] + high_b
                 prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(terms), pulp.LpConstraintGE, f"order_{k}_{t}", 0))
 
     by_method: dict[int, list] = {}

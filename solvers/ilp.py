@@ -386,16 +386,16 @@ def solve_ilp(problem: Problem, options: SolverOptions, backend: str = "cbc", pr
             f"({pre.core_layers} layers left free); LP bound {pre.bound:.6g}"
         )
         order = exchange_order(problem, pre.options)
-        start = ordered_start(problem, pre.incumbent, order, keep)
+        presolved_start = ordered_start(problem, pre.incumbent, order, keep)  # (``start``, the caller's, is for the full model)
         if order:
             notes.append(f"symmetry: ordering rows over {len(order):,} pairs of layers with the same options whose gains differ "
                          "in step (the costlier choice to the layer whose gains grow faster)")
-        status, choice, bound, tb, ts, warm, message = _run(problem, backend, options, keep, floor=False, start=start,
+        status, choice, bound, tb, ts, warm, message = _run(problem, backend, options, keep, floor=False, start=presolved_start,
                                                             deadline=deadline, order=order)
         seconds.update(build=tb, solve=ts)
         if warm:
-            notes.append(f"warm start: the presolve incumbent (objective {problem.value(start):.6g}"
-                         + (", its choices sorted along the ordering rows)" if start != pre.incumbent else ")"))
+            notes.append(f"warm start: the presolve incumbent (objective {problem.value(presolved_start):.6g}"
+                         + (", its choices sorted along the ordering rows)" if presolved_start != pre.incumbent else ")"))
         if choice is None or problem.cost(choice) >= c.lo:
             return _finish(problem, backend, status, choice, bound, lp_bound, seconds, message, notes, warm)
         notes.append(

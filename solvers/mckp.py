@@ -371,6 +371,12 @@ PARETO_LOOP_KEYS = 32
 def pareto(c: np.ndarray, g: np.ndarray, key: np.ndarray | None, *rest: np.ndarray):
     """The (cost, gain) states no cheaper-or-equal state of the same ``key`` beats (``key`` None: one
     frontier), sorted by key then cost; ``rest`` are arrays carried along. Returns (c, g, key, *rest)."""
+    c, g, key, take = _pareto_kept(c, g, key)
+    return (c, g, key, *(r[take] for r in rest))
+
+
+def _pareto_kept(c: np.ndarray, g: np.ndarray, key: np.ndarray | None):
+    """:func:`pareto`'s states and, instead of carried arrays, their positions in the input (``take``)."""
     # sorted by key and cost only (stable: equal pairs keep their order); of a (key, cost) pair the running
     # maximum keeps the first of the best gains among others, and only the last kept of each pair stays --
     # the state a sort on gain descending as well would keep
@@ -393,13 +399,14 @@ def pareto(c: np.ndarray, g: np.ndarray, key: np.ndarray | None, *rest: np.ndarr
                 keep[a + 1 : b] = g[a + 1 : b] > np.maximum.accumulate(g[a:b])[:-1]
         else:  # many (the capped DP's count vectors): one pass over all
             keep = g > _prior_max(_segments(key), g)
+    # positions, not a mask: gathering at a scattered mask is several times slower than at an index array
     kept = np.flatnonzero(keep)
-    same = c[kept[:-1]] == c[kept[1:]]
+    last = np.ones(len(kept), dtype=bool)  # of kept states with the same (key, cost), only the last stays
+    last[:-1] = c[kept[:-1]] != c[kept[1:]]
     if key is not None:
-        same &= key[kept[:-1]] == key[kept[1:]]
-    keep[kept[:-1][same]] = False
-    take = order[keep]  # the carried arrays are gathered at the kept states only
-    return (c[keep], g[keep], None if key is None else key[keep], *(r[take] for r in rest))
+        last[:-1] |= key[kept[:-1]] != key[kept[1:]]
+    kept = kept[last]
+    return c[kept], g[kept], None if key is None else key[kept], order[kept]
 
 
 @dataclass(frozen=True)
@@ -455,15 +462,30 @@ def _extend(s_cost, s_gain, s_reduced, cost_j, gain_j, reduced_j, threshold, cap
     """The plain DP step: each state plus each option that keeps it under ``cap`` and its reduced value at
     least ``threshold``, Pareto-filtered. The frontier is sorted by cost, so each option's candidates are
     too and one stable sort merges them. Returns (cost, gain, parent, pick)."""
-    cs, gs, ps, ks = [], [], [], []
+    fits = np.searchsorted(s_cost, cap - cost_j, side="right")  # frontier costs ascend: the cap keeps a prefix
+    cs, gs, states = [], [], []
     for j in range(len(cost_j)):
-        idx = np.flatnonzero((s_reduced >= threshold - reduced_j[j]) & (s_cost <= cap - cost_j[j]))
-        cs.append(s_cost[idx] + cost_j[j])
-        gs.append(s_gain[idx] + gain_j[j])
-        ps.append(idx)
-        ks.append(np.full(len(idx), j, dtype=np.int16))
-    c, g, _, parent, pick = pareto(*(np.concatenate(a) for a in (cs, gs)), None, *(np.concatenate(a) for a in (ps, ks)))
-    return c, g, parent, pick
+        n = int(fits[j])
+        ok = s_reduced[:n] >= threshold - reduced_j[j]
+        if ok.all():  # the first n states (as a count: no index array to build)
+            cs.append(s_cost[:n] + cost_j[j])
+            gs.append(s_gain[:n] + gain_j[j])
+            states.append(n)
+        else:
+            idx = np.flatnonzero(ok)
+            cs.append(s_cost[idx] + cost_j[j])
+            gs.append(s_gain[idx] + gain_j[j])
+            states.append(idx)
+    c, g, _, take = _pareto_kept(np.concatenate(cs), np.concatenate(gs), None)
+    # which option and which state each kept candidate came from: its run, and its place in that run
+    sizes = [len(a) for a in cs]
+    ends = np.cumsum(sizes)
+    pick = np.searchsorted(ends, take, side="right")
+    if all(isinstance(s, int) for s in states):
+        parent = take - (ends - sizes)[pick]
+    else:
+        parent = np.concatenate([np.arange(s) if isinstance(s, int) else s for s in states])[take]
+    return c, g, parent, pick.astype(np.int16)
 
 
 def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_states: int = 400_000,

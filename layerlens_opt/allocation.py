@@ -25,6 +25,7 @@ from .errors import AllocationError
 from .methods import DEFAULT_WINDOW, METHOD_NAMES
 from .metrics import Columns, compute_metrics, verdicts, violations
 from .problem import Problem
+from .records import positional
 
 SCHEMA_VERSION = 1
 
@@ -72,6 +73,10 @@ class LayerChoice:
         if self.group is not None:
             out["group"] = self.group
         return out
+
+
+#: a LayerChoice from every field, in order (tens of thousands of layers: see :func:`positional`)
+new_choice = positional(LayerChoice)
 
 
 @dataclass(frozen=True)
@@ -223,11 +228,11 @@ def make_allocation(
             k = o - starts[l]
             share = cost // len(info.members)
             for (j, m), gains in zip(info.members, info.member_gains):
-                layers[j] = LayerChoice(m.name, m.kind, m.block, method, rank, share, float(gains[k]), m.utility, m.in_features, m.out_features,
-                                        info.group)
+                layers[j] = new_choice(m.name, m.kind, m.block, method, rank, share, float(gains[k]), m.utility, m.in_features, m.out_features,
+                                       info.group)
                 allowed[j] = m.methods
         else:
-            layers[i] = LayerChoice(info.name, info.kind, info.block, method, rank, cost, gain, info.utility, info.in_features, info.out_features)
+            layers[i] = new_choice(info.name, info.kind, info.block, method, rank, cost, gain, info.utility, info.in_features, info.out_features, None)
             allowed[i] = info.methods
     objective = problem.value(choice)  # the layers' gains plus any active pair terms
     if status == Status.OPTIMAL and bound is None:

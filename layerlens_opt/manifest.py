@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from .errors import ManifestError
 from .methods import KINDS, METHOD_NAMES
+from .records import positional
 
 SCHEMA_VERSION = 2
 #: the version written when a manifest has no interactions (any version 1 reader can read it)
@@ -65,6 +66,10 @@ class Layer:
         if self.group is not None:
             out["group"] = self.group
         return out
+
+
+#: a Layer from every field, in order (tens of thousands of layers: see :func:`positional`)
+_new_layer = positional(Layer)
 
 
 @dataclass(frozen=True)
@@ -369,8 +374,7 @@ def _checked_in_bulk(raw_layers: list, source: str) -> list[Layer] | None:
         if not r.keys() <= _PLAIN_KEYS:
             out.append(_parse_layer(r, len(out), source))
             continue
-        out.append(Layer(name=name, kind=kind, in_features=i, out_features=o,
-                         metrics=dict(m) if as_float else {k: float(v) for k, v in m.items()}, block=b, group=g))
+        out.append(_new_layer(name, kind, i, o, dict(m) if as_float else {k: float(v) for k, v in m.items()}, b, None, {}, g))
     return out
 
 

@@ -30,6 +30,7 @@ from .errors import LayerlensError
 from .manifest import Manifest, check_weights
 from .metrics import average_ranks
 from .naming import role
+from .records import positional
 from .methods import (
     DEFAULT_METHODS,
     DEFAULT_RANKS,
@@ -177,6 +178,10 @@ class LayerInfo:
     members: tuple[tuple[int, "LayerInfo"], ...] = ()
     member_gains: tuple[tuple[float, ...], ...] = ()
     group: str | None = None
+
+
+#: a LayerInfo from every field, in order (tens of thousands of layers: see :func:`positional`)
+new_info = positional(LayerInfo)
 
 
 @dataclass(frozen=True)
@@ -452,7 +457,7 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
             if not layer.gain_curves:
                 templates[key] = t
         template_of.append(t)
-        infos.append(LayerInfo(layer.name, layer.kind, layer.block, layer.in_features, layer.out_features, float(utility[l]), methods))
+        infos.append(new_info(layer.name, layer.kind, layer.block, layer.in_features, layer.out_features, float(utility[l]), methods, (), (), None))
     # every layer's options gathered from its template in one pass; gains u * efficiency * frac, left to right
     (t_method, t_rank, t_cost, t_eff, t_frac), t_start = _concat_templates(parts)
     tid = np.asarray(template_of, dtype=np.int64)

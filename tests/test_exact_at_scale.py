@@ -321,3 +321,16 @@ def test_presolve_matrix_is_the_one_built_from_the_undominated_options(seed, n, 
         a, b = getattr(fast, name), getattr(ref, name)
         assert a.dtype == b.dtype and np.array_equal(a, b), name
     assert fast.rows(fast.valid) == mckp.undominated(problem)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10**6), n=st.integers(0, 40), width=st.integers(0, 6), density=st.floats(0, 1))
+def test_padded_rows_are_the_masked_entries_of_each_row(seed, n, width, density):
+    """The per-layer option tuples cut from a padded matrix (rows grouped by how many entries they keep)."""
+    rng = np.random.default_rng(seed)
+    padded = mckp._Padded.__new__(mckp._Padded)
+    padded.idx = rng.integers(0, 1000, (n, width))
+    mask = rng.random((n, width)) < density
+    rows = padded.rows(mask)
+    assert rows == tuple(tuple(int(v) for v, keep in zip(r, m) if keep) for r, m in zip(padded.idx, mask))
+    assert all(type(row) is tuple and all(type(v) is int for v in row) for row in rows)

@@ -149,25 +149,27 @@ class Columns:
         # one kind of row decides how every row is read (a per-row ABC isinstance costs ~2 us; 50,000 layers)
         if len({type(l) for l in layers}) == 1 and not isinstance(layers[0], Mapping):
             # objects: read attribute by attribute (vars() makes each object build its __dict__: ~1.5 us a row)
-            return cls(
-                method=[l.method for l in layers],
-                rank=np.array([float(getattr(l, "rank", 0)) for l in layers]),
-                params=np.array([int(l.params) for l in layers], dtype=np.int64),
-                utility=np.array([float(getattr(l, "utility", 0.0)) for l in layers]),
-                block=[getattr(l, "block", None) for l in layers],
-                group=[getattr(l, "group", None) for l in layers],
-                kind=[getattr(l, "kind", "other") for l in layers],
-            )
-        rows = [l if isinstance(l, Mapping) else vars(l) for l in layers]
+            def column(name, default=_REQUIRED):
+                return [getattr(l, name) for l in layers] if default is _REQUIRED else [getattr(l, name, default) for l in layers]
+        else:
+            rows = [l if isinstance(l, Mapping) else vars(l) for l in layers]
+
+            def column(name, default=_REQUIRED):
+                return [r[name] for r in rows] if default is _REQUIRED else [r.get(name, default) for r in rows]
+
         return cls(
-            method=[r["method"] for r in rows],
-            rank=np.array([float(r.get("rank", 0)) for r in rows]),
-            params=np.array([int(r["params"]) for r in rows], dtype=np.int64),
-            utility=np.array([float(r.get("utility", 0.0)) for r in rows]),
-            block=[r.get("block") for r in rows],
-            group=[r.get("group") for r in rows],
-            kind=[r.get("kind", "other") for r in rows],
+            method=column("method"),
+            rank=np.array([float(v) for v in column("rank", 0)]),
+            params=np.array([int(v) for v in column("params")], dtype=np.int64),
+            utility=np.array([float(v) for v in column("utility", 0.0)]),
+            block=column("block", None),
+            group=column("group", None),
+            kind=column("kind", "other"),
         )
+
+
+#: :meth:`Columns.of`'s mark of a field every row must have
+_REQUIRED = object()
 
 
 def violations(layers: Columns | Iterable[Any], constraints: Mapping[str, Any]) -> list[str]:

@@ -96,16 +96,20 @@ def undominated(problem: Problem, per_method: bool = False, key=None) -> tuple[t
     if key is not None and not per_method:  # options using no capped resource (key 0) dominate every key
         floor = np.maximum(floor, _prior_max(_segments(lay), np.where(k == 0, g, -np.inf)))
     kept = order[g > floor]
-    return _per_layer(kept.tolist(), np.bincount(layer[kept], minlength=problem.n_layers).tolist())
+    return _per_layer(kept, np.bincount(layer[kept], minlength=problem.n_layers))
 
 
-def _per_layer(flat: list, counts: list) -> tuple[tuple[int, ...], ...]:
-    """``flat`` cut into consecutive tuples of ``counts`` items: the options kept per layer."""
-    out, at = [], 0
-    for n in counts:
-        out.append(tuple(flat[at : at + n]))
-        at += n
-    return tuple(out)
+def _per_layer(flat: np.ndarray, counts: np.ndarray) -> tuple[tuple[int, ...], ...]:
+    """``flat`` cut into consecutive tuples of ``counts`` items: the options kept per layer. The layers keeping
+    k options are cut into k-tuples at once (zip over one list, not a Python slice per layer: 50,000 layers)."""
+    ends = np.cumsum(counts)
+    out = np.empty(len(counts), dtype=object)
+    for k in np.unique(counts).tolist():
+        at = np.flatnonzero(counts == k)
+        values = flat[((ends[at] - k)[:, None] + np.arange(k)).ravel()].tolist()
+        tuples = zip(*[iter(values)] * k) if k else (() for _ in at)
+        out[at] = np.fromiter(tuples, dtype=object, count=len(at))
+    return tuple(out.tolist())
 
 
 def _segments(*labels: np.ndarray) -> np.ndarray:
@@ -181,18 +185,8 @@ class _Padded:
         return _Padded(self.problem, idx, valid, (cost, gain))
 
     def rows(self, mask: np.ndarray) -> tuple[tuple[int, ...], ...]:
-        """Per layer, the options where ``mask`` holds, in column order. The layers keeping k options are
-        cut into k-tuples at once (zip over one list, not a Python loop over 50,000 layers)."""
-        counts = mask.sum(axis=1)
-        flat = self.idx[mask]
-        ends = np.cumsum(counts)
-        out = np.empty(len(counts), dtype=object)
-        for k in np.unique(counts).tolist():
-            at = np.flatnonzero(counts == k)
-            values = flat[((ends[at] - k)[:, None] + np.arange(k)).ravel()].tolist()
-            tuples = zip(*[iter(values)] * k) if k else (() for _ in at)
-            out[at] = np.fromiter(tuples, dtype=object, count=len(at))
-        return tuple(out.tolist())
+        """Per layer, the options where ``mask`` holds, in column order."""
+        return _per_layer(self.idx[mask], mask.sum(axis=1))
 
 
 def _undominated_plain(problem: Problem) -> tuple[tuple[int, ...], ...]:

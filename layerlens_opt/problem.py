@@ -70,6 +70,9 @@ class Constraints:
 
     def __post_init__(self) -> None:
         if self.tie_groups is not None:
+            if not self.tie_groups:  # '' would silently tie nothing (or, searched, everything)
+                raise LayerlensError("--tie-groups is empty; give a regex whose capture groups name a layer's group, "
+                                     "e.g. 'layers\\.(\\d+)\\.mlp\\.experts\\.\\d+\\.(\\w+)'")
             try:
                 re.compile(self.tie_groups)
             except (re.error, TypeError) as exc:
@@ -470,6 +473,8 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
 
     layer_index = None
     groups = tied_groups(manifest, constraints.tie_groups)
+    if constraints.tie_groups is not None and not any(key.startswith("~") for key in groups):
+        raise LayerlensError(_ties_nothing(manifest, constraints.tie_groups))
     if groups:
         if constraints.tie_blocks:
             for key, members in groups.items():
@@ -512,6 +517,19 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
         pairs=pairs,
         layer_index=layer_index,
     )
+
+
+def _ties_nothing(manifest: Manifest, regex: str) -> str:
+    """The error for a ``--tie-groups`` regex under which no two layers share a group (as peft refuses target
+    modules that match nothing: a typo must not pass for a tied solve)."""
+    pattern = re.compile(regex)
+    matched = [layer.name for layer in manifest.layers if pattern.search(layer.name)]
+    if not matched:
+        why = f"no layer name matches it (names look like {manifest.layers[0].name!r})"
+    else:
+        why = (f"{len(matched):,} of {len(manifest.layers):,} layer names match it but no two give the same capture groups "
+               f"(e.g. {matched[0]!r})")
+    return f"--tie-groups '{regex}' ties no layers: {why}; check the regex against the manifest's layer names"
 
 
 def group_label(key: str) -> str:

@@ -140,6 +140,23 @@ def test_bad_tie_groups_regex_is_one_line(tmp_path, run_cli):
     assert result.exit_code == 1 and "--tie-groups" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("regex, says", [
+    ("", "--tie-groups is empty"),
+    (r"layers\.(\d+)\.moe\.(\w+)", "ties no layers: no layer name matches it"),  # a typo: 'moe' for 'mlp'
+    (r"layers\.(\d+)\.mlp\.experts\.(\d+)\.(\w+)", "ties no layers: 12 of 14 layer names match it but no two"),  # one group per expert
+])
+def test_a_tie_groups_regex_that_ties_nothing_is_a_clear_error_and_writes_nothing(tmp_path, run_cli, regex, says):
+    """As peft refuses target modules that match nothing: a regex that ties no two layers is a mistake, never a silent untied solve."""
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(moe_manifest(blocks=2, experts=3).to_dict()))
+    out = tmp_path / "a.json"
+    result = run_cli(["solve", str(path), "--budget", "3000", "--tie-groups", regex, "-o", str(out)])
+    assert result.exit_code == 1 and says in result.output and "Traceback" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+    # the same regex that ties experts per block and projection is accepted
+    assert run_cli(["solve", str(path), "--budget", "3000", "--tie-groups", MOE]).exit_code == 0
+
+
 def test_cli_tie_groups_writes_every_layer_and_validate_catches_a_broken_group(tmp_path, run_cli):
     path = tmp_path / "m.json"
     path.write_text(json.dumps(moe_manifest(blocks=2, experts=3).to_dict()))

@@ -87,12 +87,25 @@ def _capped(problem: Problem):
     return methods, np.array(caps, dtype=np.int64), weight
 
 
-def _frontier(layer_opts: list[np.ndarray], cost, gain, count_of, cap: int):
+#: entries (frontier points x block layers) the tied blocks' frontiers may hold together (8 bytes each: about 400 MB)
+MAX_BLOCK_ENTRIES = 50_000_000
+
+
+class _TooLarge(Exception):
+    """A block's frontier outgrew the entries left, or the deadline passed while it was built."""
+
+
+def _frontier(layer_opts: list[np.ndarray], cost, gain, count_of, cap: int, room: int | None = None,
+              deadline: float | None = None):
     """Pareto frontier (per count) of choosing one option per layer: arrays cost, gain, count and the
-    chosen options (points x layers)."""
+    chosen options (points x layers). Raises :class:`_TooLarge` when the points kept for backtracking, or
+    the points times the layers of the answer, pass ``room`` entries, or when ``deadline`` passes."""
     s_cost, s_gain, s_cnt = np.zeros(1, dtype=np.int64), np.zeros(1), np.zeros(1, dtype=np.int64)
     parents, picks = [], []
+    stored = 0
     for idx in layer_opts:
+        if deadline is not None and time.perf_counter() > deadline:
+            raise _TooLarge("the time limit passed while the tied blocks' frontiers were built")
         n = len(idx)
         c = (s_cost[:, None] + cost[idx][None, :]).ravel()
         g = (s_gain[:, None] + gain[idx][None, :]).ravel()
@@ -103,6 +116,10 @@ def _frontier(layer_opts: list[np.ndarray], cost, gain, count_of, cap: int):
         s_cost, s_gain, s_cnt, parent, pick = mckp.pareto(c[ok], g[ok], k[ok], parent[ok], pick[ok])
         parents.append(parent)
         picks.append(pick)
+        stored += len(s_cost)
+        if room is not None and max(stored, len(s_cost) * len(layer_opts)) > room:
+            raise _TooLarge(f"a tied block of {len(layer_opts):,} layers has more Pareto points than the knapsack path holds "
+                            f"({len(s_cost):,} after {len(parents):,} of its layers)")
     chosen = np.empty((len(s_cost), len(layer_opts)), dtype=np.int64)
     state = np.arange(len(s_cost))
     for j in range(len(layer_opts) - 1, -1, -1):
@@ -134,6 +151,7 @@ def build_knapsack(problem: Problem, capped: list[int], weight: np.ndarray, dead
                     units.append(by_block[info.block])
                 by_block[info.block].append(l)
     pieces = []  # per choice: (rows: options x layers of problem options, method per option, counts per option)
+    held = 0  # entries of the blocks' frontiers so far (bounded by MAX_BLOCK_ENTRIES: memory)
     for unit in units:
         if deadline is not None and len(unit) > 1 and time.perf_counter() > deadline:
             return "the time limit passed while the tied blocks' frontiers were built"
@@ -162,7 +180,11 @@ def build_knapsack(problem: Problem, capped: list[int], weight: np.ndarray, dead
             else:
                 j = capped.index(m) if m in capped else None
                 count_of = opt_counts[:, j] if j is not None else np.zeros(problem.n_options, dtype=np.int64)
-                _, _, f_cnt, chosen = _frontier(layer_opts, cost, gain, count_of, c.hi)
+                try:
+                    _, _, f_cnt, chosen = _frontier(layer_opts, cost, gain, count_of, c.hi, MAX_BLOCK_ENTRIES - held, deadline)
+                except _TooLarge as exc:
+                    return str(exc)
+                held += chosen.size
                 chosen = chosen[(method[chosen] == m).any(axis=1)]  # all-none is the one option above
                 rows.append(chosen)
                 meths.append(np.full(len(chosen), m))

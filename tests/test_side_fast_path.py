@@ -148,6 +148,22 @@ def test_time_limit_passing_while_tied_blocks_are_built_hands_over_to_cbc(monkey
     assert alloc.status in (Status.OPTIMAL, Status.FEASIBLE) and not alloc.violations
 
 
+def test_a_tied_block_too_large_for_memory_hands_over_to_cbc_early(monkeypatch):
+    """A block's frontier is bounded in entries (an MoE block of 776 layers held 1.8 GB and took 68 s before the bound):
+    past it auto says so and CBC answers, with the same optimum the knapsack path proves without the bound."""
+    from layerlens_opt.solvers import side
+
+    data = synthetic(72, seed=5)
+    problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"], tie_blocks=True))
+    proven = solve(problem, "auto")
+    assert proven.solver == "auto" and proven.status == Status.OPTIMAL
+    monkeypatch.setattr(side, "MAX_BLOCK_ENTRIES", 40)
+    alloc = solve(problem, "auto")
+    assert alloc.solver.startswith("auto/cbc"), alloc.notes
+    assert any("more Pareto points than the knapsack path holds" in n for n in alloc.notes), alloc.notes
+    assert alloc.status == Status.OPTIMAL and alloc.objective == pytest.approx(proven.objective, rel=1e-7)
+
+
 # --- vectorized dominance and Pareto filters against their definitions, option by option -----------------------
 
 def _undominated_reference(problem, keys, free):

@@ -27,6 +27,7 @@ min-methods, ties with pair terms).
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -128,6 +129,23 @@ def _frontier(layer_opts: list[np.ndarray], cost, gain, count_of, cap: int, room
     return s_cost, s_gain, s_cnt, chosen
 
 
+def _units(problem: Problem) -> list[list[int]]:
+    """The choices of the knapsack: with tied blocks each block's problem layers (in order), else every layer alone."""
+    if not problem.constraints.tie_blocks:
+        return [[l] for l in range(problem.n_layers)]
+    by_block: dict = {}
+    units = []
+    for l, info in enumerate(problem.layers):
+        if info.block is None:
+            units.append([l])
+        else:
+            if info.block not in by_block:
+                by_block[info.block] = []
+                units.append(by_block[info.block])
+            by_block[info.block].append(l)
+    return units
+
+
 def build_knapsack(problem: Problem, capped: list[int], weight: np.ndarray, deadline: float | None = None) -> Knapsack | str:
     """The knapsack whose choices are exactly the allocations meeting the tie (or the problem itself), or why not
     (also when ``deadline``, a ``time.perf_counter()`` time, passes while the blocks' frontiers are built)."""
@@ -138,18 +156,7 @@ def build_knapsack(problem: Problem, capped: list[int], weight: np.ndarray, dead
     opt_counts = np.zeros((problem.n_options, k), dtype=np.int64)
     for j, m in enumerate(capped):
         opt_counts[:, j] = np.where(method == m, weight, 0)
-    units = [[l] for l in range(problem.n_layers)]
-    if c.tie_blocks:
-        by_block: dict = {}
-        units = []
-        for l, info in enumerate(problem.layers):
-            if info.block is None:
-                units.append([l])
-            else:
-                if info.block not in by_block:
-                    by_block[info.block] = []
-                    units.append(by_block[info.block])
-                by_block[info.block].append(l)
+    units = _units(problem)
     pieces = []  # per choice: (rows: options x layers of problem options, method per option, counts per option)
     held = 0  # entries of the blocks' frontiers so far (bounded by MAX_BLOCK_ENTRIES: memory)
     for unit in units:
@@ -309,6 +316,162 @@ def feasible_incumbent(knap: Knapsack, start, caps: np.ndarray):
     return tuple(choice)
 
 
+#: tied blocks with more layers than this (an MoE block with its experts) are not turned into frontiers (their points
+#: grow past memory) where the Lagrangian method choice (:func:`solve_block_methods`) leaves a block's method open
+BIG_BLOCK = 64
+
+
+class _BlockBound:
+    """The Lagrangian bound of tied blocks at a price of the budget: ``value(price)`` is ``price * cap`` plus, per
+    block-less layer, its best ``g - price * c`` and, per block, its all-none value plus the largest gain over it of
+    one method (each layer at its best option of that method, or none). ``None`` from :meth:`of` when a block's
+    layer has no 'none' (its methods then do not nest this way)."""
+
+    @classmethod
+    def of(cls, problem: Problem, units: list[list[int]]):
+        self = cls()
+        cost, gain, method, layer = problem.option_cost, problem.option_gain, problem.option_method, problem.option_layer
+        unit_of = np.full(problem.n_layers, -1, dtype=np.int64)
+        blocks = [u for u in units if len(u) > 1]
+        for b, u in enumerate(blocks):
+            unit_of[u] = b
+        in_block = unit_of[layer] >= 0
+        is_none = method == NONE
+        none_of = np.full(problem.n_layers, -1, dtype=np.int64)
+        none_of[layer[is_none]] = np.flatnonzero(is_none)
+        block_layers = np.flatnonzero(unit_of >= 0)
+        if (none_of[block_layers] < 0).any():
+            return None
+        self.problem, self.blocks, self.cap = problem, blocks, problem.constraints.hi
+        self.free = np.flatnonzero(~in_block)  # options of block-less layers
+        self.free_starts = np.flatnonzero(np.r_[True, layer[self.free][1:] != layer[self.free][:-1]]) if len(self.free) else None
+        # options of block layers with a method, grouped by (layer, method): one segment each
+        opt = np.flatnonzero(in_block & ~is_none)
+        order = np.lexsort((method[opt], layer[opt]))
+        self.opt = opt[order]
+        lay, met = layer[self.opt], method[self.opt].astype(np.int64)
+        self.seg_starts = np.flatnonzero(np.r_[True, (lay[1:] != lay[:-1]) | (met[1:] != met[:-1])]) if len(opt) else np.zeros(0, dtype=np.int64)
+        seg_layer, seg_method = lay[self.seg_starts], met[self.seg_starts]
+        self.seg_none = none_of[seg_layer]
+        self.n_methods = len(METHOD_NAMES)
+        self.seg_key = unit_of[seg_layer] * self.n_methods + seg_method  # (block, method)
+        self.present = np.zeros(len(blocks) * self.n_methods, dtype=bool)  # the methods some layer of the block takes
+        self.present[self.seg_key] = True
+        self.present = self.present.reshape(len(blocks), self.n_methods)
+        self.block_none = none_of[block_layers]
+        self.block_of_none = unit_of[block_layers]
+        self.cost = cost.astype(float)
+        self.gain = gain
+        return self
+
+    def parts(self, price: float):
+        """(bound, per block and method the gain over all-none, per block its all-none value) at ``price``."""
+        val = self.gain - price * self.cost
+        total = price * self.cap
+        if len(self.free):
+            total += float(np.maximum.reduceat(val[self.free], self.free_starts).sum())
+        none_val = np.bincount(self.block_of_none, weights=val[self.block_none], minlength=len(self.blocks))
+        over = np.zeros(len(self.blocks) * self.n_methods)
+        if len(self.opt):
+            best = np.maximum.reduceat(val[self.opt], self.seg_starts)
+            over = np.bincount(self.seg_key, weights=np.maximum(best - val[self.seg_none], 0.0), minlength=len(over))
+        over = over.reshape(len(self.blocks), self.n_methods)
+        return total + float(none_val.sum()) + float(over.max(axis=1).sum()), over, none_val
+
+
+def solve_block_methods(problem: Problem, units: list[list[int]], deadline: float | None = None, max_states: int = 400_000):
+    """Tied blocks (without method caps) decided by the Lagrangian bound; tried before the blocks' frontiers, which
+    blocks of hundreds of layers outgrow.
+
+    At the price minimising the bound B (golden section; any price gives a valid bound), each block's best method is
+    the one adding most over all-none. The problem with each block's layers restricted to that method or none is a
+    plain knapsack, solved exactly by the fast path: its optimum I is an allocation meeting the tie. An allocation
+    whose block b uses method m is worth at most B less (best gain of b over all-none - m's), so where that is below
+    I for every method but the best of every block, no allocation meeting the tie beats I: proven. The blocks where
+    another method's bound still reaches I have their open methods tried in every combination (at most
+    :data:`MAX_METHOD_COMBINATIONS`; one is skipped where B less its blocks' summed losses is below the best found --
+    that sum bounds too): every allocation better than I uses open methods only, so the best of them is the optimum.
+    Otherwise (or when a block's layer cannot stay as it is) a reason, and the best allocation found as the incumbent."""
+    t0 = time.perf_counter()
+    bound = _BlockBound.of(problem, units)
+    if bound is None:
+        return SideResult(None, "a layer of a large tied block has no 'none' option, which the Lagrangian method choice needs")
+    hi = float(np.max(np.maximum(problem.option_gain, 0) / np.maximum(problem.option_cost, 1))) + 1e-12
+    price, value = _golden_min(lambda p: bound.parts(p)[0], 0.0, hi, 60)
+    _, over, _ = bound.parts(price)
+    best = over.argmax(axis=1)
+    regret = over.max(axis=1)[:, None] - over  # what a block gives up against B by taking another method
+    pre_seconds = [0.0]
+
+    def solve_with(methods: np.ndarray):
+        """The optimum with each block's layers held to ``methods[b]`` or none: (choice, value, knapsack info) or a reason."""
+        knap = _restricted(problem, bound.blocks, methods)
+        pre = mckp.presolve(knap, deadline)
+        pre_seconds[0] = pre_seconds[0] or time.perf_counter() - t0
+        core, pre = mckp.solve_deepening(knap, pre, deadline=deadline, max_states=max_states)
+        if core.choice is None:
+            return core.reason, knap.expand(pre.incumbent, problem.n_layers)
+        choice = knap.expand(core.choice, problem.n_layers)
+        return choice, float(problem.option_gain[list(choice)].sum()), (knap.n_layers, pre.core_layers, core.max_states)
+
+    first = solve_with(best)
+    if isinstance(first[0], str):
+        return SideResult(None, f"large tied blocks, best method each: {first[0]}", bound=value, incumbent=first[1])
+    choice, found, info = first
+    tol = mckp.REL_TOL * max(1.0, abs(value))
+    methods = np.arange(over.shape[1])[None, :]
+    # the methods other than the best whose bound still reaches the allocation found ('none' is in every method's set)
+    open_ = (value - regret >= found - tol) & (methods != best[:, None]) & bound.present
+    undecided = np.flatnonzero(open_.any(axis=1))
+    combos = list(itertools.product(*[[int(best[b])] + np.flatnonzero(open_[b]).tolist() for b in undecided]))
+    if len(combos) > MAX_METHOD_COMBINATIONS:
+        return SideResult(None, f"{len(undecided)} of {len(bound.blocks)} large tied blocks could take more than one method "
+                          f"within the Lagrangian bound {value:.6g} of the best allocation found ({found:.6g}): "
+                          f"{len(combos):,} combinations", incumbent=choice, bound=value)
+    tried = 1
+    for combo in combos[1:]:  # each combination of the undecided blocks' open methods, unless its bound is below the best
+        if value - float(regret[undecided, list(combo)].sum()) < found - tol:
+            continue
+        if deadline is not None and time.perf_counter() > deadline:
+            return SideResult(None, "the time limit passed while the large tied blocks' open methods were tried",
+                              incumbent=choice, bound=value)
+        trial = best.copy()
+        trial[undecided] = combo
+        out = solve_with(trial)
+        tried += 1
+        if isinstance(out[0], str):
+            return SideResult(None, f"large tied blocks, one combination of methods: {out[0]}", incumbent=choice, bound=value)
+        if out[1] > found:
+            choice, found, info = out
+    n_layers, core_layers, peak = info
+    note = (f"tied blocks on the knapsack path: {len(bound.blocks):,} blocks (the largest {max(map(len, bound.blocks), default=1):,} "
+            f"layers) held to the methods whose Lagrangian bound ({value:.6g}) reaches the allocation found "
+            f"({len(undecided)} blocks with more than one: {tried} combination{'s' if tried != 1 else ''} solved), "
+            f"each as a knapsack of {n_layers:,} layers ({core_layers} in the core, DP peak {peak:,} states)")
+    return SideResult(choice, note=note, presolve_seconds=pre_seconds[0])
+
+
+#: most combinations of the undecided large blocks' methods :func:`solve_block_methods` solves before handing over to CBC
+MAX_METHOD_COMBINATIONS = 16
+
+
+def _restricted(problem: Problem, blocks: list[list[int]], methods: np.ndarray) -> Knapsack:
+    """The knapsack of ``problem``'s layers (each a choice) with block b's layers held to ``methods[b]`` or none."""
+    method, starts = problem.option_method, problem.layer_start
+    keep = np.ones(problem.n_options, dtype=bool)
+    for b, u in enumerate(blocks):
+        for l in u:
+            span = slice(int(starts[l]), int(starts[l + 1]))
+            keep[span] = (method[span] == NONE) | (method[span] == methods[b])
+    sel = np.flatnonzero(keep)
+    ends = np.cumsum(np.bincount(problem.option_layer[sel], minlength=problem.n_layers))
+    begins = np.concatenate(([0], ends[:-1]))
+    units = [([l], sel[a:b][:, None]) for l, (a, b) in enumerate(zip(begins.tolist(), ends.tolist()))]
+    return Knapsack(problem.option_cost[sel], problem.option_gain[sel], method[sel].astype(np.int64),
+                    np.concatenate(([0], ends)).astype(np.int64), SimpleNamespace(hi=problem.constraints.hi), units,
+                    np.zeros((len(sel), 0), dtype=np.int64))
+
+
 @dataclass(frozen=True)
 class SideResult:
     choice: tuple[int, ...] | None  # problem options, one per problem layer; None: hand to CBC
@@ -324,6 +487,12 @@ def solve_side(problem: Problem, deadline: float | None = None, max_states: int 
     """The cap-only optimum under method caps and/or tied blocks, proven by the knapsack DP (see the module text)."""
     t0 = time.perf_counter()
     capped, caps, weight = _capped(problem)
+    if problem.constraints.tie_blocks and not capped:
+        units = _units(problem)
+        result = solve_block_methods(problem, units, deadline, max_states)
+        if result.choice is not None or max(map(len, units)) > BIG_BLOCK:
+            return result
+        # blocks small enough for frontiers: those decide what the Lagrangian method choice left open
     knap = build_knapsack(problem, capped, weight, deadline)
     if isinstance(knap, str):
         return SideResult(None, knap)

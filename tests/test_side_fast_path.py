@@ -19,6 +19,13 @@ from conftest import random_problem
 import numpy as np
 
 
+def frontiers_only(monkeypatch):
+    """Tied blocks by the blocks' frontiers alone (the Lagrangian method choice switched off)."""
+    from layerlens_opt.solvers import side
+
+    monkeypatch.setattr(side, "solve_block_methods", lambda *a, **k: side.SideResult(None, "switched off"))
+
+
 def brute(problem):
     best = None
     for combo in itertools.product(*[list(problem.options_of(l)) for l in range(problem.n_layers)]):
@@ -47,6 +54,45 @@ def test_caps_and_tied_blocks_equal_brute_force(seed, n, block_size, lo, tie, ca
     assert alloc.status == Status.OPTIMAL, alloc.message
     assert not alloc.violations
     assert alloc.objective == pytest.approx(best, rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10**6), n=st.integers(2, 6), block_size=st.sampled_from([2, 3, 6]), lo=st.sampled_from([0.0, 0.7]))
+def test_tied_blocks_by_lagrangian_method_choice_alone_equal_brute_force(seed, n, block_size, lo):
+    """Every block treated as too large for frontiers (the Lagrangian method choice, the restricted knapsacks, else
+    CBC): proven answers equal brute force, and where it leaves a block's method open CBC answers, also equal."""
+    from layerlens_opt.solvers import side
+
+    problem = random_problem(seed, n_layers=n, lo=lo, hi=0.9, block_size=block_size, ranks=(1, 4), tie_blocks=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(side, "BIG_BLOCK", 1)
+        alloc = solve(problem, "auto")
+    best = brute(problem)
+    if best is None:
+        assert alloc.status == Status.INFEASIBLE, alloc
+        return
+    assert alloc.status == Status.OPTIMAL, alloc.message
+    assert not alloc.violations
+    assert alloc.objective == pytest.approx(best, rel=1e-9, abs=1e-12)
+    if alloc.solver == "auto":
+        assert "Lagrangian bound" in alloc.notes[-1]
+
+
+@pytest.mark.parametrize("n, seed", [(72, 1), (224, 3), (560, 0)])
+def test_tied_blocks_by_method_choice_match_the_block_frontiers_and_cbc(n, seed):
+    """On generated models the Lagrangian method choice proves the same optimum as the blocks' frontiers (and CBC)."""
+    data = synthetic(n, seed=seed)
+    problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"], tie_blocks=True))
+    lagrange = solve(problem, "auto")
+    assert lagrange.solver == "auto" and lagrange.status == Status.OPTIMAL and not lagrange.violations
+    assert "Lagrangian bound" in lagrange.notes[-1]
+    with pytest.MonkeyPatch.context() as mp:
+        frontiers_only(mp)
+        frontiers = solve(problem, "auto")
+    assert frontiers.solver == "auto" and "blocks as one choice each" in frontiers.notes[-1]
+    assert lagrange.objective == pytest.approx(frontiers.objective, rel=1e-9)
+    if n <= 224:
+        assert lagrange.objective == pytest.approx(solve(problem, "cbc").objective, rel=1e-9)
 
 
 @pytest.mark.parametrize("side", [dict(method_caps=(("lora", 56),)), dict(method_caps=(("adapter", 6), ("prefix", 3))),
@@ -134,6 +180,7 @@ def test_time_limit_passing_while_tied_blocks_are_built_hands_over_to_cbc(monkey
 
     data = synthetic(224, seed=3)
     problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"], tie_blocks=True))
+    frontiers_only(monkeypatch)
     calls = []
     original = side.build_knapsack
 
@@ -155,6 +202,7 @@ def test_a_tied_block_too_large_for_memory_hands_over_to_cbc_early(monkeypatch):
 
     data = synthetic(72, seed=5)
     problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"], tie_blocks=True))
+    frontiers_only(monkeypatch)
     proven = solve(problem, "auto")
     assert proven.solver == "auto" and proven.status == Status.OPTIMAL
     monkeypatch.setattr(side, "MAX_BLOCK_ENTRIES", 40)

@@ -262,16 +262,17 @@ def with_pairs(time_limit: float):
 
 
 def moe(time_limit: float):
-    """The generated MoE manifests, with every block's experts tied per projection and without ties."""
+    """The generated MoE manifests, with every block's experts tied per projection, without ties, and with each block
+    held to one method (``--tie-blocks``: blocks of hundreds of layers)."""
     from .generate import MOE_ARCHITECTURES, architecture
 
     rows = []
     for key in MOE_ARCHITECTURES:
         data = architecture(key)
         manifest = parse_manifest(data)
-        for label, regex in (("tied experts", MOE_TIES), ("untied", None)):
+        for label, regex, blocks in (("tied experts", MOE_TIES, False), ("untied", None, False), ("tied blocks", None, True)):
             t0 = time.perf_counter()
-            problem = build_problem(manifest, Constraints(data["model"]["suggested_budget"], tie_groups=regex))
+            problem = build_problem(manifest, Constraints(data["model"]["suggested_budget"], tie_groups=regex, tie_blocks=blocks))
             alloc, wall = _run(problem, "auto", {"time_limit": time_limit})
             rows.append((key, label, f"{len(manifest.layers):,}", f"{problem.n_layers:,}", f"{time.perf_counter() - t0:.2f}",
                          alloc.status.value, f"{alloc.gap:.1e}" if alloc.gap is not None else "-", alloc.solver))

@@ -303,3 +303,21 @@ def test_cbc_takes_over_from_the_knapsack_paths_allocation(monkeypatch):
     alloc = solve(problem, "auto")
     assert alloc.solver == "auto/cbc" and alloc.warm_start and "warm start: the knapsack path's allocation, which meets the side constraints" in alloc.notes
     assert alloc.status == Status.OPTIMAL and abs(alloc.objective - best.objective) < 1e-9
+
+
+def test_tied_moe_blocks_of_hundreds_of_layers_are_proven_and_match_cbc():
+    """Blocks of 121 layers (an attention projection and 60 experts x 2 projections): past what the blocks' frontiers
+    take, the Lagrangian method choice proves the optimum CBC finds."""
+    from layerlens_opt.solvers import side
+
+    from test_tied_groups import moe_manifest
+
+    m = moe_manifest(blocks=3, experts=60, seed=4)
+    assert max(map(len, side._units(build_problem(m, Constraints(10**9, tie_blocks=True))))) > side.BIG_BLOCK
+    top = build_problem(m, Constraints(10**9)).cost_range()[1]
+    for share in (0.05, 0.3):
+        problem = build_problem(m, Constraints(int(top * share), 0.0, 0.9, tie_blocks=True))
+        fast, cbc = solve(problem, "auto"), solve(problem, "cbc")
+        assert fast.solver == "auto" and fast.status == Status.OPTIMAL, fast.notes
+        assert "Lagrangian bound" in fast.notes[-1] and not fast.violations
+        assert cbc.status == Status.OPTIMAL and fast.objective == pytest.approx(cbc.objective, rel=1e-9)

@@ -423,13 +423,17 @@ def solve_block_methods(problem: Problem, units: list[list[int]], deadline: floa
     # the methods other than the best whose bound still reaches the allocation found ('none' is in every method's set)
     open_ = (value - regret >= found - tol) & (methods != best[:, None]) & bound.present
     undecided = np.flatnonzero(open_.any(axis=1))
-    combos = list(itertools.product(*[[int(best[b])] + np.flatnonzero(open_[b]).tolist() for b in undecided]))
-    if len(combos) > MAX_METHOD_COMBINATIONS:
-        return SideResult(None, f"{len(undecided)} of {len(bound.blocks)} large tied blocks could take more than one method "
-                          f"within the Lagrangian bound {value:.6g} of the best allocation found ({found:.6g}): "
-                          f"{len(combos):,} combinations", incumbent=choice, bound=value)
+    n_combos = 1
+    for b in undecided:  # (counted before any is built: dozens of open blocks would make 2**dozens)
+        n_combos *= 1 + int(open_[b].sum())
+        if n_combos > MAX_METHOD_COMBINATIONS:
+            return SideResult(None, f"{len(undecided)} of {len(bound.blocks)} tied blocks could take more than one method "
+                              f"within the Lagrangian bound {value:.6g} of the best allocation found ({found:.6g}): "
+                              f"more than {MAX_METHOD_COMBINATIONS} combinations", incumbent=choice, bound=value)
+    combos = itertools.product(*[[int(best[b])] + np.flatnonzero(open_[b]).tolist() for b in undecided])
+    next(combos)  # the best method of every block: solved above
     tried = 1
-    for combo in combos[1:]:  # each combination of the undecided blocks' open methods, unless its bound is below the best
+    for combo in combos:  # each combination of the undecided blocks' open methods, unless its bound is below the best
         if value - float(regret[undecided, list(combo)].sum()) < found - tol:
             continue
         if deadline is not None and time.perf_counter() > deadline:

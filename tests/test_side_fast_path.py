@@ -321,3 +321,24 @@ def test_tied_moe_blocks_of_hundreds_of_layers_are_proven_and_match_cbc():
         assert fast.solver == "auto" and fast.status == Status.OPTIMAL, fast.notes
         assert "Lagrangian bound" in fast.notes[-1] and not fast.violations
         assert cbc.status == Status.OPTIMAL and fast.objective == pytest.approx(cbc.objective, rel=1e-9)
+
+
+def test_many_tied_blocks_left_open_hand_over_without_building_their_combinations(monkeypatch):
+    """Every block's methods made equal in the bound (all 32 blocks open: 2**32 and more combinations): the count is
+    taken before any combination is built, the blocks' frontiers answer, and the answer is the optimum."""
+    from layerlens_opt.solvers import side
+
+    data = synthetic(224, seed=3)
+    problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"], tie_blocks=True))
+    original = side._BlockBound.parts
+
+    def level(self, price):
+        total, over, none_val = original(self, price)
+        return total, np.where(self.present, over.max(axis=1, keepdims=True), 0.0), none_val
+
+    monkeypatch.setattr(side._BlockBound, "parts", level)
+    result = side.solve_block_methods(problem, side._units(problem))
+    assert result.choice is None and "more than 16 combinations" in result.reason and result.incumbent is not None
+    alloc = solve(problem, "auto")
+    assert alloc.solver == "auto" and "blocks as one choice each" in alloc.notes[-1]
+    assert alloc.objective == pytest.approx(solve(problem, "cbc").objective, rel=1e-9)

@@ -46,14 +46,20 @@ def brute(problem):
 def test_caps_and_tied_blocks_equal_brute_force(seed, n, block_size, lo, tie, caps):
     problem = random_problem(seed, n_layers=n, lo=lo, hi=0.9, block_size=block_size, ranks=(1, 4),
                              tie_blocks=tie, method_caps=tuple(caps))
-    alloc = solve(problem, "auto")
+    assert_brute_force_optimum(problem, solve(problem, "auto"))
+
+
+def assert_brute_force_optimum(problem, alloc) -> bool:
+    """``alloc`` is infeasible where brute force finds nothing, else optimal, within the constraints and at its best
+    objective; returns whether the problem is feasible."""
     best = brute(problem)
     if best is None:
         assert alloc.status == Status.INFEASIBLE, alloc
-        return
+        return False
     assert alloc.status == Status.OPTIMAL, alloc.message
     assert not alloc.violations
     assert alloc.objective == pytest.approx(best, rel=1e-9, abs=1e-12)
+    return True
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -67,14 +73,7 @@ def test_tied_blocks_by_lagrangian_method_choice_alone_equal_brute_force(seed, n
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(side, "BIG_BLOCK", 1)
         alloc = solve(problem, "auto")
-    best = brute(problem)
-    if best is None:
-        assert alloc.status == Status.INFEASIBLE, alloc
-        return
-    assert alloc.status == Status.OPTIMAL, alloc.message
-    assert not alloc.violations
-    assert alloc.objective == pytest.approx(best, rel=1e-9, abs=1e-12)
-    if alloc.solver == "auto":
+    if assert_brute_force_optimum(problem, alloc) and alloc.solver == "auto":
         assert "Lagrangian bound" in alloc.notes[-1]
 
 

@@ -395,7 +395,7 @@ def solve_block_methods(problem: Problem, units: list[list[int]], deadline: floa
     t0 = time.perf_counter()
     bound = _BlockBound.of(problem, units)
     if bound is None:
-        return SideResult(None, "a layer of a large tied block has no 'none' option, which the Lagrangian method choice needs")
+        return SideResult(None, "a layer of a tied block has no 'none' option, which the Lagrangian method choice needs")
     hi = float(np.max(np.maximum(problem.option_gain, 0) / np.maximum(problem.option_cost, 1))) + 1e-12
     price, value = _golden_min(lambda p: bound.parts(p)[0], 0.0, hi, 60)
     _, over, _ = bound.parts(price)
@@ -416,7 +416,7 @@ def solve_block_methods(problem: Problem, units: list[list[int]], deadline: floa
 
     first = solve_with(best)
     if isinstance(first[0], str):
-        return SideResult(None, f"large tied blocks, best method each: {first[0]}", bound=value, incumbent=first[1])
+        return SideResult(None, f"tied blocks, best method each: {first[0]}", bound=value, incumbent=first[1])
     choice, found, info = first
     tol = mckp.REL_TOL * max(1.0, abs(value))
     methods = np.arange(over.shape[1])[None, :]
@@ -437,14 +437,14 @@ def solve_block_methods(problem: Problem, units: list[list[int]], deadline: floa
         if value - float(regret[undecided, list(combo)].sum()) < found - tol:
             continue
         if deadline is not None and time.perf_counter() > deadline:
-            return SideResult(None, "the time limit passed while the large tied blocks' open methods were tried",
+            return SideResult(None, "the time limit passed while the tied blocks' open methods were tried",
                               incumbent=choice, bound=value)
         trial = best.copy()
         trial[undecided] = combo
         out = solve_with(trial)
         tried += 1
         if isinstance(out[0], str):
-            return SideResult(None, f"large tied blocks, one combination of methods: {out[0]}", incumbent=choice, bound=value)
+            return SideResult(None, f"tied blocks, one combination of methods: {out[0]}", incumbent=choice, bound=value)
         if out[1] > found:
             choice, found, info = out
     n_layers, core_layers, peak = info
@@ -455,7 +455,7 @@ def solve_block_methods(problem: Problem, units: list[list[int]], deadline: floa
     return SideResult(choice, note=note, presolve_seconds=pre_seconds[0])
 
 
-#: most combinations of the undecided large blocks' methods :func:`solve_block_methods` solves before handing over to CBC
+#: most combinations of the undecided blocks' methods :func:`solve_block_methods` solves before handing over to CBC
 MAX_METHOD_COMBINATIONS = 16
 
 

@@ -53,8 +53,11 @@ class Knapsack:
     option_method: np.ndarray
     layer_start: np.ndarray
     constraints: SimpleNamespace
-    units: list  # per choice: (problem layers, matrix options x layers of problem option indices)
+    #: per choice: (problem layers, matrix options x layers of problem option indices); None: choice u is problem
+    #: layer u and option o is problem option ``origin[o]``
+    units: list | None
     counts: np.ndarray  # options x capped methods
+    origin: np.ndarray | None = None
 
     @property
     def n_layers(self) -> int:
@@ -62,9 +65,12 @@ class Knapsack:
 
     def shifted(self, mu: np.ndarray) -> "Knapsack":
         gain = self.option_gain - (self.counts @ mu if len(mu) else 0.0)
-        return Knapsack(self.option_cost, gain, self.option_method, self.layer_start, self.constraints, self.units, self.counts)
+        return Knapsack(self.option_cost, gain, self.option_method, self.layer_start, self.constraints, self.units, self.counts,
+                        self.origin)
 
     def expand(self, choice, n_problem_layers: int) -> tuple[int, ...]:
+        if self.units is None:
+            return tuple(self.origin[list(choice)].tolist())
         out = [-1] * n_problem_layers
         for u, o in enumerate(choice):
             layers, rows = self.units[u]
@@ -238,8 +244,12 @@ def dual(knap: Knapsack, mu: np.ndarray, caps: np.ndarray) -> float:
     def at(price):
         return price * cap + float(np.maximum.reduceat(gain - price * cost, starts).sum())
 
-    hi = float(np.max(np.maximum(gain, 0) / np.maximum(cost, 1))) + 1e-12
-    return _golden_min(at, 0.0, hi, 30)[1] + float(mu @ caps)
+    return _golden_min(at, 0.0, _price_ceiling(gain, cost), 30)[1] + float(mu @ caps)
+
+
+def _price_ceiling(gain: np.ndarray, cost: np.ndarray) -> float:
+    """A budget price past which no option is worth its cost: the top of the price searches."""
+    return float(np.max(np.maximum(gain, 0) / np.maximum(cost, 1))) + 1e-12
 
 
 def multipliers(knap: Knapsack, caps: np.ndarray, deadline: float | None) -> np.ndarray:
@@ -342,7 +352,8 @@ class _BlockBound:
         block_layers = np.flatnonzero(unit_of >= 0)
         if (none_of[block_layers] < 0).any():
             return None
-        self.problem, self.blocks, self.cap = problem, blocks, problem.constraints.hi
+        self.blocks, self.cap = blocks, problem.constraints.hi
+        self.option_block = unit_of[layer]  # each option's block (-1: a block-less layer's)
         self.free = np.flatnonzero(~in_block)  # options of block-less layers
         self.free_starts = np.flatnonzero(np.r_[True, layer[self.free][1:] != layer[self.free][:-1]]) if len(self.free) else None
         # options of block layers with a method, grouped by (layer, method): one segment each
@@ -359,24 +370,22 @@ class _BlockBound:
         self.present[self.seg_key] = True
         self.present = self.present.reshape(len(blocks), self.n_methods)
         self.block_none = none_of[block_layers]
-        self.block_of_none = unit_of[block_layers]
         self.cost = cost.astype(float)
         self.gain = gain
         return self
 
     def parts(self, price: float):
-        """(bound, per block and method the gain over all-none, per block its all-none value) at ``price``."""
+        """(bound, per block and method the gain over all-none) at ``price``."""
         val = self.gain - price * self.cost
         total = price * self.cap
         if len(self.free):
             total += float(np.maximum.reduceat(val[self.free], self.free_starts).sum())
-        none_val = np.bincount(self.block_of_none, weights=val[self.block_none], minlength=len(self.blocks))
         over = np.zeros(len(self.blocks) * self.n_methods)
         if len(self.opt):
             best = np.maximum.reduceat(val[self.opt], self.seg_starts)
             over = np.bincount(self.seg_key, weights=np.maximum(best - val[self.seg_none], 0.0), minlength=len(over))
         over = over.reshape(len(self.blocks), self.n_methods)
-        return total + float(none_val.sum()) + float(over.max(axis=1).sum()), over, none_val
+        return total + float(val[self.block_none].sum()) + float(over.max(axis=1).sum()), over
 
 
 def solve_block_methods(problem: Problem, units: list[list[int]], deadline: float | None = None, max_states: int = 400_000):
@@ -396,16 +405,15 @@ def solve_block_methods(problem: Problem, units: list[list[int]], deadline: floa
     bound = _BlockBound.of(problem, units)
     if bound is None:
         return SideResult(None, "a layer of a tied block has no 'none' option, which the Lagrangian method choice needs")
-    hi = float(np.max(np.maximum(problem.option_gain, 0) / np.maximum(problem.option_cost, 1))) + 1e-12
-    price, value = _golden_min(lambda p: bound.parts(p)[0], 0.0, hi, 60)
-    _, over, _ = bound.parts(price)
+    price, value = _golden_min(lambda p: bound.parts(p)[0], 0.0, _price_ceiling(problem.option_gain, problem.option_cost), 60)
+    over = bound.parts(price)[1]
     best = over.argmax(axis=1)
     regret = over.max(axis=1)[:, None] - over  # what a block gives up against B by taking another method
     pre_seconds = [0.0]
 
     def solve_with(methods: np.ndarray):
         """The optimum with each block's layers held to ``methods[b]`` or none: (choice, value, knapsack info) or a reason."""
-        knap = _restricted(problem, bound.blocks, methods)
+        knap = _restricted(problem, bound.option_block, methods)
         pre = mckp.presolve(knap, deadline)
         pre_seconds[0] = pre_seconds[0] or time.perf_counter() - t0
         core, pre = mckp.solve_deepening(knap, pre, deadline=deadline, max_states=max_states)
@@ -459,21 +467,16 @@ def solve_block_methods(problem: Problem, units: list[list[int]], deadline: floa
 MAX_METHOD_COMBINATIONS = 16
 
 
-def _restricted(problem: Problem, blocks: list[list[int]], methods: np.ndarray) -> Knapsack:
-    """The knapsack of ``problem``'s layers (each a choice) with block b's layers held to ``methods[b]`` or none."""
-    method, starts = problem.option_method, problem.layer_start
-    keep = np.ones(problem.n_options, dtype=bool)
-    for b, u in enumerate(blocks):
-        for l in u:
-            span = slice(int(starts[l]), int(starts[l + 1]))
-            keep[span] = (method[span] == NONE) | (method[span] == methods[b])
-    sel = np.flatnonzero(keep)
+def _restricted(problem: Problem, option_block: np.ndarray, methods: np.ndarray) -> Knapsack:
+    """The knapsack of ``problem``'s layers (each a choice) with block b's layers held to ``methods[b]`` or none
+    (``option_block``: each option's block, -1 outside blocks)."""
+    method = problem.option_method
+    held = np.append(methods, -1)[option_block]  # (a block-less layer's options index the -1 at the end)
+    sel = np.flatnonzero((option_block < 0) | (method == NONE) | (method == held))
     ends = np.cumsum(np.bincount(problem.option_layer[sel], minlength=problem.n_layers))
-    begins = np.concatenate(([0], ends[:-1]))
-    units = [([l], sel[a:b][:, None]) for l, (a, b) in enumerate(zip(begins.tolist(), ends.tolist()))]
     return Knapsack(problem.option_cost[sel], problem.option_gain[sel], method[sel].astype(np.int64),
-                    np.concatenate(([0], ends)).astype(np.int64), SimpleNamespace(hi=problem.constraints.hi), units,
-                    np.zeros((len(sel), 0), dtype=np.int64))
+                    np.concatenate(([0], ends)).astype(np.int64), SimpleNamespace(hi=problem.constraints.hi), None,
+                    np.zeros((len(sel), 0), dtype=np.int64), origin=sel)
 
 
 @dataclass(frozen=True)

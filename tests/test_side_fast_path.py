@@ -332,8 +332,8 @@ def test_many_tied_blocks_left_open_hand_over_without_building_their_combination
     original = side._BlockBound.parts
 
     def level(self, price):
-        total, over, none_val = original(self, price)
-        return total, np.where(self.present, over.max(axis=1, keepdims=True), 0.0), none_val
+        total, over = original(self, price)
+        return total, np.where(self.present, over.max(axis=1, keepdims=True), 0.0)
 
     monkeypatch.setattr(side._BlockBound, "parts", level)
     result = side.solve_block_methods(problem, side._units(problem))

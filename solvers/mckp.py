@@ -635,6 +635,9 @@ def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_sta
 #: the first deepening target lies this fraction of the presolve's gap below the LP bound (the presolve's incumbent
 #: can be 10x further from the bound than the optimum: 50,000 generated layers)
 DEEPENING_START = 16
+#: how much further the next target falls after a round that found nothing better than the incumbent (after one that
+#: did, twice as far)
+DEEPENING_SKIP = 4
 
 
 def solve_deepening(problem: Problem, pre: Presolve, *, deadline: float | None = None,
@@ -666,7 +669,9 @@ def solve_deepening(problem: Problem, pre: Presolve, *, deadline: float | None =
         if core.value > pre.incumbent_value:
             pre = with_incumbent(problem, pre, core.choice, options=pre.options,
                                  value=None if counts is None else core.value)
-        delta *= 2
+            delta *= 2
+        else:  # nothing better than the incumbent came within reach: the optimum likely lies well below
+            delta *= DEEPENING_SKIP
 
 
 def methods_used(problem: Problem, choice) -> set[str]:

@@ -104,8 +104,8 @@ class _TooLarge(Exception):
 
 def _frontier(layer_opts: list[np.ndarray], cost, gain, count_of, cap: int, room: int | None = None,
               deadline: float | None = None):
-    """Pareto frontier (per count) of choosing one option per layer: arrays cost, gain, count and the
-    chosen options (points x layers). Raises :class:`_TooLarge` when the points kept for backtracking, or
+    """Pareto frontier (per count) of choosing one option per layer: the options its points choose
+    (points x layers). Raises :class:`_TooLarge` when the points kept for backtracking, or
     the points times the layers of the answer, pass ``room`` entries, or when ``deadline`` passes."""
     s_cost, s_gain, s_cnt = np.zeros(1, dtype=np.int64), np.zeros(1), np.zeros(1, dtype=np.int64)
     parents, picks = [], []
@@ -132,7 +132,7 @@ def _frontier(layer_opts: list[np.ndarray], cost, gain, count_of, cap: int, room
     for j in range(len(layer_opts) - 1, -1, -1):
         chosen[:, j] = layer_opts[j][picks[j][state]]
         state = parents[j][state]
-    return s_cost, s_gain, s_cnt, chosen
+    return chosen
 
 
 def _units(problem: Problem) -> list[list[int]]:
@@ -154,7 +154,8 @@ def _units(problem: Problem) -> list[list[int]]:
 
 def build_knapsack(problem: Problem, capped: list[int], weight: np.ndarray, deadline: float | None = None) -> Knapsack | str:
     """The knapsack whose choices are exactly the allocations meeting the tie (or the problem itself), or why not
-    (also when ``deadline``, a ``time.perf_counter()`` time, passes while the blocks' frontiers are built)."""
+    (also when ``deadline``, a ``time.perf_counter()`` time, passes while the blocks' frontiers are built: they
+    check it before every layer)."""
     c = problem.constraints
     cost, gain, method = problem.option_cost, problem.option_gain, problem.option_method
     starts = problem.layer_start
@@ -166,8 +167,6 @@ def build_knapsack(problem: Problem, capped: list[int], weight: np.ndarray, dead
     pieces = []  # per choice: (rows: options x layers of problem options, method per option, counts per option)
     held = 0  # entries of the blocks' frontiers so far (bounded by MAX_BLOCK_ENTRIES: memory)
     for unit in units:
-        if deadline is not None and len(unit) > 1 and time.perf_counter() > deadline:
-            return "the time limit passed while the tied blocks' frontiers were built"
         if len(unit) == 1:
             l = unit[0]
             span = np.arange(starts[l], starts[l + 1])
@@ -194,7 +193,7 @@ def build_knapsack(problem: Problem, capped: list[int], weight: np.ndarray, dead
                 j = capped.index(m) if m in capped else None
                 count_of = opt_counts[:, j] if j is not None else np.zeros(problem.n_options, dtype=np.int64)
                 try:
-                    _, _, f_cnt, chosen = _frontier(layer_opts, cost, gain, count_of, c.hi, MAX_BLOCK_ENTRIES - held, deadline)
+                    chosen = _frontier(layer_opts, cost, gain, count_of, c.hi, MAX_BLOCK_ENTRIES - held, deadline)
                 except _TooLarge as exc:
                     return str(exc)
                 held += chosen.size

@@ -646,8 +646,8 @@ def solve_deepening(problem: Problem, pre: Presolve, *, deadline: float | None =
     """The core DP run against targets that start near the LP bound and fall to the incumbent.
 
     A DP against target T keeps every allocation worth at least T, so an answer reaching T is
-    optimal; otherwise its answer, when better, becomes the incumbent (and fixes more options),
-    and the target falls twice as far below the bound. Each round first fixes options against
+    optimal; otherwise its answer, when better, becomes the incumbent (and fixes more options)
+    and the target falls twice as far below the bound, else four times as far (:data:`DEEPENING_SKIP`). Each round first fixes options against
     its target (reduced-cost fixing), so early rounds run on small cores. With a poor incumbent this proves the
     optimum with far smaller frontiers than one DP against the incumbent; the last round is that DP.
     ``counts``, ``caps``, ``mu``: the counted DP of method caps (see :func:`solve_core`); targets and

@@ -647,7 +647,8 @@ def solve_deepening(problem: Problem, pre: Presolve, *, deadline: float | None =
 
     A DP against target T keeps every allocation worth at least T, so an answer reaching T is
     optimal; otherwise its answer, when better, becomes the incumbent (and fixes more options)
-    and the target falls twice as far below the bound, else four times as far (:data:`DEEPENING_SKIP`). Each round first fixes options against
+    and the target falls twice as far below the bound, else four times as far (:data:`DEEPENING_SKIP`; where that
+    round outgrows the DP's state or memory bound, it is run again twice as far instead). Each round first fixes options against
     its target (reduced-cost fixing), so early rounds run on small cores. With a poor incumbent this proves the
     optimum with far smaller frontiers than one DP against the incumbent; the last round is that DP.
     ``counts``, ``caps``, ``mu``: the counted DP of method caps (see :func:`solve_core`); targets and
@@ -656,6 +657,7 @@ def solve_deepening(problem: Problem, pre: Presolve, *, deadline: float | None =
     tol = REL_TOL * max(1.0, abs(pre.bound))
     delta = max(0.0, pre.bound - pre.incumbent_value) / DEEPENING_START  # an incumbent past the bound (rounding): one round
     peak = 0
+    skipped_from = None  # the step before a fourfold one: a round that outgrows the DP's bounds there steps twofold
     while True:
         target = pre.bound - delta
         last = target <= pre.incumbent_value + tol
@@ -664,13 +666,19 @@ def solve_deepening(problem: Problem, pre: Presolve, *, deadline: float | None =
         core = solve_core(problem, trial, deadline=deadline, max_states=max_states, target=None if last else target,
                           counts=counts, caps=caps, mu=mu)
         peak = max(peak, core.max_states)
+        timed_out = deadline is not None and time.perf_counter() > deadline
+        if core.choice is None and skipped_from is not None and not timed_out:
+            delta, skipped_from = 2 * skipped_from, None  # the far target's frontier outgrew the limits: a nearer one
+            continue
         if core.choice is None or last or core.value >= target - tol:
             return CoreResult(core.choice, peak, core.reason, core.value), trial
+        skipped_from = None
         if core.value > pre.incumbent_value:
             pre = with_incumbent(problem, pre, core.choice, options=pre.options,
                                  value=None if counts is None else core.value)
             delta *= 2
         else:  # nothing better than the incumbent came within reach: the optimum likely lies well below
+            skipped_from = delta
             delta *= DEEPENING_SKIP
 
 

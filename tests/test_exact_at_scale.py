@@ -334,3 +334,72 @@ def test_padded_rows_are_the_masked_entries_of_each_row(seed, n, width, density)
     rows = padded.rows(mask)
     assert rows == tuple(tuple(int(v) for v, keep in zip(r, m) if keep) for r, m in zip(padded.idx, mask))
     assert all(type(row) is tuple and all(type(v) is int for v in row) for row in rows)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10**6), n=st.integers(3, 8), from_cheapest=st.booleans())
+def test_deepening_steps_twice_as_far_after_a_better_allocation_and_four_times_after_none(seed, n, from_cheapest):
+    """The deepening's schedule: after a round whose answer beats the incumbent the target falls twice as far
+    below the bound, after one that finds nothing better four times as far; the answer is the optimum."""
+    import unittest.mock
+
+    problem = random_problem(seed, n_layers=n, lo=0.0, hi=1.0)
+    best, _ = brute_force(problem)
+    pre = mckp.presolve(problem)
+    poor = mckp.with_incumbent(problem, pre, tuple(opts[0] for opts in pre.options), options=pre.options) if from_cheapest else pre
+    rounds = []  # (target, the incumbent's value going in, the round's answer)
+    original = mckp.solve_core
+
+    def recording(problem_, trial, **kw):
+        result = original(problem_, trial, **kw)
+        rounds.append((kw.get("target"), trial.incumbent_value, result.value))
+        return result
+
+    with unittest.mock.patch.object(mckp, "solve_core", recording):
+        core, _ = mckp.solve_deepening(problem, poor)
+    assert core.value == pytest.approx(best, rel=1e-9, abs=1e-12)
+    steps = [(poor.bound - t, incumbent, value) for t, incumbent, value in rounds if t is not None]
+    for (d0, incumbent, value), (d1, _, _) in zip(steps, steps[1:]):
+        assert d1 / d0 == pytest.approx(2.0 if value > incumbent else mckp.DEEPENING_SKIP, rel=1e-9)
+
+
+def test_a_fourfold_step_whose_round_outgrows_the_dp_is_taken_twofold_instead():
+    """Where the round after a fruitless one stops at the DP's limits, the deepening runs that round again at twice
+    the fruitless round's distance from the bound (not four times), and still proves the optimum."""
+    import unittest.mock
+
+    original = mckp.solve_core
+    for seed in range(200):
+        problem = random_problem(seed, n_layers=6, lo=0.0, hi=1.0)
+        poor = mckp.presolve(problem)  # (its incumbent is often the optimum: the first rounds find nothing better)
+        rounds = []  # (distance of the target below the bound or None for the last round, incumbent in, answer)
+
+        def recording(problem_, trial, refuse_after_fruitless=False, **kw):
+            target = kw.get("target")
+            fruitless = bool(rounds) and rounds[-1][0] is not None and rounds[-1][2] is not None and rounds[-1][2] <= rounds[-1][1]
+            if refuse_after_fruitless and fruitless and not any(r[3] for r in rounds):
+                rounds.append((None if target is None else poor.bound - target, trial.incumbent_value, None, True))
+                return mckp.CoreResult(None, 10**6, "the core's frontier grew past 400,000 states")
+            result = original(problem_, trial, **kw)
+            rounds.append((None if target is None else poor.bound - target, trial.incumbent_value, result.value, False))
+            return result
+
+        with unittest.mock.patch.object(mckp, "solve_core", recording):
+            mckp.solve_deepening(problem, poor)
+        if not any(r[0] is not None and r[2] <= r[1] for r in rounds[:-1]):
+            continue  # no fruitless round followed by another here
+        rounds.clear()
+        with unittest.mock.patch.object(mckp, "solve_core", lambda *a, **kw: recording(*a, refuse_after_fruitless=True, **kw)):
+            core, _ = mckp.solve_deepening(problem, poor)
+        refused = next(k for k, r in enumerate(rounds) if r[3])
+        fruitless_distance = rounds[refused - 1][0]
+        for k, factor in ((refused, mckp.DEEPENING_SKIP), (refused + 1, 2)):
+            distance, incumbent = rounds[k][0], rounds[k][1]
+            if distance is None:  # the round against the incumbent: the step reached it
+                assert factor * fruitless_distance >= poor.bound - incumbent - 1e-9
+            else:
+                assert distance == pytest.approx(factor * fruitless_distance, rel=1e-9)
+        best, _ = brute_force(problem)
+        assert core.choice is not None and core.value == pytest.approx(best, rel=1e-9, abs=1e-12)
+        return
+    pytest.fail("no seed gave a fruitless deepening round followed by another")

@@ -162,7 +162,7 @@ def profiling_processes(processes=(1, 2)):
     cores = os.cpu_count() or 1
     signals = [("first-order", ["-S", "first-order", "--batches", "8"]),
                ("probe", ["-S", "probe", "--probe-steps", "50", "--held-out", "256"])]
-    rows, manifests = [], {}
+    rows, manifests, losses = [], {}, {}
     for signal, extra in signals:
         for n in processes:
             env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // n))}
@@ -173,15 +173,21 @@ def profiling_processes(processes=(1, 2)):
             t0 = time.perf_counter()
             subprocess.run(cmd + args, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             seconds = time.perf_counter() - t0
-            manifests[signal, n] = {l["name"]: l["metrics"] for l in json.loads(out.read_text())["layers"]}
+            written = json.loads(out.read_text())
+            manifests[signal, n] = {l["name"]: l["metrics"] for l in written["layers"]}
+            if n == processes[0]:  # the held-out loss the loss drops are differences of (the test's unit for them)
+                losses[signal] = (written["model"]["probe"] if signal == "probe" else written["model"])["held_out_loss"]
             base = manifests[signal, processes[0]]
             # each metric's largest difference over the layers, relative to that metric's largest value
             scale = {k: max(abs(m[k]) for m in base.values()) or 1.0 for k in next(iter(base.values()))}
             worst = max(abs(v - base[name][k]) / scale[k] for name, metrics in manifests[signal, n].items() for k, v in metrics.items())
+            drop = "probe_loss_drop" if signal == "probe" else "proxy_eval"
+            in_loss = max(abs(m[drop] - base[name][drop]) for name, m in manifests[signal, n].items()) / losses[signal]
             one = next((r[3] for r in rows if r[0] == signal and r[1] == processes[0]), seconds)
-            rows.append((signal, n, max(1, cores // n), seconds, one / seconds, worst))
-    return table(("signal", "processes", "threads each", "wall s", "speed-up vs 1 process", "max diff / metric scale"),
-                 [(s_, n, t, f"{w:.1f}", f"{x:.2f}x", f"{d:.1e}") for s_, n, t, w, x, d in rows], "lrrrrr")
+            rows.append((signal, n, max(1, cores // n), seconds, one / seconds, worst, in_loss))
+    return table(("signal", "processes", "threads each", "wall s", "speed-up vs 1 process", "max diff / metric scale",
+                  "loss drops' max diff / held-out loss"),
+                 [(s_, n, t, f"{w:.1f}", f"{x:.2f}x", f"{d:.1e}", f"{e:.1e}") for s_, n, t, w, x, d, e in rows], "lrrrrrr")
 
 
 def side_constrained(problems, time_limit: float):

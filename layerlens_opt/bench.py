@@ -13,7 +13,9 @@ pairwise interaction terms (a probe manifest of MiniLM and a 560-layer problem
 with pair terms inside every attention block), which ``auto`` hands to CBC; then
 the generated mixture-of-experts manifests. ``--only profiling`` times
 data-parallel profiling (1 process against 2 under torchrun; not in the default
-run: it trains). Timings are of this machine at this moment: compare the ratios,
+run: it trains); ``--only scale`` the whole process up to 50,000 layers and on the
+MoE manifests; ``--only deepening`` the core DP's step schedules on problems of seeds
+the other sections do not use. Timings are of this machine at this moment: compare the ratios,
 not the absolute numbers, across machines.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -285,6 +288,43 @@ def moe(time_limit: float):
     return table(("model", "groups", "layers", "problem layers", "build+solve s", "status", "gap", "solver"), rows, "llrrrlrl")
 
 
+def deepening_schedules(repeats: int = 2, sizes=(2000, 5000, 10_000, 20_000), seeds=(1, 2, 3, 4), moe: bool = True):
+    """The core DP's deepening with its fourfold step after a fruitless round against twofold steps only, on
+    problems no other section uses (generated seeds 1-4, MoE seeds 1-2, tied and untied): DP seconds (best of
+    ``repeats``, one process, after the same presolve) and whether both prove the same optimum."""
+    from .generate import MOE_ARCHITECTURES, architecture
+    from .solvers import mckp
+
+    problems = []
+    for n in sizes:
+        for seed in seeds:
+            data = synthetic(n, seed=seed)
+            problems.append((f"synthetic {n:,} seed {seed}", build_problem(parse_manifest(data), Constraints(data["model"]["suggested_budget"]))))
+    for key in MOE_ARCHITECTURES if moe else ():
+        for seed in (1, 2):
+            data = architecture(key, seed=seed)
+            manifest, budget = parse_manifest(data), data["model"]["suggested_budget"]
+            problems.append((f"{key} seed {seed} untied", build_problem(manifest, Constraints(budget))))
+            problems.append((f"{key} seed {seed} tied experts", build_problem(manifest, Constraints(budget, tie_groups=MOE_TIES))))
+    rows, totals = [], [0.0, 0.0]
+    for label, problem in problems:
+        pre = mckp.presolve(problem)
+        seconds, values = [], []
+        for step in (mckp.DEEPENING_SKIP, 2):
+            best = math.inf
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                core, _ = mckp.solve_deepening(problem, pre, miss_step=step)
+                best = min(best, time.perf_counter() - t0)
+            seconds.append(best)
+            values.append(core.value)
+        totals = [a + b for a, b in zip(totals, seconds)]
+        same = values[0] is not None and values[1] is not None and abs(values[0] - values[1]) <= 1e-9 * max(1.0, abs(values[1]))
+        rows.append((label, f"{seconds[0]:.3f}", f"{seconds[1]:.3f}", f"{seconds[1] / seconds[0]:.2f}x", "yes" if same else "NO"))
+    rows.append(("all", f"{totals[0]:.2f}", f"{totals[1]:.2f}", f"{totals[1] / totals[0]:.2f}x", ""))
+    return table(("problem", f"x{mckp.DEEPENING_SKIP:g} after a miss s", "x2 only s", "x2 / x4", "same optimum"), rows, "lrrrl")
+
+
 def _generated(n: int):
     """A generated problem of ``n`` layers at its suggested budget: (manifest data, problem)."""
     data = synthetic(n, seed=0)
@@ -303,16 +343,17 @@ def main(argv=None) -> None:
     parser.add_argument("--time-limit", type=float, default=120.0, help="per solver and problem")
     parser.add_argument("--repeats", type=int, default=5, help="process-time repetitions")
     parser.add_argument("--no-shipped", action="store_true", help="skip problems/architectures")
-    parser.add_argument("--only", choices=["pairs", "moe", "side", "large", "scale", "profiling"],
+    parser.add_argument("--only", choices=["pairs", "moe", "side", "large", "scale", "profiling", "deepening"],
                         help="run one section only (profiling: 1 vs 2 processes; scale: the whole process up to 50,000 layers and "
-                             "on the MoE manifests; neither is in the default run)")
+                             "on the MoE manifests; deepening: the DP's step schedules on held-out seeds; none of these three "
+                             "is in the default run)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.quick:
         sizes = [s for s in sizes if s <= 560]
         args.time_limit = min(args.time_limit, 30.0)
     limit = args.time_limit
-    # the sections after the solver comparison: name -> (title, the table); the full run shows all but profiling
+    # the sections after the solver comparison: name -> (title, the table); the full run shows side, large, pairs, moe
     sections = {
         "side": (f"side constraints: auto (knapsack path; CBC where it cannot prove) against CBC (limit {limit:g} s)",
                  lambda: side_constrained([(f"synthetic {n}", _generated(n)[1]) for n in (560, 2000) if n in sizes], limit)),
@@ -322,6 +363,8 @@ def main(argv=None) -> None:
         "scale": (f"whole `layerlens-opt solve` process at scale, {min(args.repeats, 3)} runs each (time limit 60 s)",
                   lambda: scale(min(args.repeats, 3), 60.0)),
         "profiling": ("data-parallel profiling: MiniLM, pairs task, one process vs torchrun (gloo)", profiling_processes),
+        "deepening": ("the core DP's deepening: fourfold step after a fruitless round vs twofold only (held-out seeds; DP seconds)",
+                      deepening_schedules),
     }
     if args.only:
         title, run = sections[args.only]

@@ -642,7 +642,7 @@ DEEPENING_SKIP = 4
 
 def solve_deepening(problem: Problem, pre: Presolve, *, deadline: float | None = None,
                     max_states: int = 400_000, counts: np.ndarray | None = None, caps=None,
-                    mu=None) -> tuple[CoreResult, Presolve]:
+                    mu=None, miss_step: float | None = None) -> tuple[CoreResult, Presolve]:
     """The core DP run against targets that start near the LP bound and fall to the incumbent.
 
     A DP against target T keeps every allocation worth at least T, so an answer reaching T is
@@ -652,10 +652,12 @@ def solve_deepening(problem: Problem, pre: Presolve, *, deadline: float | None =
     its target (reduced-cost fixing), so early rounds run on small cores. With a poor incumbent this proves the
     optimum with far smaller frontiers than one DP against the incumbent; the last round is that DP.
     ``counts``, ``caps``, ``mu``: the counted DP of method caps (see :func:`solve_core`); targets and
-    values are then in ``pre``'s frame, real value less ``mu . caps``.
+    values are then in ``pre``'s frame, real value less ``mu . caps``. ``miss_step``: the factor after a
+    fruitless round (default :data:`DEEPENING_SKIP`; the benchmark compares it with 2).
     Returns the answer and the presolve it was proven against (options fixed against the last round's target)."""
     tol = REL_TOL * max(1.0, abs(pre.bound))
     delta = max(0.0, pre.bound - pre.incumbent_value) / DEEPENING_START  # an incumbent past the bound (rounding): one round
+    miss_step = DEEPENING_SKIP if miss_step is None else miss_step
     peak = 0
     skipped_from = None  # the step before a fourfold one: a round that outgrows the DP's bounds there steps twofold
     while True:
@@ -678,8 +680,8 @@ def solve_deepening(problem: Problem, pre: Presolve, *, deadline: float | None =
                                  value=None if counts is None else core.value)
             delta *= 2
         else:  # nothing better than the incumbent came within reach: the optimum likely lies well below
-            skipped_from = delta
-            delta *= DEEPENING_SKIP
+            skipped_from = delta if miss_step > 2 else None
+            delta *= miss_step
 
 
 def methods_used(problem: Problem, choice) -> set[str]:

@@ -337,10 +337,11 @@ def test_padded_rows_are_the_masked_entries_of_each_row(seed, n, width, density)
 
 
 @SETTINGS
-@given(seed=st.integers(0, 10**6), n=st.integers(3, 8), from_cheapest=st.booleans())
-def test_deepening_steps_twice_as_far_after_a_better_allocation_and_four_times_after_none(seed, n, from_cheapest):
+@given(seed=st.integers(0, 10**6), n=st.integers(3, 8), from_cheapest=st.booleans(), miss_step=st.sampled_from([None, 2]))
+def test_deepening_steps_twice_as_far_after_a_better_allocation_and_four_times_after_none(seed, n, from_cheapest, miss_step):
     """The deepening's schedule: after a round whose answer beats the incumbent the target falls twice as far
-    below the bound, after one that finds nothing better four times as far; the answer is the optimum."""
+    below the bound, after one that finds nothing better four times as far (``miss_step``, the benchmark's
+    comparison: 2); the answer is the optimum."""
     import unittest.mock
 
     problem = random_problem(seed, n_layers=n, lo=0.0, hi=1.0)
@@ -356,11 +357,12 @@ def test_deepening_steps_twice_as_far_after_a_better_allocation_and_four_times_a
         return result
 
     with unittest.mock.patch.object(mckp, "solve_core", recording):
-        core, _ = mckp.solve_deepening(problem, poor)
+        core, _ = mckp.solve_deepening(problem, poor, miss_step=miss_step)
     assert core.value == pytest.approx(best, rel=1e-9, abs=1e-12)
     steps = [(poor.bound - t, incumbent, value) for t, incumbent, value in rounds if t is not None]
+    miss = mckp.DEEPENING_SKIP if miss_step is None else miss_step
     for (d0, incumbent, value), (d1, _, _) in zip(steps, steps[1:]):
-        assert d1 / d0 == pytest.approx(2.0 if value > incumbent else mckp.DEEPENING_SKIP, rel=1e-9)
+        assert d1 / d0 == pytest.approx(2.0 if value > incumbent else miss, rel=1e-9)
 
 
 def test_a_fourfold_step_whose_round_outgrows_the_dp_is_taken_twofold_instead():
@@ -403,3 +405,12 @@ def test_a_fourfold_step_whose_round_outgrows_the_dp_is_taken_twofold_instead():
         assert core.choice is not None and core.value == pytest.approx(best, rel=1e-9, abs=1e-12)
         return
     pytest.fail("no seed gave a fruitless deepening round followed by another")
+
+
+def test_the_deepening_benchmark_compares_both_schedules_on_the_same_optima():
+    from layerlens_opt.bench import deepening_schedules
+
+    text = deepening_schedules(repeats=1, sizes=(300, 700), seeds=(1, 2), moe=False)
+    rows = [line for line in text.splitlines() if line.startswith("synthetic")]
+    assert len(rows) == 4 and all(line.rstrip().endswith("yes") for line in rows)
+    assert text.splitlines()[-1].startswith("all")

@@ -295,11 +295,7 @@ def deepening_schedules(repeats: int = 2, sizes=(2000, 5000, 10_000, 20_000), se
     from .generate import MOE_ARCHITECTURES, architecture
     from .solvers import mckp
 
-    problems = []
-    for n in sizes:
-        for seed in seeds:
-            data = synthetic(n, seed=seed)
-            problems.append((f"synthetic {n:,} seed {seed}", build_problem(parse_manifest(data), Constraints(data["model"]["suggested_budget"]))))
+    problems = [(f"synthetic {n:,} seed {seed}", _generated(n, seed)[1]) for n in sizes for seed in seeds]
     for key in MOE_ARCHITECTURES if moe else ():
         for seed in (1, 2):
             data = architecture(key, seed=seed)
@@ -310,7 +306,7 @@ def deepening_schedules(repeats: int = 2, sizes=(2000, 5000, 10_000, 20_000), se
     for label, problem in problems:
         pre = mckp.presolve(problem)
         seconds, values = [], []
-        for step in (mckp.DEEPENING_SKIP, 2):
+        for step in (mckp.DEEPENING_MISS_STEP, 2):
             best = math.inf
             for _ in range(repeats):
                 t0 = time.perf_counter()
@@ -322,12 +318,13 @@ def deepening_schedules(repeats: int = 2, sizes=(2000, 5000, 10_000, 20_000), se
         same = values[0] is not None and values[1] is not None and abs(values[0] - values[1]) <= 1e-9 * max(1.0, abs(values[1]))
         rows.append((label, f"{seconds[0]:.3f}", f"{seconds[1]:.3f}", f"{seconds[1] / seconds[0]:.2f}x", "yes" if same else "NO"))
     rows.append(("all", f"{totals[0]:.2f}", f"{totals[1]:.2f}", f"{totals[1] / totals[0]:.2f}x", ""))
-    return table(("problem", f"x{mckp.DEEPENING_SKIP:g} after a miss s", "x2 only s", "x2 / x4", "same optimum"), rows, "lrrrl")
+    step = f"x{mckp.DEEPENING_MISS_STEP:g}"
+    return table(("problem", f"{step} after a miss s", "x2 only s", f"x2 / {step}", "same optimum"), rows, "lrrrl")
 
 
-def _generated(n: int):
+def _generated(n: int, seed: int = 0):
     """A generated problem of ``n`` layers at its suggested budget: (manifest data, problem)."""
-    data = synthetic(n, seed=0)
+    data = synthetic(n, seed=seed)
     return data, build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"]))
 
 

@@ -637,7 +637,7 @@ def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_sta
 DEEPENING_START = 16
 #: how much further the next target falls after a round that found nothing better than the incumbent (after one that
 #: did, twice as far)
-DEEPENING_SKIP = 4
+DEEPENING_MISS_STEP = 4
 
 
 def solve_deepening(problem: Problem, pre: Presolve, *, deadline: float | None = None,
@@ -647,17 +647,17 @@ def solve_deepening(problem: Problem, pre: Presolve, *, deadline: float | None =
 
     A DP against target T keeps every allocation worth at least T, so an answer reaching T is
     optimal; otherwise its answer, when better, becomes the incumbent (and fixes more options)
-    and the target falls twice as far below the bound, else four times as far (:data:`DEEPENING_SKIP`; where that
+    and the target falls twice as far below the bound, else four times as far (:data:`DEEPENING_MISS_STEP`; where that
     round outgrows the DP's state or memory bound, it is run again twice as far instead). Each round first fixes options against
     its target (reduced-cost fixing), so early rounds run on small cores. With a poor incumbent this proves the
     optimum with far smaller frontiers than one DP against the incumbent; the last round is that DP.
     ``counts``, ``caps``, ``mu``: the counted DP of method caps (see :func:`solve_core`); targets and
     values are then in ``pre``'s frame, real value less ``mu . caps``. ``miss_step``: the factor after a
-    fruitless round (default :data:`DEEPENING_SKIP`; the benchmark compares it with 2).
+    fruitless round (default :data:`DEEPENING_MISS_STEP`; the benchmark compares it with 2).
     Returns the answer and the presolve it was proven against (options fixed against the last round's target)."""
     tol = REL_TOL * max(1.0, abs(pre.bound))
     delta = max(0.0, pre.bound - pre.incumbent_value) / DEEPENING_START  # an incumbent past the bound (rounding): one round
-    miss_step = DEEPENING_SKIP if miss_step is None else miss_step
+    miss_step = DEEPENING_MISS_STEP if miss_step is None else miss_step
     peak = 0
     skipped_from = None  # the step before a fourfold one: a round that outgrows the DP's bounds there steps twofold
     while True:

@@ -360,7 +360,7 @@ def test_deepening_steps_twice_as_far_after_a_better_allocation_and_four_times_a
         core, _ = mckp.solve_deepening(problem, poor, miss_step=miss_step)
     assert core.value == pytest.approx(best, rel=1e-9, abs=1e-12)
     steps = [(poor.bound - t, incumbent, value) for t, incumbent, value in rounds if t is not None]
-    miss = mckp.DEEPENING_SKIP if miss_step is None else miss_step
+    miss = mckp.DEEPENING_MISS_STEP if miss_step is None else miss_step
     for (d0, incumbent, value), (d1, _, _) in zip(steps, steps[1:]):
         assert d1 / d0 == pytest.approx(2.0 if value > incumbent else miss, rel=1e-9)
 
@@ -395,7 +395,7 @@ def test_a_fourfold_step_whose_round_outgrows_the_dp_is_taken_twofold_instead():
             core, _ = mckp.solve_deepening(problem, poor)
         refused = next(k for k, r in enumerate(rounds) if r[3])
         fruitless_distance = rounds[refused - 1][0]
-        for k, factor in ((refused, mckp.DEEPENING_SKIP), (refused + 1, 2)):
+        for k, factor in ((refused, mckp.DEEPENING_MISS_STEP), (refused + 1, 2)):
             distance, incumbent = rounds[k][0], rounds[k][1]
             if distance is None:  # the round against the incumbent: the step reached it
                 assert factor * fruitless_distance >= poor.bound - incumbent - 1e-9

@@ -408,13 +408,14 @@ def solve_block_methods(problem: Problem, units: list[list[int]], deadline: floa
     over = bound.parts(price)[1]
     best = over.argmax(axis=1)
     regret = over.max(axis=1)[:, None] - over  # what a block gives up against B by taking another method
-    pre_seconds = [0.0]
+    pre_seconds = 0.0  # until the first knapsack's presolve is done
 
     def solve_with(methods: np.ndarray):
         """The optimum with each block's layers held to ``methods[b]`` or none: (choice, value, knapsack info) or a reason."""
+        nonlocal pre_seconds
         knap = _restricted(problem, bound.option_block, methods)
         pre = mckp.presolve(knap, deadline)
-        pre_seconds[0] = pre_seconds[0] or time.perf_counter() - t0
+        pre_seconds = pre_seconds or time.perf_counter() - t0
         core, pre = mckp.solve_deepening(knap, pre, deadline=deadline, max_states=max_states)
         if core.choice is None:
             return core.reason, knap.expand(pre.incumbent, problem.n_layers)
@@ -459,7 +460,7 @@ def solve_block_methods(problem: Problem, units: list[list[int]], deadline: floa
             f"layers) held to the methods whose Lagrangian bound ({value:.6g}) reaches the allocation found "
             f"({len(undecided)} blocks with more than one: {tried} combination{'s' if tried != 1 else ''} solved), "
             f"each as a knapsack of {n_layers:,} layers ({core_layers} in the core, DP peak {peak:,} states)")
-    return SideResult(choice, note=note, presolve_seconds=pre_seconds[0])
+    return SideResult(choice, note=note, presolve_seconds=pre_seconds)
 
 
 #: most combinations of the undecided blocks' methods :func:`solve_block_methods` solves before handing over to CBC
@@ -493,21 +494,30 @@ def solve_side(problem: Problem, deadline: float | None = None, max_states: int 
     """The cap-only optimum under method caps and/or tied blocks, proven by the knapsack DP (see the module text)."""
     t0 = time.perf_counter()
     capped, caps, weight = _capped(problem)
+    lagrangian = SideResult(None)  # what the Lagrangian method choice found before handing over to the frontiers
     if problem.constraints.tie_blocks and not capped:
         units = _units(problem)
-        result = solve_block_methods(problem, units, deadline, max_states)
-        if result.choice is not None or max(map(len, units)) > BIG_BLOCK:
-            return result
+        lagrangian = solve_block_methods(problem, units, deadline, max_states)
+        if lagrangian.choice is not None or max(map(len, units)) > BIG_BLOCK:
+            return lagrangian
         # blocks small enough for frontiers: those decide what the Lagrangian method choice left open
+
+    def stopped(reason: str, incumbent=None, bound=None) -> SideResult:
+        """No proven answer: the better of the allocations both paths found and the tighter of their bounds."""
+        found = [c for c in (incumbent, lagrangian.incumbent) if c is not None]
+        bounds = [b for b in (bound, lagrangian.bound) if b is not None]
+        return SideResult(None, reason, incumbent=max(found, key=problem.value) if found else None,
+                          bound=min(bounds) if bounds else None)
+
     knap = build_knapsack(problem, capped, weight, deadline)
     if isinstance(knap, str):
-        return SideResult(None, knap)
+        return stopped(knap)
     mu = multipliers(knap, caps, deadline)
     shifted = knap.shifted(mu)
     pre = mckp.presolve(shifted, deadline)
     start = feasible_incumbent(knap, pre.incumbent, caps)
     if start is None:
-        return SideResult(None, "no single-layer moves meet the method caps from the relaxed allocation")
+        return stopped("no single-layer moves meet the method caps from the relaxed allocation")
     value = float(knap.option_gain[list(start)].sum())
     key = None
     if len(caps):
@@ -521,7 +531,7 @@ def solve_side(problem: Problem, deadline: float | None = None, max_states: int 
     core, pre = mckp.solve_deepening(shifted, pre, deadline=deadline, max_states=max_states, **counted)
     bound = pre.bound + float(mu @ caps)
     if core.choice is None:  # the best allocation known that meets the caps and ties: a round may have improved ``start``
-        return SideResult(None, core.reason, incumbent=knap.expand(pre.incumbent, problem.n_layers), bound=bound)
+        return stopped(core.reason, knap.expand(pre.incumbent, problem.n_layers), bound)
     what = " and ".join(w for w, on in (("method caps", len(caps) > 0), ("tied blocks", problem.constraints.tie_blocks)) if on) \
         or "method caps that cannot bind"
     note = (f"{what} on the knapsack path: {knap.n_layers:,} choices ({len(knap.option_cost):,} options"

@@ -7,7 +7,7 @@ import itertools
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from layerlens_opt.allocation import Status
+from layerlens_opt.allocation import Status, choice_violations
 from layerlens_opt.generate import synthetic
 from layerlens_opt.manifest import parse_manifest
 from layerlens_opt.metrics import Columns, violations
@@ -341,3 +341,26 @@ def test_many_tied_blocks_left_open_hand_over_without_building_their_combination
     alloc = solve(problem, "auto")
     assert alloc.solver == "auto" and "blocks as one choice each" in alloc.notes[-1]
     assert alloc.objective == pytest.approx(solve(problem, "cbc").objective, rel=1e-9)
+
+
+@pytest.mark.parametrize("n, seed", [(72, 7), (120, 2)])
+def test_stopped_frontiers_hand_over_the_better_of_both_paths_allocations(monkeypatch, n, seed):
+    """Tied blocks small enough for frontiers: when the Lagrangian method choice stops and so do the frontiers
+    (every DP stopped, forced), the allocation handed over is the better of the two paths' (72 layers seed 7: the
+    Lagrangian one, 120 seed 2: the frontiers'), and the bound the tighter of theirs."""
+    from layerlens_opt.solvers import mckp, side
+
+    data = synthetic(n, seed=seed)
+    problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"], tie_blocks=True))
+    monkeypatch.setattr(mckp, "solve_core", lambda *a, **k: mckp.CoreResult(None, 1, "the state limit stopped it (forced)"))
+    lagrangian = side.solve_block_methods(problem, side._units(problem))
+    with pytest.MonkeyPatch.context() as mp:
+        frontiers_only(mp)
+        frontier = side.solve_side(problem)
+    both = side.solve_side(problem)
+    assert lagrangian.choice is None and frontier.choice is None and both.choice is None and "(forced)" in both.reason
+    values = problem.value(lagrangian.incumbent), problem.value(frontier.incumbent)
+    assert values[0] != pytest.approx(values[1], rel=1e-9)  # the case is one where the paths differ
+    assert problem.value(both.incumbent) == max(values)
+    assert both.bound == min(lagrangian.bound, frontier.bound) and both.bound >= max(values)
+    assert not choice_violations(problem, both.incumbent)

@@ -180,17 +180,26 @@ def profiling_processes(processes=(1, 2)):
             manifests[signal, n] = {l["name"]: l["metrics"] for l in written["layers"]}
             if n == processes[0]:  # the held-out loss the loss drops are differences of (the test's unit for them)
                 losses[signal] = (written["model"]["probe"] if signal == "probe" else written["model"])["held_out_loss"]
-            base = manifests[signal, processes[0]]
-            # each metric's largest difference over the layers, relative to that metric's largest value
-            scale = {k: max(abs(m[k]) for m in base.values()) or 1.0 for k in next(iter(base.values()))}
-            worst = max(abs(v - base[name][k]) / scale[k] for name, metrics in manifests[signal, n].items() for k, v in metrics.items())
             drop = "probe_loss_drop" if signal == "probe" else "proxy_eval"
-            in_loss = max(abs(m[drop] - base[name][drop]) for name, m in manifests[signal, n].items()) / losses[signal]
+            worst, in_loss = manifest_differences(manifests[signal, processes[0]], manifests[signal, n], drop, losses[signal])
             one = next((r[3] for r in rows if r[0] == signal and r[1] == processes[0]), seconds)
             rows.append((signal, n, max(1, cores // n), seconds, one / seconds, worst, in_loss))
     return table(("signal", "processes", "threads each", "wall s", "speed-up vs 1 process", "max diff / metric scale",
                   "loss drops' max diff / held-out loss"),
                  [(s_, n, t, f"{w:.1f}", f"{x:.2f}x", f"{d:.1e}", f"{e:.1e}") for s_, n, t, w, x, d, e in rows], "lrrrrrr")
+
+
+def manifest_differences(base: dict, other: dict, drop: str, held_out_loss: float) -> tuple[float, float]:
+    """How far ``other``'s per-layer metrics ({layer: {metric: value}}) lie from ``base``'s: the largest difference
+    of any metric over the layers relative to that metric's largest magnitude in ``base`` (1 where it is 0), and the
+    largest difference of the loss drop ``drop`` in units of the held-out loss (the 2-process test's measure)."""
+    missing = sorted(set(base) ^ set(other))
+    if missing:
+        raise ValueError(f"the manifests profile different layers (e.g. {missing[0]})")
+    scale = {k: max(abs(m[k]) for m in base.values()) or 1.0 for k in next(iter(base.values()))}
+    worst = max(abs(v - base[name][k]) / scale[k] for name, metrics in other.items() for k, v in metrics.items())
+    in_loss = max(abs(m[drop] - base[name][drop]) for name, m in other.items()) / held_out_loss
+    return worst, in_loss
 
 
 def side_constrained(problems, time_limit: float):

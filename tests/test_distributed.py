@@ -110,3 +110,19 @@ def test_the_whole_batch_is_known_only_inside_a_rank_share():
     with pytest.raises(RuntimeError), dist.one_process_dropout(torch.nn.Linear(2, 2), batch, [2, 3]):
         raise RuntimeError("a failing step")
     assert dist.whole_batch(share) == share and F.dropout is own
+
+
+def test_bench_manifest_differences_are_per_metric_scale_and_in_held_out_loss_units():
+    """The profiling benchmark's two columns: each metric's difference over its largest magnitude (1 where that
+    is 0), and the loss drops' difference in units of the held-out loss; manifests of different layers refused."""
+    from layerlens_opt.bench import manifest_differences
+
+    base = {"a": {"grad": 4.0, "probe_loss_drop": 0.02, "zero": 0.0}, "b": {"grad": -8.0, "probe_loss_drop": 0.01, "zero": 0.0}}
+    other = {"a": {"grad": 4.0, "probe_loss_drop": 0.0200003, "zero": 0.0}, "b": {"grad": -7.9992, "probe_loss_drop": 0.01, "zero": 2e-9}}
+    worst, in_loss = manifest_differences(base, other, "probe_loss_drop", 3.0)
+    assert worst == pytest.approx(1e-4)  # grad of b: 8e-4 over the largest |grad| 8 (the drop: 3e-7 / 0.02 = 1.5e-5)
+    assert in_loss == pytest.approx(1e-7)  # 3e-7 over the held-out loss 3
+    assert manifest_differences(base, base, "probe_loss_drop", 3.0) == (0.0, 0.0)
+    assert manifest_differences(base, {**other, "b": {**other["b"], "zero": 2e-3}}, "probe_loss_drop", 3.0)[0] == pytest.approx(2e-3)
+    with pytest.raises(ValueError, match="different layers"):
+        manifest_differences(base, {"a": other["a"]}, "probe_loss_drop", 3.0)

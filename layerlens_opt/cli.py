@@ -27,6 +27,8 @@ from .methods import DEFAULT_METHODS, DEFAULT_WINDOW
 EXIT_INFEASIBLE = 3
 EXIT_ERROR = 4
 EXIT_VALIDATION = 5
+#: ``solve`` prints every layer's row up to this many layers (a 50,000-layer table scrolls past unread)
+TABLE_MAX_ROWS = 1000
 
 class _Group(click.Group):
     """Turns LayerlensError into a one-line message and exit code 1."""
@@ -51,7 +53,9 @@ def main():
 @click.option("--output", "-o", type=OutputPath("allocation"), help="Write the allocation JSON to this file.")
 @click.option("--export-lp", type=OutputPath("LP model"), help="Write the full integer program as an LP file.")
 @click.option("--export-mps", type=OutputPath("MPS model"), help="Write the full integer program as an MPS file.")
-def solve(as_json, output, export_lp, export_mps, **kw):
+@click.option("--max-rows", type=click.IntRange(0), default=TABLE_MAX_ROWS, show_default=True,
+              help="Past this many layers the table shows only its first and last rows (0: every layer).")
+def solve(as_json, output, export_lp, export_mps, max_rows, **kw):
     """Solve the allocation for MANIFEST under --budget."""
     from .io import json_text, write_atomic
 
@@ -76,7 +80,7 @@ def solve(as_json, output, export_lp, export_mps, **kw):
         from .report import allocation_table, summary
 
         if alloc.layers:
-            click.echo(allocation_table(alloc))
+            click.echo(allocation_table(alloc, max_rows))
             click.echo()
         click.echo(summary(alloc))
         for path, what in ((export_lp, "LP model"), (export_mps, "MPS model"), (output, "allocation")):

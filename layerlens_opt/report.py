@@ -52,10 +52,18 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def allocation_table(alloc: Allocation) -> str:
-    """Every layer's choice, one row each. Written column by column with the cells :func:`_cell` would
-    write (tens of thousands of layers: no type dispatch per cell, one format string per row)."""
+#: rows shown at each end of an allocation table cut short by ``max_rows``
+TABLE_ENDS = 10
+
+
+def allocation_table(alloc: Allocation, max_rows: int = 0) -> str:
+    """Every layer's choice, one row each; with more layers than ``max_rows`` (0: no limit) only the first and last
+    :data:`TABLE_ENDS`, a line between them saying how many are not shown. Written column by column with the cells
+    :func:`_cell` would write (tens of thousands of layers: no type dispatch per cell, one format string per row)."""
     layers = alloc.layers
+    hidden = len(layers) - 2 * TABLE_ENDS if max_rows and len(layers) > max(max_rows, 2 * TABLE_ENDS) else 0
+    if hidden:
+        layers = layers[:TABLE_ENDS] + layers[-TABLE_ENDS:]
     columns = [
         [str(l.name) for l in layers],
         [str(l.kind) for l in layers],
@@ -65,7 +73,13 @@ def allocation_table(alloc: Allocation) -> str:
         [_float4(round(l.utility, 4)) for l in layers],
         ["-" if l.gain is None else _float4(round(l.gain, 5)) for l in layers],
     ]
-    return _render_columns(("layer", "kind", "method", "rank", "params", "utility", "gain"), columns, "lllrrrr")
+    text = _render_columns(("layer", "kind", "method", "rank", "params", "utility", "gain"), columns, "lllrrrr")
+    if not hidden:
+        return text
+    lines = text.split("\n")
+    cut = 2 + TABLE_ENDS  # the header, its rule and the first rows
+    return "\n".join(lines[:cut] + [f"... {hidden:,} more layers (all {len(alloc.layers):,}: --max-rows 0, --json or --output)"]
+                     + lines[cut:])
 
 
 def _float4(value) -> str:

@@ -47,6 +47,32 @@ def test_solve_prints_table_and_summary():
         assert word in r.output
 
 
+def test_solve_cuts_a_long_table_to_its_ends_unless_asked_for_every_row(tmp_path):
+    """Past --max-rows layers the table shows its first and last 10 rows and how many are not shown; by default
+    (1,000) a 72-layer model is shown whole, and --max-rows 0 shows every layer of any model."""
+    from layerlens_opt.generate import synthetic
+
+    data = synthetic(72, seed=0)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(data))
+    budget = data["model"]["suggested_budget"]
+    whole = run("solve", path, "--budget", budget)
+    cut = run("solve", path, "--budget", budget, "--max-rows", "30")
+    every = run("solve", path, "--budget", budget, "--max-rows", "0")
+    assert whole.exit_code == cut.exit_code == every.exit_code == 0, cut.output
+    rows = whole.output.split("\n\n")[0].splitlines()
+    n = len(rows) - 2  # less the header and its rule
+    assert n == 72 and every.output.split("\n\n")[0] == whole.output.split("\n\n")[0]
+    shown = cut.output.split("\n\n")[0].splitlines()
+    assert shown[:2] == rows[:2]  # (the widths of these rows happen to be the whole table's)
+    assert shown[2:12] == rows[2:12] and shown[13:] == rows[-10:]
+    assert shown[12] == f"... {n - 20} more layers (all {n}: --max-rows 0, --json or --output)"
+    def summary(result):  # (less the timings)
+        return [line for line in result.output.split("\n\n", 1)[1].splitlines() if not line.startswith("seconds")]
+
+    assert summary(cut) == summary(whole)
+
+
 def test_a_command_raises_the_collector_thresholds_only_while_it_runs(monkeypatch):
     import gc
 

@@ -30,6 +30,7 @@ EXIT_VALIDATION = 5
 #: ``solve`` prints every layer's row up to this many layers (a 50,000-layer table scrolls past unread)
 TABLE_MAX_ROWS = 1000
 
+
 class _Group(click.Group):
     """Turns LayerlensError into a one-line message and exit code 1."""
 

@@ -67,6 +67,7 @@ def test_solve_cuts_a_long_table_to_its_ends_unless_asked_for_every_row(tmp_path
     assert shown[:2] == rows[:2]  # (the widths of these rows happen to be the whole table's)
     assert shown[2:12] == rows[2:12] and shown[13:] == rows[-10:]
     assert shown[12] == f"... {n - 20} more layers (all {n}: --max-rows 0, --json or --output)"
+
     def summary(result):  # (less the timings)
         return [line for line in result.output.split("\n\n", 1)[1].splitlines() if not line.startswith("seconds")]
 

@@ -27,7 +27,7 @@ from .methods import DEFAULT_METHODS, DEFAULT_WINDOW
 EXIT_INFEASIBLE = 3
 EXIT_ERROR = 4
 EXIT_VALIDATION = 5
-#: ``solve`` prints every layer's row up to this many layers (a 50,000-layer table scrolls past unread)
+#: ``solve`` and ``compare`` print every layer's row up to this many layers (a 50,000-layer table scrolls past unread)
 TABLE_MAX_ROWS = 1000
 
 
@@ -105,7 +105,9 @@ def _exit_for(status: str, message: str, quiet: bool) -> None:
 @_problem_options
 @_solver_options
 @click.option("--json", "as_json", is_flag=True, help="Print both allocations as one JSON object.")
-def compare(as_json, **kw):
+@click.option("--max-rows", type=click.IntRange(0), default=TABLE_MAX_ROWS, show_default=True,
+              help="Past this many layers the table shows only its first and last rows (0: every layer).")
+def compare(as_json, max_rows, **kw):
     """Solve MANIFEST with an exact solver and the heuristic; show both side by side."""
     problem, build_seconds = _build(kw)
     solver = kw["solver"] if kw["solver"] != "heuristic" else "auto"
@@ -116,7 +118,7 @@ def compare(as_json, **kw):
     else:
         from .report import compare_text
 
-        click.echo(compare_text(exact, heur))
+        click.echo(compare_text(exact, heur, max_rows))
     if not exact.ok:
         _exit_for(exact.status.value, exact.message, True)
 

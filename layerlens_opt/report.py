@@ -119,8 +119,10 @@ def validation_table(metrics: Mapping[str, Any], constraints: Mapping[str, Any])
     return table(("metric", "value", "threshold", "check"), rows, "lrll")
 
 
-def compare_text(ilp: Allocation, heur: Allocation) -> str:
-    """Both allocations layer by layer, their metrics side by side, and the objective difference."""
+def compare_text(ilp: Allocation, heur: Allocation, max_rows: int = 0) -> str:
+    """Both allocations layer by layer (with more layers than ``max_rows``, 0: no limit, only the first and last
+    :data:`TABLE_ENDS` and a line saying how many are not shown and how many of all differ), their metrics side by
+    side, and the objective difference."""
     names = [l.name for l in ilp.layers] or [l.name for l in heur.layers]
     a = {l.name: l for l in ilp.layers}
     b = {l.name: l for l in heur.layers}
@@ -132,7 +134,15 @@ def compare_text(ilp: Allocation, heur: Allocation) -> str:
         return l.method if METHODS[l.method].is_none else f"{l.method} r{l.rank}"
 
     rows = [(n, round((a.get(n) or b[n]).utility, 4), cell(a, n), cell(b, n), "" if cell(a, n) == cell(b, n) else "*") for n in names]
-    out = [table(("layer", "utility", ilp.solver, "heuristic", "differs"), rows, "lrlll"), ""]
+    hidden = len(rows) - 2 * TABLE_ENDS if max_rows and len(rows) > max(max_rows, 2 * TABLE_ENDS) else 0
+    layers = table(("layer", "utility", ilp.solver, "heuristic", "differs"),
+                   rows[:TABLE_ENDS] + rows[-TABLE_ENDS:] if hidden else rows, "lrlll")
+    if hidden:
+        lines = layers.split("\n")
+        differ = sum(1 for r in rows if r[4])
+        layers = "\n".join(lines[: 2 + TABLE_ENDS] + [f"... {hidden:,} more layers ({differ:,} of all {len(rows):,} differ; "
+                                                        "every row: --max-rows 0 or --json)"] + lines[2 + TABLE_ENDS :])
+    out = [layers, ""]
     ca, cb = verdicts(ilp.metrics, ilp.constraints), verdicts(heur.metrics, heur.constraints)
     mrows = [
         ("status", ilp.status.value, heur.status.value),

@@ -74,6 +74,27 @@ def test_solve_cuts_a_long_table_to_its_ends_unless_asked_for_every_row(tmp_path
     assert summary(cut) == summary(whole)
 
 
+def test_compare_cuts_a_long_table_to_its_ends_and_counts_the_layers_that_differ(tmp_path):
+    from layerlens_opt.generate import synthetic
+
+    data = synthetic(72, seed=0)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(data))
+    budget = data["model"]["suggested_budget"]
+    whole = run("compare", path, "--budget", budget)
+    cut = run("compare", path, "--budget", budget, "--max-rows", "30")
+    assert whole.exit_code == cut.exit_code == 0, cut.output
+    # cells, not padding: the cut table's widths are those of the rows it shows
+    rows = [" ".join(r.split()) for r in whole.output.split("\n\n")[0].splitlines()]
+    shown = [" ".join(r.split()) for r in cut.output.split("\n\n")[0].splitlines()]
+    differ = sum(1 for r in rows[2:] if r.endswith("*"))
+    assert len(rows) == 74 and 0 < differ < 72  # (the exact answer and the heuristic differ on some layers only)
+    assert shown[2:12] == rows[2:12] and shown[13:] == rows[-10:]
+    assert shown[12] == f"... 52 more layers ({differ} of all 72 differ; every row: --max-rows 0 or --json)"
+    assert cut.output.split("\n\n", 1)[1] == whole.output.split("\n\n", 1)[1]  # the metrics and the difference
+    assert run("compare", path, "--budget", budget, "--max-rows", "0").output == whole.output
+
+
 def test_a_command_raises_the_collector_thresholds_only_while_it_runs(monkeypatch):
     import gc
 

@@ -80,7 +80,10 @@ def pearson(a: Sequence[float], b: Sequence[float]) -> float | None:
     y = np.asarray(b, dtype=float)
     if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return None
-    return float(np.corrcoef(x, y)[0, 1])
+    # the correlation does not change with scale; divided by their largest magnitude, numbers near the float limit
+    # (gradient norms of 1e300) no longer overflow the products inside corrcoef into a NaN or a wrong 0
+    r = float(np.corrcoef(x / np.abs(x).max(), y / np.abs(y).max())[0, 1])
+    return r if np.isfinite(r) else None
 
 
 def average_ranks(values) -> np.ndarray:

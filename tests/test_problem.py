@@ -171,6 +171,23 @@ def test_average_ranks_match_their_definition_ties_included():
         assert average_ranks(v).tolist() == expected
 
 
+def test_pearson_of_numbers_near_the_float_limit_is_their_correlation_not_a_nan_or_zero():
+    """Gradient norms of 1e300 overflowed corrcoef's products: the correlation came out -0.0 (with a RuntimeWarning)
+    instead of the one of the same numbers scaled down; a correlation that is not finite is None, never NaN."""
+    import warnings
+
+    from layerlens_opt.metrics import pearson
+
+    rng = np.random.default_rng(3)
+    u, g = rng.random(12), rng.random(12) + 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow on the way
+        for scale in (1e300, 1e-300, -1e300):
+            assert pearson(u, g * scale) == pytest.approx(np.sign(scale) * pearson(u, g), rel=1e-12)
+        assert pearson(u * 1e305, g * 1e305) == pytest.approx(pearson(u, g), rel=1e-12)
+    assert pearson(u, [1.0] * 12) is None and pearson([1.0], [2.0]) is None
+
+
 def test_role_read_from_a_names_tail_equals_the_rules_on_the_whole_name():
     """role() looks a name up by its last three parts (cached); the rules on the whole name must agree, on every
     layer of the shipped problems and on names made to sit at the edges (short, dotted, underscored, look-behinds)."""

@@ -56,14 +56,27 @@ def _cell(value: Any) -> str:
 TABLE_ENDS = 10
 
 
+def _hidden(n_rows: int, max_rows: int) -> int:
+    """How many of ``n_rows`` a table cut short by ``max_rows`` (0: never) leaves out between its two ends."""
+    return n_rows - 2 * TABLE_ENDS if max_rows and n_rows > max(max_rows, 2 * TABLE_ENDS) else 0
+
+
+def _ends(rows: Sequence, hidden: int) -> Sequence:
+    return rows[:TABLE_ENDS] + rows[-TABLE_ENDS:] if hidden else rows
+
+
+def _gap_line(text: str, line: str) -> str:
+    """A table of its two ends (header and rule first) with ``line`` between them."""
+    lines = text.split("\n")
+    return "\n".join(lines[: 2 + TABLE_ENDS] + [line] + lines[2 + TABLE_ENDS :])
+
+
 def allocation_table(alloc: Allocation, max_rows: int = 0) -> str:
     """Every layer's choice, one row each; with more layers than ``max_rows`` (0: no limit) only the first and last
     :data:`TABLE_ENDS`, a line between them saying how many are not shown. Written column by column with the cells
     :func:`_cell` would write (tens of thousands of layers: no type dispatch per cell, one format string per row)."""
-    layers = alloc.layers
-    hidden = len(layers) - 2 * TABLE_ENDS if max_rows and len(layers) > max(max_rows, 2 * TABLE_ENDS) else 0
-    if hidden:
-        layers = layers[:TABLE_ENDS] + layers[-TABLE_ENDS:]
+    hidden = _hidden(len(alloc.layers), max_rows)
+    layers = _ends(alloc.layers, hidden)
     columns = [
         [str(l.name) for l in layers],
         [str(l.kind) for l in layers],
@@ -76,10 +89,7 @@ def allocation_table(alloc: Allocation, max_rows: int = 0) -> str:
     text = _render_columns(("layer", "kind", "method", "rank", "params", "utility", "gain"), columns, "lllrrrr")
     if not hidden:
         return text
-    lines = text.split("\n")
-    cut = 2 + TABLE_ENDS  # the header, its rule and the first rows
-    return "\n".join(lines[:cut] + [f"... {hidden:,} more layers (all {len(alloc.layers):,}: --max-rows 0, --json or --output)"]
-                     + lines[cut:])
+    return _gap_line(text, f"... {hidden:,} more layers (all {len(alloc.layers):,}: --max-rows 0, --json or --output)")
 
 
 def _float4(value) -> str:
@@ -134,14 +144,11 @@ def compare_text(ilp: Allocation, heur: Allocation, max_rows: int = 0) -> str:
         return l.method if METHODS[l.method].is_none else f"{l.method} r{l.rank}"
 
     rows = [(n, round((a.get(n) or b[n]).utility, 4), cell(a, n), cell(b, n), "" if cell(a, n) == cell(b, n) else "*") for n in names]
-    hidden = len(rows) - 2 * TABLE_ENDS if max_rows and len(rows) > max(max_rows, 2 * TABLE_ENDS) else 0
-    layers = table(("layer", "utility", ilp.solver, "heuristic", "differs"),
-                   rows[:TABLE_ENDS] + rows[-TABLE_ENDS:] if hidden else rows, "lrlll")
+    hidden = _hidden(len(rows), max_rows)
+    layers = table(("layer", "utility", ilp.solver, "heuristic", "differs"), _ends(rows, hidden), "lrlll")
     if hidden:
-        lines = layers.split("\n")
         differ = sum(1 for r in rows if r[4])
-        layers = "\n".join(lines[: 2 + TABLE_ENDS] + [f"... {hidden:,} more layers ({differ:,} of all {len(rows):,} differ; "
-                                                        "every row: --max-rows 0 or --json)"] + lines[2 + TABLE_ENDS :])
+        layers = _gap_line(layers, f"... {hidden:,} more layers ({differ:,} of all {len(rows):,} differ; every row: --max-rows 0 or --json)")
     out = [layers, ""]
     ca, cb = verdicts(ilp.metrics, ilp.constraints), verdicts(heur.metrics, heur.constraints)
     mrows = [

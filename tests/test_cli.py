@@ -47,15 +47,21 @@ def test_solve_prints_table_and_summary():
         assert word in r.output
 
 
-def test_solve_cuts_a_long_table_to_its_ends_unless_asked_for_every_row(tmp_path):
-    """Past --max-rows layers the table shows its first and last 10 rows and how many are not shown; by default
-    (1,000) a 72-layer model is shown whole, and --max-rows 0 shows every layer of any model."""
+@pytest.fixture
+def generated72(tmp_path):
+    """A generated 72-layer manifest and its suggested budget."""
     from layerlens_opt.generate import synthetic
 
     data = synthetic(72, seed=0)
     path = tmp_path / "m.json"
     path.write_text(json.dumps(data))
-    budget = data["model"]["suggested_budget"]
+    return path, data["model"]["suggested_budget"]
+
+
+def test_solve_cuts_a_long_table_to_its_ends_unless_asked_for_every_row(generated72):
+    """Past --max-rows layers the table shows its first and last 10 rows and how many are not shown; by default
+    (1,000) a 72-layer model is shown whole, and --max-rows 0 shows every layer of any model."""
+    path, budget = generated72
     whole = run("solve", path, "--budget", budget)
     cut = run("solve", path, "--budget", budget, "--max-rows", "30")
     every = run("solve", path, "--budget", budget, "--max-rows", "0")
@@ -74,13 +80,8 @@ def test_solve_cuts_a_long_table_to_its_ends_unless_asked_for_every_row(tmp_path
     assert summary(cut) == summary(whole)
 
 
-def test_compare_cuts_a_long_table_to_its_ends_and_counts_the_layers_that_differ(tmp_path):
-    from layerlens_opt.generate import synthetic
-
-    data = synthetic(72, seed=0)
-    path = tmp_path / "m.json"
-    path.write_text(json.dumps(data))
-    budget = data["model"]["suggested_budget"]
+def test_compare_cuts_a_long_table_to_its_ends_and_counts_the_layers_that_differ(generated72):
+    path, budget = generated72
     whole = run("compare", path, "--budget", budget)
     cut = run("compare", path, "--budget", budget, "--max-rows", "30")
     assert whole.exit_code == cut.exit_code == 0, cut.output

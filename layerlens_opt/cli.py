@@ -29,6 +29,8 @@ EXIT_ERROR = 4
 EXIT_VALIDATION = 5
 #: ``solve`` and ``compare`` print every layer's row up to this many layers (a 50,000-layer table scrolls past unread)
 TABLE_MAX_ROWS = 1000
+_max_rows = click.option("--max-rows", type=click.IntRange(0), default=TABLE_MAX_ROWS, show_default=True,
+                         help="Past this many layers the table shows only its first and last rows (0: every layer).")
 
 
 class _Group(click.Group):
@@ -54,8 +56,7 @@ def main():
 @click.option("--output", "-o", type=OutputPath("allocation"), help="Write the allocation JSON to this file.")
 @click.option("--export-lp", type=OutputPath("LP model"), help="Write the full integer program as an LP file.")
 @click.option("--export-mps", type=OutputPath("MPS model"), help="Write the full integer program as an MPS file.")
-@click.option("--max-rows", type=click.IntRange(0), default=TABLE_MAX_ROWS, show_default=True,
-              help="Past this many layers the table shows only its first and last rows (0: every layer).")
+@_max_rows
 def solve(as_json, output, export_lp, export_mps, max_rows, **kw):
     """Solve the allocation for MANIFEST under --budget."""
     from .io import json_text, write_atomic
@@ -105,8 +106,7 @@ def _exit_for(status: str, message: str, quiet: bool) -> None:
 @_problem_options
 @_solver_options
 @click.option("--json", "as_json", is_flag=True, help="Print both allocations as one JSON object.")
-@click.option("--max-rows", type=click.IntRange(0), default=TABLE_MAX_ROWS, show_default=True,
-              help="Past this many layers the table shows only its first and last rows (0: every layer).")
+@_max_rows
 def compare(as_json, max_rows, **kw):
     """Solve MANIFEST with an exact solver and the heuristic; show both side by side."""
     problem, build_seconds = _build(kw)

@@ -56,13 +56,12 @@ def _cell(value: Any) -> str:
 TABLE_ENDS = 10
 
 
-def _hidden(n_rows: int, max_rows: int) -> int:
-    """How many of ``n_rows`` a table cut short by ``max_rows`` (0: never) leaves out between its two ends."""
-    return n_rows - 2 * TABLE_ENDS if max_rows and n_rows > max(max_rows, 2 * TABLE_ENDS) else 0
-
-
-def _ends(rows: Sequence, hidden: int) -> Sequence:
-    return rows[:TABLE_ENDS] + rows[-TABLE_ENDS:] if hidden else rows
+def _cut(rows: Sequence, max_rows: int) -> tuple[Sequence, int]:
+    """The rows a table cut short by ``max_rows`` (0: never) shows -- its two ends past the limit -- and how many
+    it leaves out between them."""
+    if not max_rows or len(rows) <= max(max_rows, 2 * TABLE_ENDS):
+        return rows, 0
+    return rows[:TABLE_ENDS] + rows[-TABLE_ENDS:], len(rows) - 2 * TABLE_ENDS
 
 
 def _gap_line(text: str, line: str) -> str:
@@ -75,8 +74,7 @@ def allocation_table(alloc: Allocation, max_rows: int = 0) -> str:
     """Every layer's choice, one row each; with more layers than ``max_rows`` (0: no limit) only the first and last
     :data:`TABLE_ENDS`, a line between them saying how many are not shown. Written column by column with the cells
     :func:`_cell` would write (tens of thousands of layers: no type dispatch per cell, one format string per row)."""
-    hidden = _hidden(len(alloc.layers), max_rows)
-    layers = _ends(alloc.layers, hidden)
+    layers, hidden = _cut(alloc.layers, max_rows)
     columns = [
         [str(l.name) for l in layers],
         [str(l.kind) for l in layers],
@@ -144,8 +142,8 @@ def compare_text(ilp: Allocation, heur: Allocation, max_rows: int = 0) -> str:
         return l.method if METHODS[l.method].is_none else f"{l.method} r{l.rank}"
 
     rows = [(n, round((a.get(n) or b[n]).utility, 4), cell(a, n), cell(b, n), "" if cell(a, n) == cell(b, n) else "*") for n in names]
-    hidden = _hidden(len(rows), max_rows)
-    layers = table(("layer", "utility", ilp.solver, "heuristic", "differs"), _ends(rows, hidden), "lrlll")
+    shown, hidden = _cut(rows, max_rows)
+    layers = table(("layer", "utility", ilp.solver, "heuristic", "differs"), shown, "lrlll")
     if hidden:
         differ = sum(1 for r in rows if r[4])
         layers = _gap_line(layers, f"... {hidden:,} more layers ({differ:,} of all {len(rows):,} differ; every row: --max-rows 0 or --json)")

@@ -296,12 +296,15 @@ def frontier(manifest, budgets, methods, min_utilization, max_utilization, outpu
 @main.command()
 @_problem_options
 @click.option("--layer", "layer_name", help="Explain one layer only.")
-def explain(layer_name, **kw):
-    """Why each layer got what it got: the budget's shadow price (cvxpy LP) and marginal gains."""
+@click.option("--cross-check/--no-cross-check", default=None,
+              help="Solve the LP with cvxpy too and compare (default: up to 50,000 options, where cvxpy is installed).")
+@_max_rows
+def explain(layer_name, cross_check, max_rows, **kw):
+    """Why each layer got what it got: the budget's shadow price (exact LP, cross-checked by cvxpy) and marginal gains."""
     from .explain import explain as run_explain
 
     problem, _ = _build(kw)
-    click.echo(run_explain(problem, layer_name))
+    click.echo(run_explain(problem, layer_name, cross_check=cross_check, max_rows=max_rows))
 
 
 if __name__ == "__main__":  # pragma: no cover

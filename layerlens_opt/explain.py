@@ -1,59 +1,129 @@
 """Why did this layer get this? The budget's shadow price and each layer's marginal gains.
 
-The LP relaxation is solved with cvxpy — an independent cross-check of the
-solver's own bound and shadow price (from the hull greedy of
-:mod:`layerlens_opt.solvers.mckp`). cvxpy is optional and slow to import, so
-it is loaded here only.
+The prices come from the exact LP relaxation of the budget window (:func:`layerlens_opt.solvers.mckp.window_lp`:
+the hull greedy, with the duality certificate that its fractional solution's objective equals its Lagrangian bound).
+cvxpy solves the same LP from scratch as an independent cross-check where that is quick (up to
+:data:`CROSS_CHECK_MAX_OPTIONS` options; its interior-point solver took about a minute at 800,000 and answered
+"inaccurate"), or whenever asked. cvxpy is optional and slow to import, so it is loaded here only.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
 from .errors import LayerlensError
 from .problem import Problem
-from .report import table
+from .report import _cut, _gap_line, table
+
+#: past this many options (the LP's variables) the cvxpy cross-check runs only when asked
+CROSS_CHECK_MAX_OPTIONS = 50_000
 
 
-def lp_relaxation(problem: Problem) -> tuple[float, float, float]:
-    """(LP bound, shadow price of the cap, shadow price of the floor) from cvxpy."""
+def lp_relaxation(problem: Problem) -> tuple[float, float, float, str]:
+    """(LP bound, shadow price of the cap, shadow price of the floor, cvxpy's status) from cvxpy."""
     try:
         import cvxpy as cp
     except ImportError:
-        raise LayerlensError("explain needs cvxpy: pip install 'layerlens-opt[explain]'") from None
+        raise LayerlensError("the cvxpy cross-check needs cvxpy: pip install 'layerlens-opt[explain]' "
+                             "(or leave out --cross-check)") from None
+    import scipy.sparse as sp
+
     c = problem.constraints
     n = problem.n_options
     x = cp.Variable(n)
     rows = np.repeat(np.arange(problem.n_layers), np.diff(problem.layer_start))
-    import scipy.sparse as sp
-
     A = sp.csr_matrix((np.ones(n), (rows, np.arange(n))), shape=(problem.n_layers, n))
     cost = problem.option_cost.astype(float)
     cap = cost @ x <= c.hi
     floor = cost @ x >= c.lo
     prob = cp.Problem(cp.Maximize(problem.option_gain @ x), [A @ x == 1, x >= 0, x <= 1, cap, floor])
-    prob.solve()
+    with warnings.catch_warnings():  # an inaccurate answer is reported in the status, not as a raw warning
+        warnings.simplefilter("ignore", UserWarning)
+        prob.solve()
     if prob.status not in ("optimal", "optimal_inaccurate"):
         raise LayerlensError(f"the LP relaxation is {prob.status}; the window cannot be met")
-    return float(prob.value), float(cap.dual_value), float(floor.dual_value)
+    return float(prob.value), float(cap.dual_value), float(floor.dual_value), prob.status
 
 
-def explain(problem: Problem, layer_name: str | None = None) -> str:
-    from .solvers import solve
-    from .solvers import mckp
+def _per_1k(value: float) -> str:
+    return f"{value * 1000:.5f}"
 
+
+def _cross_check(problem: Problem, bound: float, cross_check: bool | None) -> str:
+    """The line comparing cvxpy's LP with the solver's own, or saying why it did not run."""
+    n = problem.n_options
+    if cross_check is False:
+        return "cross-check (cvxpy): not run (--no-cross-check)"
+    if cross_check is None:
+        if n > CROSS_CHECK_MAX_OPTIONS:
+            return (f"cross-check (cvxpy): skipped, {n:,} options is past {CROSS_CHECK_MAX_OPTIONS:,} "
+                    "(slow; --cross-check runs it)")
+        try:
+            import cvxpy  # noqa: F401
+        except ImportError:
+            return "cross-check (cvxpy): not installed (pip install 'layerlens-opt[explain]')"
+    c_bound, c_price, c_floor, status = lp_relaxation(problem)
+    agree = abs(c_bound - bound) <= 1e-6 * max(1.0, abs(bound))
+    return (f"cross-check (cvxpy, status {status}): bound {c_bound:.6f}, price {_per_1k(c_price)} per 1,000"
+            + (f", the floor's {_per_1k(c_floor)}" if round(c_floor * 1000, 5) > 0 else "") + " — "
+            + ("agrees" if agree else f"DISAGREES by {c_bound - bound:+.2e}"))
+
+
+def _row(problem: Problem, l: int, choice: int, price: float) -> tuple:
+    """One layer's row: its choice, the gains per 1,000 parameters of one step up and down, and why."""
+    info = problem.layers[l]
+    method = problem.method_of(choice)
+    same = sorted((int(problem.option_cost[o]), o) for o in problem.options_of(l)
+                  if problem.method_of(o) == method or (method == "none"))
+    pos = [o for _, o in same].index(choice)
+    up = same[pos + 1][1] if pos + 1 < len(same) else None
+    down = same[pos - 1][1] if pos > 0 else None
+
+    def ratio(a, b):
+        dc = int(problem.option_cost[a] - problem.option_cost[b])
+        return float(problem.option_gain[a] - problem.option_gain[b]) / dc if dc else None
+
+    r_up = ratio(up, choice) if up is not None else None
+    r_down = ratio(choice, down) if down is not None else None
+    if r_up is not None and r_up > price:
+        why = "next step beats the price but does not fit the budget with the rest"
+    elif r_down is not None and r_down < price:
+        why = "kept for the floor/integrality (its last step is below the price)"
+    elif down is None:
+        why = "at the bottom: no step up pays the price"
+    else:
+        why = "at the price: up is not worth it, down would lose more"
+    return (info.name, f"{method} r{int(problem.option_rank[choice])}" if method != "none" else "none",
+            round(info.utility, 4), "-" if r_up is None else _per_1k(r_up), "-" if r_down is None else _per_1k(r_down), why)
+
+
+def explain(problem: Problem, layer_name: str | None = None, *, cross_check: bool | None = None,
+            max_rows: int = 0) -> str:
+    """The LP's prices, the integer optimum, and one row per layer (``layer_name``: that layer only; past
+    ``max_rows`` layers, 0 for no limit, the first and last :data:`~layerlens_opt.report.TABLE_ENDS` rows).
+    ``cross_check``: solve the LP with cvxpy too (None: where it has at most :data:`CROSS_CHECK_MAX_OPTIONS`
+    options and cvxpy is installed)."""
+    from .solvers import mckp, solve
+
+    names = [info.name for info in problem.layers]
+    if layer_name and layer_name not in names:
+        raise LayerlensError(f"no layer named {layer_name!r} in the manifest")
     alloc = solve(problem, "auto")
     if not alloc.ok:
         raise LayerlensError(f"nothing to explain: {alloc.status.value} — {alloc.message}")
-    bound, price, floor_price = lp_relaxation(problem)
-    pre = mckp.presolve(problem)
-    agree = abs(bound - pre.bound) <= 1e-6 * max(1.0, abs(bound))
+    lp = mckp.window_lp(problem)  # (an allocation in the window exists, so its LP is feasible)
+    if abs(lp.primal - lp.bound) > 1e-9 * max(1.0, abs(lp.bound)):  # the certificate failed: never print its prices
+        raise LayerlensError(f"internal error: the LP's primal {lp.primal!r} and dual {lp.bound!r} differ; "
+                             "please report this manifest")
+    price = lp.cap_price - lp.floor_price  # the net price of a parameter; negative only where the floor binds
     lines = [
-        f"LP relaxation (cvxpy): bound {bound:.6f}; the budget's shadow price {price * 1000:.5f} gain per 1,000 parameters"
-        + (f"; the floor's {floor_price * 1000:.5f}" if floor_price > 1e-12 else ""),
-        f"solver's own LP (hull greedy): bound {pre.bound:.6f}, price {pre.price * 1000:.5f} per 1,000 — "
-        + ("agrees" if agree else "DISAGREES (the floor may bind; see the notes)"),
-        f"integer optimum {alloc.objective:.6f} ({alloc.total_params:,} params, gap to the LP bound {(bound - alloc.objective) / max(abs(bound), 1e-12):.1e})",
+        f"LP relaxation: bound {lp.bound:.6f}; the budget's shadow price {_per_1k(lp.cap_price)} gain per 1,000 parameters"
+        + (f"; the floor's {_per_1k(lp.floor_price)} (the floor binds)" if lp.floor_price > 0 else ""),
+        _cross_check(problem, lp.bound, cross_check),
+        f"integer optimum {alloc.objective:.6f} ({alloc.total_params:,} params, gap to the LP bound "
+        f"{(lp.bound - alloc.objective) / max(abs(lp.bound), 1e-12):.1e})",
         "",
         *([f"note: the {len(problem.pairs)} pairwise interaction terms are not in this LP; prices and steps below are for the "
            "separable gains (the integer optimum above includes the pairs)", ""] if problem.pairs else []),
@@ -61,36 +131,12 @@ def explain(problem: Problem, layer_name: str | None = None) -> str:
         "when giving it up would lose more than the price returns. Steps are within the layer's method.",
         "",
     ]
-    rows = []
-    for l, choice in enumerate(alloc.choice):
-        info = problem.layers[l]
-        if layer_name and info.name != layer_name:
-            continue
-        method = problem.method_of(choice)
-        same = sorted((int(problem.option_cost[o]), o) for o in problem.options_of(l)
-                      if problem.method_of(o) == method or (method == "none"))
-        pos = [o for _, o in same].index(choice)
-        up = same[pos + 1][1] if pos + 1 < len(same) else None
-        down = same[pos - 1][1] if pos > 0 else None
-
-        def ratio(a, b):
-            dc = int(problem.option_cost[a] - problem.option_cost[b])
-            return 1000 * float(problem.option_gain[a] - problem.option_gain[b]) / dc if dc else None
-
-        r_up = ratio(up, choice) if up is not None else None
-        r_down = ratio(choice, down) if down is not None else None
-        if r_up is not None and r_up > price * 1000:
-            why = "next step beats the price but does not fit the budget with the rest"
-        elif r_down is not None and r_down < price * 1000:
-            why = "kept for the floor/integrality (its last step is below the price)"
-        elif down is None:
-            why = "at the bottom: no step up pays the price"
-        else:
-            why = "at the price: up is not worth it, down would lose more"
-        rows.append((info.name, f"{method} r{int(problem.option_rank[choice])}" if method != "none" else "none",
-                     round(info.utility, 4),
-                     "-" if r_up is None else f"{r_up:.5f}", "-" if r_down is None else f"{r_down:.5f}", why))
-    if layer_name and not rows:
-        raise LayerlensError(f"no layer named {layer_name!r} in the manifest")
-    lines.append(table(("layer", "choice", "utility", "up /1k", "down /1k", "why"), rows, "llrrrl"))
+    layers = [names.index(layer_name)] if layer_name else list(range(problem.n_layers))
+    shown, hidden = _cut(layers, max_rows)
+    rows = [_row(problem, l, alloc.choice[l], price) for l in shown]
+    text = table(("layer", "choice", "utility", "up /1k", "down /1k", "why"), rows, "llrrrl")
+    if hidden:
+        text = _gap_line(text, f"... {hidden:,} more layers (all {len(layers):,}: --max-rows 0 or --layer NAME)")
+    lines.append(text)
     return "\n".join(lines)
+

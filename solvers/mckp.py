@@ -307,6 +307,54 @@ def presolve(problem: Problem, deadline: float | None = None) -> Presolve:
     )
 
 
+@dataclass(frozen=True)
+class WindowLP:
+    """The LP relaxation of the whole budget window (floor and cap), separable gains only."""
+
+    bound: float  # the LP optimum, as its Lagrangian dual: an upper bound on every allocation in the window
+    cap_price: float  # shadow price of the cap, gain per parameter (>= 0)
+    floor_price: float  # shadow price of the floor (>= 0; positive only where the floor binds)
+    cost: float  # parameters the LP solution uses
+    primal: float  # its objective summed from its points: equal to ``bound`` (the certificate of optimality)
+
+
+def window_lp(problem: Problem) -> WindowLP | None:
+    """The LP relaxation of the window problem, exactly: each layer's options on their upper concave hull (dominated
+    options too: where the floor binds, the LP may need a costlier, worse one), its segments taken in decreasing slope
+    -- the gaining ones up to the cap, then, if the floor is not reached, the losing ones up to the floor. None where
+    no fractional choice lands in the window."""
+    lo, hi = problem.constraints.lo, problem.constraints.hi
+    every = _Padded.every(problem)
+    # each row by cost ascending, gain descending; of options of equal cost only the best is a hull point
+    order = np.lexsort((every.idx, -every.gain, every.cost), axis=-1)
+    idx, valid, cost, gain = (np.take_along_axis(a, order, axis=1) for a in (every.idx, every.valid, every.cost, every.gain))
+    valid[:, 1:] &= cost[:, 1:] != cost[:, :-1]
+    m = _Padded(problem, idx, valid, (np.where(valid, cost, _Padded.PAD_COST), np.where(valid, gain, -np.inf)))
+    (_, _, _, dc, dg, slope), first = _hull_segments(m)
+    rows = np.arange(problem.n_layers)
+    base_cost, base_gain = int(m.cost[rows, first].sum()), sum(m.gain[rows, first].tolist())
+    reach = base_cost + np.concatenate(([0], np.cumsum(dc)))  # cost after taking the first k segments
+    if base_cost > hi or reach[-1] < lo:
+        return None
+    gaining = int(np.count_nonzero(slope > 0))  # they come first (slope descending)
+    cap_price = floor_price = 0.0
+    if reach[gaining] > hi:  # the cap cuts a gaining segment
+        k = int(np.flatnonzero(reach[1:] > hi)[0])
+        cap_price, target = float(slope[k]), hi
+    elif reach[gaining] < lo:  # the floor needs losing segments too
+        k = int(np.flatnonzero(reach[1:] >= lo)[0])
+        floor_price, target = max(0.0, -float(slope[k])), lo  # (a segment of no loss fills it: no price)
+    else:  # every gaining segment fits in the window
+        k, target = gaining, int(reach[gaining])
+    primal = base_gain + sum(dg[:k].tolist())
+    if k < len(dc):
+        primal += float(dg[k]) * (target - int(reach[k])) / float(dc[k])
+    price = cap_price - floor_price  # the Lagrangian: sum_l max_o (g - price c) + cap_price hi - floor_price lo
+    reduced = np.where(every.valid, every.gain - price * every.cost.astype(float), -np.inf)
+    bound = sum(reduced.max(axis=1).tolist(), cap_price * hi - floor_price * lo)
+    return WindowLP(bound=bound, cap_price=cap_price, floor_price=floor_price, cost=float(target), primal=primal)
+
+
 def _filled(cols: np.ndarray, used: int, cap: int, seg_layer, frm_col, to_col, dc) -> tuple[np.ndarray, int]:
     """``cols`` (a column per layer, costing ``used``) with the given hull segments taken in order where the
     layer stands at the segment's start and its cost still fits under ``cap``."""

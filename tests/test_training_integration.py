@@ -163,7 +163,8 @@ def test_explain_cross_checks_the_lp_with_cvxpy():
     from layerlens_opt.solvers import mckp
 
     problem = build_problem(parse_manifest(json.loads(SCENARIOS[2].read_text())), Constraints(budget=50_000))
-    bound, price, _ = lp_relaxation(problem)
+    bound, price, _, status = lp_relaxation(problem)
+    assert status == "optimal"
     pre = mckp.presolve(problem)
     assert bound == pytest.approx(pre.bound, rel=1e-6)
     assert price == pytest.approx(pre.price, rel=1e-4)

@@ -99,16 +99,24 @@ def _row(problem: Problem, l: int, choice: int, price: float) -> tuple:
             round(info.utility, 4), "-" if r_up is None else _per_1k(r_up), "-" if r_down is None else _per_1k(r_down), why)
 
 
+def _find(problem: Problem, name: str) -> int | None:
+    """The problem layer of a manifest layer's name: itself, or the tied group it is a member of."""
+    for l, info in enumerate(problem.layers):
+        if info.name == name or any(member.name == name for _, member in info.members):
+            return l
+    return None
+
+
 def explain(problem: Problem, layer_name: str | None = None, *, cross_check: bool | None = None,
             max_rows: int = 0) -> str:
-    """The LP's prices, the integer optimum, and one row per layer (``layer_name``: that layer only; past
+    """The LP's prices, the integer optimum, and one row per layer (``layer_name``: that layer, or its tied group, only; past
     ``max_rows`` layers, 0 for no limit, the first and last :data:`~layerlens_opt.report.TABLE_ENDS` rows).
     ``cross_check``: solve the LP with cvxpy too (None: where it has at most :data:`CROSS_CHECK_MAX_OPTIONS`
     options and cvxpy is installed)."""
     from .solvers import mckp, solve
 
-    names = [info.name for info in problem.layers]
-    if layer_name and layer_name not in names:
+    asked = _find(problem, layer_name) if layer_name else None
+    if layer_name and asked is None:
         raise LayerlensError(f"no layer named {layer_name!r} in the manifest")
     alloc = solve(problem, "auto")
     if not alloc.ok:
@@ -131,7 +139,10 @@ def explain(problem: Problem, layer_name: str | None = None, *, cross_check: boo
         "when giving it up would lose more than the price returns. Steps are within the layer's method.",
         "",
     ]
-    layers = [names.index(layer_name)] if layer_name else list(range(problem.n_layers))
+    if asked is not None and problem.layers[asked].name != layer_name:
+        group = problem.layers[asked]
+        lines.append(f"{layer_name} is one of the {len(group.members)} layers of tied group {group.name!r}, which take one choice:")
+    layers = [asked] if asked is not None else list(range(problem.n_layers))
     shown, hidden = _cut(layers, max_rows)
     rows = [_row(problem, l, alloc.choice[l], price) for l in shown]
     text = table(("layer", "choice", "utility", "up /1k", "down /1k", "why"), rows, "llrrrl")

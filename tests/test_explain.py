@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from layerlens_opt.cli import main
 from layerlens_opt.solvers import mckp
 
-from conftest import ROOT, brute_force, random_problem
+from conftest import ROOT, brute_force, layer, manifest, random_problem
 
 SCENARIO = ROOT / "problems" / "scenarios" / "early-sensitive.json"
 
@@ -138,3 +138,19 @@ def test_explain_runs_without_cvxpy_and_says_so(monkeypatch):
 def test_explain_an_unknown_layer_is_a_clear_error():
     r = run("explain", SCENARIO, "--budget", "50k", "--layer", "encoder.layer.99")
     assert r.exit_code == 1 and "no layer named 'encoder.layer.99'" in r.output
+
+
+def test_explain_a_tied_layer_shows_its_group(tmp_path):
+    layers = [layer(f"model.layers.{b}.mlp.experts.{e}.up_proj", "mlp", 16, 16, block=b, ge=0.1 + 0.2 * e + b)
+              for b in range(2) for e in range(3)]
+    path = tmp_path / "moe.json"
+    path.write_text(json.dumps(manifest(layers)))
+    ties = ["--tie-groups", r"layers\.(\d+)\.mlp\.experts\.\d+\.(\w+)", "--no-cross-check"]
+    whole = run("explain", path, "--budget", "2k", *ties)
+    one = run("explain", path, "--budget", "2k", *ties, "--layer", "model.layers.1.mlp.experts.2.up_proj")
+    assert whole.exit_code == one.exit_code == 0, one.output
+    rows = whole.output.split("\n\n")[-1].splitlines()[2:]
+    assert len(rows) == 2  # one row per group
+    assert "model.layers.1.mlp.experts.2.up_proj is one of the 3 layers of tied group" in one.output
+    group_row = [" ".join(r.split()) for r in rows if r.startswith("group 1/up_proj")]
+    assert [" ".join(one.output.split("\n\n")[-1].splitlines()[-1].split())] == group_row

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -87,3 +88,14 @@ def tmp_manifest(tmp_path):
         return str(p)
 
     return write
+
+
+@pytest.fixture
+def generated72(tmp_path):
+    """A generated 72-layer manifest (written to a file) and its suggested budget: long enough to cut a table."""
+    from layerlens_opt.generate import synthetic
+
+    data = synthetic(72, seed=0)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(data))
+    return path, data["model"]["suggested_budget"]

@@ -47,17 +47,6 @@ def test_solve_prints_table_and_summary():
         assert word in r.output
 
 
-@pytest.fixture
-def generated72(tmp_path):
-    """A generated 72-layer manifest and its suggested budget."""
-    from layerlens_opt.generate import synthetic
-
-    data = synthetic(72, seed=0)
-    path = tmp_path / "m.json"
-    path.write_text(json.dumps(data))
-    return path, data["model"]["suggested_budget"]
-
-
 def test_solve_cuts_a_long_table_to_its_ends_unless_asked_for_every_row(generated72):
     """Past --max-rows layers the table shows its first and last 10 rows and how many are not shown; by default
     (1,000) a 72-layer model is shown whole, and --max-rows 0 shows every layer of any model."""

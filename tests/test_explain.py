@@ -83,18 +83,8 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-@pytest.fixture
-def generated(tmp_path):
-    from layerlens_opt.generate import synthetic
-
-    data = synthetic(72, seed=0)
-    path = tmp_path / "m.json"
-    path.write_text(json.dumps(data))
-    return path, data["model"]["suggested_budget"]
-
-
-def test_explain_cuts_a_long_table_to_its_ends_and_explains_one_layer_whole(generated):
-    path, budget = generated
+def test_explain_cuts_a_long_table_to_its_ends_and_explains_one_layer_whole(generated72):
+    path, budget = generated72
     whole = run("explain", path, "--budget", budget, "--no-cross-check")
     cut = run("explain", path, "--budget", budget, "--no-cross-check", "--max-rows", "30")
     assert whole.exit_code == cut.exit_code == 0, cut.output
@@ -109,11 +99,11 @@ def test_explain_cuts_a_long_table_to_its_ends_and_explains_one_layer_whole(gene
     assert one.exit_code == 0 and [" ".join(l.split()) for l in one.output.split("\n\n")[-1].splitlines()][2:] == [table[40]]
 
 
-def test_explain_skips_the_cross_check_past_its_size_unless_asked(generated, monkeypatch):
+def test_explain_skips_the_cross_check_past_its_size_unless_asked(generated72, monkeypatch):
     pytest.importorskip("cvxpy")
     from layerlens_opt import explain
 
-    path, budget = generated
+    path, budget = generated72
     monkeypatch.setattr(explain, "CROSS_CHECK_MAX_OPTIONS", 100)
     skipped = run("explain", path, "--budget", budget)
     assert skipped.exit_code == 0, skipped.output

@@ -27,7 +27,8 @@ from .methods import DEFAULT_METHODS, DEFAULT_WINDOW
 EXIT_INFEASIBLE = 3
 EXIT_ERROR = 4
 EXIT_VALIDATION = 5
-#: ``solve`` and ``compare`` print every layer's row up to this many layers (a 50,000-layer table scrolls past unread)
+#: ``solve``, ``compare`` and ``explain`` print every layer's row up to this many layers (a 50,000-layer table
+#: scrolls past unread)
 TABLE_MAX_ROWS = 1000
 _max_rows = click.option("--max-rows", type=click.IntRange(0), default=TABLE_MAX_ROWS, show_default=True,
                          help="Past this many layers the table shows only its first and last rows (0: every layer).")

@@ -167,14 +167,18 @@ class _Padded:
         cols = np.arange(int(counts.max()) if len(counts) else 0)[None, :]
         return cls(problem, starts[:-1, None] + cols, cols < counts[:, None])
 
-    def undominated(self) -> "_Padded":
-        """Each row sorted by cost (then gain descending, then option number), valid only on the options no
-        cheaper-or-equal option beats."""
+    def by_cost(self) -> "_Padded":
+        """Each row sorted by cost, then gain descending, then option number (pads last)."""
         order = np.lexsort((self.idx, -self.gain, self.cost), axis=-1)
-        idx, valid = np.take_along_axis(self.idx, order, axis=1), np.take_along_axis(self.valid, order, axis=1)
-        gain = np.take_along_axis(self.gain, order, axis=1)
-        valid[:, 1:] &= gain[:, 1:] > np.maximum.accumulate(gain, axis=1)[:, :-1]
-        return _Padded(self.problem, idx, valid)
+        idx, valid, cost, gain = (np.take_along_axis(a, order, axis=1) for a in (self.idx, self.valid, self.cost, self.gain))
+        return _Padded(self.problem, idx, valid, (cost, gain))
+
+    def undominated(self) -> "_Padded":
+        """:meth:`by_cost`, valid only on the options no cheaper-or-equal option beats."""
+        m = self.by_cost()
+        valid = m.valid & np.concatenate((np.ones((len(m.gain), 1), dtype=bool),
+                                          m.gain[:, 1:] > np.maximum.accumulate(m.gain, axis=1)[:, :-1]), axis=1)
+        return _Padded(self.problem, m.idx, valid)
 
     def compact(self) -> "_Padded":
         """The valid entries of each row moved to its front (in order), the columns no row needs dropped:
@@ -325,11 +329,9 @@ def window_lp(problem: Problem) -> WindowLP | None:
     no fractional choice lands in the window."""
     lo, hi = problem.constraints.lo, problem.constraints.hi
     every = _Padded.every(problem)
-    # each row by cost ascending, gain descending; of options of equal cost only the best is a hull point
-    order = np.lexsort((every.idx, -every.gain, every.cost), axis=-1)
-    idx, valid, cost, gain = (np.take_along_axis(a, order, axis=1) for a in (every.idx, every.valid, every.cost, every.gain))
-    valid[:, 1:] &= cost[:, 1:] != cost[:, :-1]
-    m = _Padded(problem, idx, valid, (np.where(valid, cost, _Padded.PAD_COST), np.where(valid, gain, -np.inf)))
+    s = every.by_cost()  # of options of equal cost only the best (the first) is a hull point
+    m = _Padded(problem, s.idx, s.valid & np.concatenate((np.ones((problem.n_layers, 1), dtype=bool),
+                                                           s.cost[:, 1:] != s.cost[:, :-1]), axis=1))
     (_, _, _, dc, dg, slope), first = _hull_segments(m)
     rows = np.arange(problem.n_layers)
     base_cost, base_gain = int(m.cost[rows, first].sum()), sum(m.gain[rows, first].tolist())

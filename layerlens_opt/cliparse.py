@@ -256,7 +256,7 @@ problem_options = _stack(  # every command that builds a problem from a manifest
 solver_options = _stack(
         click.option("--solver", "-s", default="auto", show_default=True, help="auto | cbc | highs | heuristic."),
         click.option("--time-limit", type=FiniteFloat(0, 1e7, lo_open=True), help="Seconds before the solver stops (reports the gap)."),
-        click.option("--threads", type=click.IntRange(min=1), help="Threads for CBC/HiGHS."),
+        click.option("--threads", type=click.IntRange(min=1), help="Threads for CBC/HiGHS; auto races two searches on two cores unless this is 1."),
         click.option("--no-warm-start", is_flag=True, help="Do not pass a starting allocation to CBC."),
         click.option("--no-presolve", is_flag=True, help="Give CBC/HiGHS the full model without the knapsack presolve."),
 )

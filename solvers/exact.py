@@ -19,6 +19,7 @@ from layerlens_opt.problem import Problem
 
 from . import mckp
 from .options import SolverOptions
+from .race import solve_deepening_raced
 
 
 def solve_auto(problem: Problem, options: SolverOptions) -> Allocation:
@@ -34,7 +35,7 @@ def solve_auto(problem: Problem, options: SolverOptions) -> Allocation:
                              "path, so CBC solved the full ILP")
         return _side(problem, options, t0, deadline)
     pre = base = mckp.presolve(problem, deadline)
-    core, pre = mckp.solve_deepening(problem, pre, deadline=deadline)
+    core, pre, raced = solve_deepening_raced(problem, pre, deadline=deadline, threads=options.threads)
     if c.min_methods and core.choice is not None and len(mckp.methods_used(problem, core.choice)) < c.min_methods:
         start = mckp.repair_min_methods(problem, core.choice, c.min_methods)
         if start is None:
@@ -53,7 +54,7 @@ def solve_auto(problem: Problem, options: SolverOptions) -> Allocation:
     notes = [
         f"knapsack presolve: LP bound {pre.bound:.6g}, shadow price {pre.price * 1000:.4g} gain per 1k params, "
         f"{pre.kept_options:,} of {problem.n_options:,} options kept, {pre.core_layers} layers in the core "
-        f"(DP peak {core.max_states:,} states)"
+        f"(DP peak {core.max_states:,} states{'; two deepening schedules raced on 2 processes' if raced else ''})"
     ]
     return make_allocation(problem, core.choice, solver="auto", status=Status.OPTIMAL, seconds=seconds, notes=notes)
 

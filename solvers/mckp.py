@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import numpy as np
 
@@ -544,7 +545,8 @@ def _extend(s_cost, s_gain, s_reduced, cost_j, gain_j, reduced_j, threshold, cap
 
 def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_states: int = 400_000,
                deadline: float | None = None, max_stored: int | None = None,
-               counts: np.ndarray | None = None, caps=None, mu=None, target: float | None = None) -> CoreResult:
+               counts: np.ndarray | None = None, caps=None, mu=None, target: float | None = None,
+               stop: Callable[[], bool] | None = None) -> CoreResult:
     """Exact DP over the core layers; proves the cap-only optimum (with at least
     ``min_methods`` distinct methods besides none, when asked; with per-option
     resource ``counts`` (options x k) used at most ``caps`` (k), when given).
@@ -559,7 +561,8 @@ def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_sta
     was computed on them and its ``incumbent_value`` is the real incumbent's value minus
     ``mu . caps``), and the answer is the state of highest real gain. Stops (choice None)
     when the frontier exceeds ``max_states``, the states kept for backtracking exceed
-    ``max_stored`` (memory) or the deadline passes.
+    ``max_stored`` (memory) or the deadline passes, and with reason :data:`STOPPED` when ``stop``
+    (asked once per layer) says so.
     """
     max_stored = MAX_STORED_STATES if max_stored is None else max_stored
     if not all(pre.kept):  # a layer with no option left: nothing reaches the target (it lies above the bound)
@@ -620,6 +623,8 @@ def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_sta
     for k, idx in enumerate(opt_idx):
         if deadline is not None and time.perf_counter() > deadline:
             return CoreResult(None, peak, "the time limit stopped the core search")
+        if stop is not None and stop():
+            return CoreResult(None, peak, STOPPED)
         threshold = goal - tol - price * cap - suffix[k + 1]  # on reduced values g - price c
         if key_inc is None:
             c, g, parent, pick = _extend(s_cost, s_gain, s_gain - price * s_cost, cost[idx], gain[idx], reduced[k], threshold, cap)
@@ -682,6 +687,9 @@ def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_sta
     return CoreResult(tuple(choice), peak, value=value)
 
 
+#: the reason of a core search its caller stopped (``stop``)
+STOPPED = "stopped by its caller"
+
 #: the first deepening target lies this fraction of the presolve's gap below the LP bound (the presolve's incumbent
 #: can be 10x further from the bound than the optimum: 50,000 generated layers)
 DEEPENING_START = 16
@@ -692,7 +700,8 @@ DEEPENING_MISS_STEP = 4
 
 def solve_deepening(problem: Problem, pre: Presolve, *, deadline: float | None = None,
                     max_states: int = 400_000, counts: np.ndarray | None = None, caps=None,
-                    mu=None, miss_step: float | None = None) -> tuple[CoreResult, Presolve]:
+                    mu=None, miss_step: float | None = None, start: float | None = None,
+                    watch=None) -> tuple[CoreResult, Presolve]:
     """The core DP run against targets that start near the LP bound and fall to the incumbent.
 
     A DP against target T keeps every allocation worth at least T, so an answer reaching T is
@@ -703,10 +712,13 @@ def solve_deepening(problem: Problem, pre: Presolve, *, deadline: float | None =
     optimum with far smaller frontiers than one DP against the incumbent; the last round is that DP.
     ``counts``, ``caps``, ``mu``: the counted DP of method caps (see :func:`solve_core`); targets and
     values are then in ``pre``'s frame, real value less ``mu . caps``. ``miss_step``: the factor after a
-    fruitless round (default :data:`DEEPENING_MISS_STEP`; the benchmark compares it with 2).
+    fruitless round (default :data:`DEEPENING_MISS_STEP`; the benchmark compares it with 2). ``start``: the first
+    target lies gap / ``start`` below the bound (default :data:`DEEPENING_START`). ``watch`` (see :mod:`race`): told
+    ``watch.round()`` before each round and asked ``watch.stop()`` once per DP layer; when it says stop, the
+    answer is ``CoreResult(None, ..., STOPPED)``.
     Returns the answer and the presolve it was proven against (options fixed against the last round's target)."""
     tol = REL_TOL * max(1.0, abs(pre.bound))
-    delta = max(0.0, pre.bound - pre.incumbent_value) / DEEPENING_START  # an incumbent past the bound (rounding): one round
+    delta = max(0.0, pre.bound - pre.incumbent_value) / (DEEPENING_START if start is None else start)  # an incumbent past the bound (rounding): one round
     miss_step = DEEPENING_MISS_STEP if miss_step is None else miss_step
     peak = 0
     skipped_from = None  # the step before a fourfold one: a round that outgrows the DP's bounds there steps twofold
@@ -715,9 +727,13 @@ def solve_deepening(problem: Problem, pre: Presolve, *, deadline: float | None =
         last = target <= pre.incumbent_value + tol
         # reduced-cost fixing against the target: only options that can be in an allocation worth it stay
         trial = pre if last else replace(pre, kept=fix(problem, pre.options, pre.bound, pre.price, target, pre.padded))
+        if watch is not None:
+            watch.round()
         core = solve_core(problem, trial, deadline=deadline, max_states=max_states, target=None if last else target,
-                          counts=counts, caps=caps, mu=mu)
+                          counts=counts, caps=caps, mu=mu, stop=None if watch is None else watch.stop)
         peak = max(peak, core.max_states)
+        if core.reason == STOPPED:
+            return core, trial
         timed_out = deadline is not None and time.perf_counter() > deadline
         if core.choice is None and skipped_from is not None and not timed_out:
             delta, skipped_from = 2 * skipped_from, None  # the far target's frontier outgrew the limits: a nearer one

@@ -9,7 +9,8 @@ from layerlens_opt.errors import LayerlensError
 
 @dataclass(frozen=True)
 class SolverOptions:
-    """``time_limit`` in seconds (None: none), ``threads`` for CBC/HiGHS, ``warm_start``
+    """``time_limit`` in seconds (None: none), ``threads`` for CBC/HiGHS (and ``auto``: 1 keeps its core search in
+    one process, see :mod:`race`), ``warm_start``
     passes a feasible starting allocation to CBC, ``presolve`` reduces the model by
     the knapsack structure before an LP solver sees it."""
 

@@ -162,23 +162,21 @@ def parse_budgets(text: str) -> list[int]:
 
 
 
-#: the collector's thresholds while a command builds and solves: a 50,000-layer manifest makes ~10^6 long-lived objects
-#: (its JSON, layers, options, the allocation's rows), and Python's default thresholds traverse them all again and again
-#: (a third of the 50,000-layer solve's time). They hold until the command's context closes
-SOLVE_GC_THRESHOLD = (100_000, 50, 1000)
-
-
 def _collector_for_the_command() -> None:
-    """Raise the collector's thresholds for the rest of the running command (restored when its click context
-    closes, also after an error); outside a command (a library call) the caller's settings stay as they are."""
+    """Turn the cyclic garbage collector off for the rest of the running command (back on when its click context
+    closes, also after an error, if it was on); outside a command (a library call) the caller's settings stay.
+
+    A 50,000-layer manifest makes ~10^6 long-lived objects (its JSON, layers, options, the allocation's rows) and
+    no reference cycles worth collecting: with Python's default thresholds the collector traversed them again and
+    again (a third of the 50,000-layer solve); with thresholds raised to (100,000, 50, 1,000) it still ran 45
+    times (0.09 s); refcounting frees everything a command drops, and the process ends with the command."""
     import gc
 
     ctx = click.get_current_context(silent=True)
-    if ctx is None:
+    if ctx is None or not gc.isenabled():
         return
-    before = gc.get_threshold()
-    gc.set_threshold(*SOLVE_GC_THRESHOLD)
-    ctx.call_on_close(lambda: gc.set_threshold(*before))
+    gc.disable()
+    ctx.call_on_close(gc.enable)
 
 
 def build_from_options(kw):

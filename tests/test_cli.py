@@ -85,24 +85,28 @@ def test_compare_cuts_a_long_table_to_its_ends_and_counts_the_layers_that_differ
     assert run("compare", path, "--budget", budget, "--max-rows", "0").output == whole.output
 
 
-def test_a_command_raises_the_collector_thresholds_only_while_it_runs(monkeypatch):
+def test_a_command_turns_the_collector_off_only_while_it_runs(monkeypatch):
     import gc
 
     from layerlens_opt import cliparse
 
     seen = []
     real = cliparse.build_from_options
-    monkeypatch.setattr("layerlens_opt.cli._build", lambda kw: (real(kw), seen.append(gc.get_threshold()))[0])
-    before = gc.get_threshold()
+    monkeypatch.setattr("layerlens_opt.cli._build", lambda kw: (real(kw), seen.append(gc.isenabled()))[0])
+    assert gc.isenabled()
     assert run("solve", SCENARIO, "--budget", "50k").exit_code == 0
-    assert run("solve", SCENARIO, "--budget", "-1").exit_code != 0  # an error path restores them too
-    assert seen == [cliparse.SOLVE_GC_THRESHOLD] and gc.get_threshold() == before != cliparse.SOLVE_GC_THRESHOLD
+    assert run("solve", SCENARIO, "--budget", "-1").exit_code != 0  # an error path turns it back on too
+    assert seen == [False] and gc.isenabled()
+    gc.disable()  # a caller that had it off finds it off
+    try:
+        assert run("solve", SCENARIO, "--budget", "50k").exit_code == 0 and not gc.isenabled()
+    finally:
+        gc.enable()
 
 
-def test_a_command_that_fails_after_raising_the_collector_thresholds_restores_them(monkeypatch):
+def test_a_command_that_fails_after_turning_the_collector_off_turns_it_back_on(monkeypatch):
     import gc
 
-    from layerlens_opt import cliparse
     from layerlens_opt.errors import LayerlensError
 
     def failing(*a, **k):
@@ -112,7 +116,7 @@ def test_a_command_that_fails_after_raising_the_collector_thresholds_restores_th
     before = gc.get_threshold()
     r = run("solve", SCENARIO, "--budget", "50k")
     assert r.exit_code != 0 and "forced failure" in r.output
-    assert gc.get_threshold() == before != cliparse.SOLVE_GC_THRESHOLD
+    assert gc.isenabled() and gc.get_threshold() == before
 
 
 def test_building_a_problem_from_the_library_leaves_the_collector_alone():
@@ -120,11 +124,10 @@ def test_building_a_problem_from_the_library_leaves_the_collector_alone():
 
     from layerlens_opt import cliparse
 
-    before = gc.get_threshold()
     kw = dict(manifest=SCENARIO, methods="lora,adapter,ia3,prefix", ranks=(), weights=None, method_cap=(), budget=50_000, min_utilization=0.7,
               max_utilization=0.9, min_methods=0, tie_blocks=False, normalization="max", max_rank=None, shrink=0.0)
     problem, _ = cliparse.build_from_options(kw)
-    assert problem.n_layers > 0 and gc.get_threshold() == before != cliparse.SOLVE_GC_THRESHOLD
+    assert problem.n_layers > 0 and gc.isenabled()
 
 
 @pytest.mark.parametrize("solver", ["auto", "cbc", "highs", "heuristic"])

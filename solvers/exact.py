@@ -1,6 +1,7 @@
 """The default solver: exact through the knapsack structure, CBC where the structure is broken.
 
-``solve_auto`` runs :func:`mckp.presolve` and the core DP. The answer is a proven
+``solve_auto`` runs :func:`mckp.presolve` and the core DP (its deepening raced on two cores where
+:func:`race.can_race`). The answer is a proven
 optimum of the whole problem when its cost meets the utilization floor. A
 ``min_methods`` constraint stays on the fast path: the DP then keeps one
 frontier per set of methods used (at most 2^4), against an incumbent repaired

@@ -205,50 +205,66 @@ def _undominated_padded(problem: Problem) -> _Padded:
     return _Padded.every(problem).undominated().compact()
 
 
-def _hull_mask(cost: np.ndarray, gain: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Per row of undominated options (cost ascending), the points of the upper concave hull.
+def _hull_points(cost: np.ndarray, gain: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of undominated options (valid entries first, cost strictly ascending), the columns of its upper
+    concave hull: row r's are ``points[r, :count[r]]``, cost ascending.
 
-    A point on or below the segment between its neighbours is on no upper hull, so every such
-    point is dropped at once, until none is left."""
-    on = valid.copy()
-    n, width = on.shape
-    if width < 3:
-        return on
-    cols = np.arange(width)
-    cost, gain = cost.astype(float), gain
-    while True:
-        prev = np.maximum.accumulate(np.where(on, cols, -1), axis=1)
-        prev = np.concatenate((np.full((n, 1), -1), prev[:, :-1]), axis=1)
-        nxt = np.minimum.accumulate(np.where(on, cols, width)[:, ::-1], axis=1)[:, ::-1]
-        nxt = np.concatenate((nxt[:, 1:], np.full((n, 1), width)), axis=1)
-        inner = on & (prev >= 0) & (nxt < width)
-        a = np.clip(prev, 0, width - 1)
-        o = np.clip(nxt, 0, width - 1)
-        ca, ga = np.take_along_axis(cost, a, axis=1), np.take_along_axis(gain, a, axis=1)
-        co, go = np.take_along_axis(cost, o, axis=1), np.take_along_axis(gain, o, axis=1)
-        with np.errstate(invalid="ignore"):
-            below = inner & ((gain - ga) * (co - ca) <= (go - ga) * (cost - ca))
-        if not below.any():
-            return on
-        on &= ~below
+    Andrew's monotone chain, run on every row at once: each column is pushed onto its row's stack after the
+    points it leaves on or below the hull are popped (a point on or below the segment from the one before it
+    to the new column). The pops run only over the rows still popping."""
+    n, width = valid.shape
+    c, g = cost.astype(float).ravel(), gain.ravel()
+    base = np.arange(n, dtype=np.int64) * width
+    stack = np.zeros(n * width, dtype=np.int64)  # flat positions of hull points: row r's k-th at r * width + k
+    count = np.zeros(n, dtype=np.int64)
+    for j in range(width):
+        rows = np.flatnonzero(valid[:, j])
+        live = rows
+        while len(live):
+            top = count[live]
+            two = top >= 2
+            if not two.all():
+                live, top = live[two], top[two]
+                if not len(live):
+                    break
+            at = base[live] + top
+            b, a, o = stack[at - 1], stack[at - 2], base[live] + j
+            ca, ga = c[a], g[a]
+            with np.errstate(invalid="ignore"):
+                pop = (g[b] - ga) * (c[o] - ca) <= (g[o] - ga) * (c[b] - ca)
+            live = live[pop]
+            count[live] -= 1
+        stack[base[rows] + count[rows]] = base[rows] + j
+        count[rows] += 1
+    return stack.reshape(n, width) - base[:, None], count
 
 
 def _hull_segments(m: _Padded):
     """The segments of each row's upper concave hull (rows of undominated options, cost ascending), in the order
     the LP fills them: slope descending, ties by row, then position. Returns (row, from column, to column,
     cost step, gain step, slope) per segment and each row's first hull column."""
-    on = _hull_mask(m.cost, m.gain, m.valid)
-    hull_rank = np.cumsum(on, axis=1) - 1  # position of each hull point in its row's hull
-    row, col = np.nonzero(on)  # row-major: rows ascending, hull points cost ascending
-    k = hull_rank[row, col]
-    seg = k > 0  # a hull point after the first ends a segment
-    to_col, frm_col = col[seg], col[np.flatnonzero(seg) - 1]
-    seg_row = row[seg]
+    points, count = _hull_points(m.cost, m.gain, m.valid)
+    width = points.shape[1]
+    seg_row, k = np.nonzero(np.arange(max(width - 1, 0))[None, :] < (count - 1)[:, None])  # rows ascending, hull order
+    frm_col, to_col = points[seg_row, k], points[seg_row, k + 1]
     dc = m.cost[seg_row, to_col] - m.cost[seg_row, frm_col]
     dg = m.gain[seg_row, to_col] - m.gain[seg_row, frm_col]
     slope = dg / dc
-    order = np.argsort(-slope, kind="stable")  # the segments come row by row, each row's in hull order
-    return (seg_row[order], frm_col[order], to_col[order], dc[order], dg[order], slope[order]), np.argmax(on, axis=1)
+    order = _descending(slope)  # the segments come row by row, each row's in hull order
+    return (seg_row[order], frm_col[order], to_col[order], dc[order], dg[order], slope[order]), points[:, 0]
+
+
+def _descending(values: np.ndarray) -> np.ndarray:
+    """The order of ``values`` largest first, equal values in their original order: a stable sort's answer, from
+    an unstable sort (several times faster on floats) whose runs of equal values are then put in order."""
+    order = np.argsort(-values)
+    ranked = values[order]
+    tie = ranked[1:] == ranked[:-1]
+    if tie.any():
+        run = np.cumsum(np.concatenate(([True], ~tie)))  # run number of each sorted position
+        inside = np.flatnonzero(np.concatenate((tie, [False])) | np.concatenate(([False], tie)))
+        order[inside] = order[inside][np.lexsort((order[inside], run[inside]))]
+    return order
 
 
 def presolve(problem: Problem, deadline: float | None = None) -> Presolve:

@@ -324,6 +324,32 @@ def test_presolve_matrix_is_the_one_built_from_the_undominated_options(seed, n, 
 
 
 @SETTINGS
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 30), width=st.integers(1, 9), steps=st.integers(1, 4))
+def test_hull_points_are_each_rows_upper_concave_hull(seed, n, width, steps):
+    """The monotone chain run on all rows at once gives each row's upper hull (collinear points dropped), checked
+    point by point: a point is on it iff it lies strictly above the chord between every cheaper and every costlier
+    point. Small integer gains (exact in floats) make collinear triples common."""
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(1, width + 1, n)
+    valid = np.arange(width)[None, :] < counts[:, None]
+    cost = np.where(valid, np.cumsum(rng.integers(1, 6, (n, width)), axis=1), mckp._Padded.PAD_COST)
+    gain = np.where(valid, np.cumsum(rng.integers(1, steps + 1, (n, width)), axis=1).astype(float), -np.inf)
+    points, count = mckp._hull_points(cost, gain, valid)
+    for r in range(n):
+        c, g = cost[r, : counts[r]].tolist(), gain[r, : counts[r]].tolist()
+        on = [j for j in range(len(c))
+              if all((g[j] - g[a]) * (c[b] - c[a]) > (g[b] - g[a]) * (c[j] - c[a]) for a in range(j) for b in range(j + 1, len(c)))]
+        assert points[r, : count[r]].tolist() == on
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10**6), n=st.integers(0, 60), ties=st.integers(1, 30))
+def test_descending_is_a_stable_sort_largest_first(seed, n, ties):
+    values = np.random.default_rng(seed).integers(0, ties, n) / 7.0
+    assert np.array_equal(mckp._descending(values), np.argsort(-values, kind="stable"))
+
+
+@SETTINGS
 @given(seed=st.integers(0, 10**6), n=st.integers(0, 40), width=st.integers(0, 6), density=st.floats(0, 1))
 def test_padded_rows_are_the_masked_entries_of_each_row(seed, n, width, density):
     """The per-layer option tuples cut from a padded matrix (rows grouped by how many entries they keep)."""

@@ -207,7 +207,7 @@ def make_allocation(
             metrics=compute_metrics([], constraints), constraints=constraints, message=message,
             notes=all_notes, warm_start=warm_start, choice=None,
         )
-    choice = tuple(int(o) for o in choice)
+    choice = tuple(map(int, choice))
     if len(choice) != problem.n_layers:
         raise ValueError(f"choice has {len(choice)} entries for {problem.n_layers} layers")
     picked = list(choice)
@@ -219,7 +219,7 @@ def make_allocation(
     method_names = [METHOD_NAMES[m] for m in problem.option_method[picked].tolist()]
     starts = problem.layer_start.tolist()
     # every manifest layer at its manifest index: a tied group lists each member
-    n_out = sum(len(info.members) or 1 for info in problem.layers)
+    n_out = len(problem.layers) if problem.layer_index is None else sum(len(info.members) or 1 for info in problem.layers)
     layers: list = [None] * n_out
     allowed: list = [None] * n_out
     index = problem.layer_index if problem.layer_index is not None else range(len(choice))
@@ -237,7 +237,13 @@ def make_allocation(
     objective = problem.value(choice)  # the layers' gains plus any active pair terms
     if status == Status.OPTIMAL and bound is None:
         bound = objective
-    columns = Columns.of(layers)
+    if problem.layer_index is None:  # one row per layer, in order: the columns straight from the arrays
+        infos = problem.layers
+        columns = Columns(method=method_names, rank=np.array(option_rank, dtype=float),
+                          params=np.array(option_cost, dtype=np.int64), utility=np.array([i.utility for i in infos], dtype=float),
+                          block=[i.block for i in infos], group=[None] * len(infos), kind=[i.kind for i in infos])
+    else:
+        columns = Columns.of(layers)
     total = int(columns.params.sum())
     metrics = compute_metrics(columns, constraints, problem.gradient_norms, problem.fisher_traces, allowed)
     alloc = Allocation(

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -203,9 +203,10 @@ def violations(layers: Columns | Iterable[Any], constraints: Mapping[str, Any]) 
             if len(methods) > 1:
                 out.append(f"block {block} mixes methods {', '.join(sorted(methods))} although blocks are tied")
     per_group: dict[str, set] = {}
-    for group, method, rank in zip(cols.group, cols.method, cols.rank):
-        if group is not None:
-            per_group.setdefault(group, set()).add((method, int(rank)))
+    if set(cols.group) - {None}:  # (a C-level pass: most allocations have no tied group)
+        for group, method, rank in zip(cols.group, cols.method, cols.rank):
+            if group is not None:
+                per_group.setdefault(group, set()).add((method, int(rank)))
     for group, choices in sorted(per_group.items()):
         if len(choices) > 1:
             shown = ", ".join(f"{m} r={r}" for m, r in sorted(choices, key=str))
@@ -222,7 +223,7 @@ def compute_metrics(
     constraints: Mapping[str, Any],
     gradient_norms: Sequence[float] | None = None,
     fisher_traces: Sequence[float] | None = None,
-    allowed: Sequence[Iterable[str]] | None = None,
+    allowed: Sequence[Collection[str]] | None = None,
 ) -> dict[str, Any]:
     """All validation metrics of an allocation's layers (columns, or LayerChoice objects / dicts).
 
@@ -237,7 +238,7 @@ def compute_metrics(
     if allowed is None:
         ok = [m in METHODS and k in METHODS[m].fits for m, k in zip(cols.method, cols.kind)]
     else:
-        ok = [m in set(a) for m, a in zip(cols.method, allowed)]
+        ok = [m in a for m, a in zip(cols.method, allowed)]
     budget = constraints["budget"]
     total = int(cols.params.sum())
     return {

@@ -127,3 +127,23 @@ def test_columns_read_from_layer_objects_equal_those_read_from_their_dicts():
         assert list(getattr(a, field)) == list(getattr(b, field)), field
     for field in ("rank", "params", "utility"):
         assert getattr(a, field).tolist() == getattr(b, field).tolist() and getattr(a, field).dtype == getattr(b, field).dtype, field
+
+
+@pytest.mark.parametrize("tie", [None, r"layers\.(\d+)\.block_sparse_moe\.experts\.\d+\.(\w+)"])
+def test_allocation_columns_are_those_of_its_layers(tie):
+    """make_allocation builds the columns from the solver's arrays when no layer is tied (from the layers
+    otherwise): the same columns, types and metrics as reading them back from the allocation's layers."""
+    from layerlens_opt.metrics import Columns, compute_metrics
+
+    manifest = load_manifest(ROOT / "problems" / "architectures" / "mixtral-8x22b.json")
+    problem = build_problem(manifest, Constraints(budget=50_000_000, tie_groups=tie))
+    alloc = solve(problem, "auto")
+    a, b = alloc.columns, Columns.of(alloc.layers)
+    for field in ("method", "block", "group", "kind"):
+        assert list(getattr(a, field)) == list(getattr(b, field)), field
+        assert [type(v) for v in getattr(a, field)] == [type(v) for v in getattr(b, field)], field
+    for field in ("rank", "params", "utility"):
+        assert getattr(a, field).tolist() == getattr(b, field).tolist() and getattr(a, field).dtype == getattr(b, field).dtype, field
+    allowed = [problem.layers[i].methods for i in range(problem.n_layers)] if tie is None else None
+    if allowed is not None:
+        assert alloc.metrics == compute_metrics(alloc.layers, alloc.constraints, problem.gradient_norms, problem.fisher_traces, allowed)

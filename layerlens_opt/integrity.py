@@ -70,14 +70,14 @@ def usable_failures(allocation: Allocation) -> list[str]:
     return _status_failures(allocation) + _total_failures(allocation)
 
 
-def accepted_methods(manifest) -> dict[str, set[str]]:
+def accepted_methods(manifest) -> dict[str, frozenset[str]]:
     """Layer name -> every catalog method the manifest's layer accepts."""
     from .problem import ModelOptions, allowed_methods
 
     return allowed_methods(manifest, ModelOptions(methods=tuple(METHOD_NAMES)))
 
 
-def integrity_failures(allocation: Allocation, manifest=None, accepted: dict[str, set[str]] | None = None) -> list[str]:
+def integrity_failures(allocation: Allocation, manifest=None, accepted: dict[str, frozenset[str]] | None = None) -> list[str]:
     """``accepted``: :func:`accepted_methods` of the manifest, when the caller has it already."""
     out = _status_failures(allocation)
     layers = allocation.layers

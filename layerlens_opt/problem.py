@@ -366,23 +366,32 @@ def _per_block_methods() -> set[str]:
     return {m for m, spec in METHODS.items() if spec.one_per_block}
 
 
-def allowed_methods(manifest: Manifest, options: ModelOptions, prefix_ok: set[int] | None = None) -> dict[str, set[str]]:
+def allowed_methods(manifest: Manifest, options: ModelOptions, prefix_ok: set[int] | None = None) -> dict[str, frozenset[str]]:
     """Layer name -> the methods of ``options.methods`` it accepts (its ``allowed_methods``, else its kind's; prefix on one
     layer per block: ``prefix_ok``, from :func:`_prefix_layers` when not given)."""
     if prefix_ok is None:
         prefix_ok, _ = _prefix_layers(manifest)
+    return dict(zip((layer.name for layer in manifest.layers), _accepted(manifest, set(options.methods), prefix_ok)))
+
+
+def _accepted(manifest: Manifest, wanted: set[str], prefix_ok: set[int]) -> list[frozenset[str]]:
+    """Per layer, the methods of ``wanted`` it accepts (see :func:`allowed_methods`): one set shared by all layers of
+    the same kind, listed methods and prefix eligibility (tens of thousands of layers, a handful of sets)."""
     per_block = _per_block_methods()
-    wanted = set(options.methods)
-    by_kind: dict[str, set[str]] = {}
-    out = {}
+    sets: dict[tuple, frozenset[str]] = {}
+    out = []
     for l, layer in enumerate(manifest.layers):
-        if layer.allowed_methods is not None:
-            out[layer.name] = set(layer.allowed_methods) & wanted
-            continue
-        fits = by_kind.get(layer.kind)
+        cut = layer.kind == "attention" and layer.allowed_methods is None and l not in prefix_ok
+        key = (layer.kind, layer.allowed_methods, cut)
+        fits = sets.get(key)
         if fits is None:
-            fits = by_kind[layer.kind] = {m for m, spec in METHODS.items() if layer.kind in spec.fits} & wanted
-        out[layer.name] = fits - per_block if layer.kind == "attention" and l not in prefix_ok else set(fits)
+            if layer.allowed_methods is not None:
+                fits = frozenset(layer.allowed_methods) & wanted
+            else:
+                fits = frozenset(m for m, spec in METHODS.items() if layer.kind in spec.fits) & wanted
+                fits = fits - per_block if cut else fits
+            sets[key] = fits
+        out.append(fits)
     return out
 
 
@@ -414,7 +423,7 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
         utility = (1.0 - options.shrink) * utility + options.shrink * utility.mean()
     pairs = _pair_terms(manifest, options) if options.interactions else ()
     prefix_ok, prefix_note = _prefix_layers(manifest)
-    accepted = allowed_methods(manifest, ModelOptions(methods=tuple(METHOD_NAMES)), prefix_ok)
+    accepted = _accepted(manifest, set(METHOD_NAMES), prefix_ok)
     notes: list[str] = []
 
     infos: list[LayerInfo] = []
@@ -429,11 +438,13 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
     parts: list[tuple[list, list, list, list, list]] = []  # per template: methods, ranks, costs, efficiencies, fractions
     template_of: list[int] = []
     rank_sets = {m: tuple(sorted(options.ranks.get(m, DEFAULT_RANKS))) for m in wanted}
-    for l, layer in enumerate(manifest.layers):
-        fits = accepted[layer.name]
+    methods_of: dict[frozenset, tuple[str, ...]] = {}  # a layer's accepted set -> the wanted methods in it, in order
+    for l, (layer, fits) in enumerate(zip(manifest.layers, accepted)):
         if layer.kind == "attention" and layer.allowed_methods is None and l not in prefix_ok:
             prefix_pruned = prefix_pruned or per_block_wanted
-        methods = tuple(m for m in wanted if m in fits)
+        methods = methods_of.get(fits)
+        if methods is None:
+            methods = methods_of[fits] = tuple(m for m in wanted if m in fits)
         if not methods:
             raise LayerlensError(
                 f"layer {layer.name!r} (kind {layer.kind}) can take none of the methods {', '.join(options.methods)} "

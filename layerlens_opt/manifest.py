@@ -11,6 +11,7 @@ import json
 import math
 import sys
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -254,7 +255,7 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
             continue
         if not isinstance(table, dict) or not _all_finite(list(table.values())):
             raise ManifestError(f"{source}: metadata.{key} must map layer names to finite numbers")
-        unknown_names = sorted(set(table) - set(seen))
+        unknown_names = sorted(table.keys() - seen.keys())
         if unknown_names:
             raise ManifestError(
                 f"{source}: metadata.{key} names layer(s) not in 'layers': {', '.join(map(repr, unknown_names[:5]))}"
@@ -337,9 +338,10 @@ def _checked_in_bulk(raw_layers: list, source: str) -> list[Layer] | None:
     Accepts exactly what the layer-by-layer path accepts and builds the same layers; a layer with
     ``allowed_methods`` or ``gain_curves`` is parsed by :func:`_parse_layer` itself."""
     try:
-        if {type(r) for r in raw_layers} != {dict}:
+        if set(map(type, raw_layers)) != {dict}:
             return None
-        if not all(r.keys() <= LAYER_KEYS for r in raw_layers):
+        keys = set(chain.from_iterable(raw_layers))  # every field any layer has
+        if not keys <= LAYER_KEYS:
             return None
         names = [r["name"] for r in raw_layers]
         kinds = [r["kind"] for r in raw_layers]
@@ -350,26 +352,36 @@ def _checked_in_bulk(raw_layers: list, source: str) -> list[Layer] | None:
         return None
     blocks = [r.get("block") for r in raw_layers]
     groups = [r.get("group") for r in raw_layers]
-    if {type(n) for n in names} != {str} or "" in names or len(set(names)) != len(names):
+    if set(map(type, names)) != {str} or "" in names or len(set(names)) != len(names):
         return None
-    if not {type(k) for k in kinds} <= {str} or not set(kinds) <= set(KINDS):
+    if not set(map(type, kinds)) <= {str} or not set(kinds) <= set(KINDS):
         return None
-    if {type(d) for d in d_in + d_out} != {int} or min(d_in + d_out) <= 0 or max(d_in + d_out) > MAX_DIM:
+    if set(map(type, d_in + d_out)) != {int} or min(d_in + d_out) <= 0 or max(d_in + d_out) > MAX_DIM:
         return None
-    if not {type(b) for b in blocks} <= {int, type(None)} or min((b for b in blocks if b is not None), default=0) < 0:
+    if not set(map(type, blocks)) <= {int, type(None)} or min((b for b in blocks if b is not None), default=0) < 0:
         return None
-    if not {type(g) for g in groups} <= {str, type(None)} or "" in groups:
+    if not set(map(type, groups)) <= {str, type(None)} or "" in groups:
         return None
-    if {type(m) for m in metrics} != {dict} or not all(metrics):
+    if set(map(type, metrics)) != {dict} or not all(metrics):
         return None
-    values = [v for m in metrics for v in m.values()]
-    types = {type(v) for v in values}
+    values = list(chain.from_iterable(map(dict.values, metrics)))
+    types = set(map(type, values))
     if not types <= {int, float}:
         return None
-    if not all(0.0 <= v <= _FLOAT_MAX for v in values):  # not NaN, infinite, negative or an int too large for a float
+    # not NaN, infinite, negative or an int too large for a float: a NaN or an infinity makes the sum NaN or
+    # infinite, a too large int (or a sum past the largest float) raises; min() is then exact (no NaN among them)
+    try:
+        if not math.isfinite(math.fsum(values)) or min(values) < 0.0:
+            return None
+    except OverflowError:
         return None
-    out = []
     as_float = types == {float}
+    if keys <= _PLAIN_KEYS:  # no layer has allowed_methods or gain_curves
+        if as_float:
+            return list(map(_new_layer, names, kinds, d_in, d_out, map(dict, metrics), blocks, repeat(None), map(dict, repeat(())), groups))
+        return [_new_layer(name, kind, i, o, {k: float(v) for k, v in m.items()}, b, None, {}, g)
+                for name, kind, i, o, m, b, g in zip(names, kinds, d_in, d_out, metrics, blocks, groups)]
+    out = []
     for r, name, kind, i, o, m, b, g in zip(raw_layers, names, kinds, d_in, d_out, metrics, blocks, groups):
         if not r.keys() <= _PLAIN_KEYS:
             out.append(_parse_layer(r, len(out), source))

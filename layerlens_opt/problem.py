@@ -509,9 +509,12 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
 
     def per_layer(key: str) -> tuple[float, ...] | None:
         table = meta.get(key)
-        if not isinstance(table, dict) or not all(n in table for n in names):
+        if not isinstance(table, dict):
             return None
-        return tuple(float(table[n]) for n in names)
+        try:
+            return tuple(map(float, map(table.__getitem__, names)))
+        except KeyError:  # the table misses a layer
+            return None
 
     return Problem(
         layers=tuple(infos),

@@ -10,8 +10,11 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Callable
 
+import numpy as np
+
 from layerlens_opt.allocation import Allocation, Status, make_allocation
 from layerlens_opt.errors import LayerlensError
+from layerlens_opt.methods import METHOD_NAMES
 from layerlens_opt.problem import Problem
 
 from .options import SolverOptions
@@ -38,7 +41,9 @@ def precheck(problem: Problem) -> str | None:
     if reason:
         return reason
     c = problem.constraints
-    offered = sorted({m for info in problem.layers for m in info.methods} - {"none"})
+    # the methods some layer offers are those of its options (one bincount, not a set per layer)
+    present = np.flatnonzero(np.bincount(problem.option_method, minlength=len(METHOD_NAMES))).tolist()
+    offered = sorted({METHOD_NAMES[m] for m in present} - {"none"})
     if c.min_methods > len(offered):
         return (
             f"--min-methods {c.min_methods} asks for more distinct methods than are offered "

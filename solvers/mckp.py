@@ -169,9 +169,19 @@ class _Padded:
         return cls(problem, starts[:-1, None] + cols, cols < counts[:, None])
 
     def by_cost(self) -> "_Padded":
-        """Each row sorted by cost, then gain descending, then option number (pads last)."""
-        order = np.lexsort((self.idx, -self.gain, self.cost), axis=-1)
+        """Each row sorted by cost, then gain descending, then option number (pads last).
+
+        One stable sort by cost (a sixth of a three-key lexsort's time) gives that order wherever no two options of
+        a row cost the same (pads, which cost the same, keep their column order either way); the rows where two
+        options do are sorted again on all three keys."""
+        order = np.argsort(self.cost, axis=1, kind="stable")
         idx, valid, cost, gain = (np.take_along_axis(a, order, axis=1) for a in (self.idx, self.valid, self.cost, self.gain))
+        tie = ((cost[:, 1:] == cost[:, :-1]) & valid[:, 1:]).any(axis=1)
+        if tie.any():
+            rows = np.flatnonzero(tie)
+            again = np.lexsort((idx[rows], -gain[rows], cost[rows]), axis=-1)
+            for a in (idx, valid, cost, gain):
+                a[rows] = np.take_along_axis(a[rows], again, axis=1)
         return _Padded(self.problem, idx, valid, (cost, gain))
 
     def undominated(self) -> "_Padded":
@@ -179,14 +189,20 @@ class _Padded:
         m = self.by_cost()
         valid = m.valid & np.concatenate((np.ones((len(m.gain), 1), dtype=bool),
                                           m.gain[:, 1:] > np.maximum.accumulate(m.gain, axis=1)[:, :-1]), axis=1)
-        return _Padded(self.problem, m.idx, valid)
+        return _Padded(self.problem, m.idx, valid, (np.where(valid, m.cost, self.PAD_COST), np.where(valid, m.gain, -np.inf)))
 
     def compact(self) -> "_Padded":
         """The valid entries of each row moved to its front (in order), the columns no row needs dropped:
         what :meth:`of` builds from the rows' option tuples."""
-        order = np.argsort(~self.valid, axis=1, kind="stable")
-        width = int(self.valid.sum(axis=1).max()) if len(self.valid) else 0
-        idx, valid, cost, gain = (np.take_along_axis(a, order[:, :width], axis=1) for a in (self.idx, self.valid, self.cost, self.gain))
+        counts = self.valid.sum(axis=1)
+        width = int(counts.max()) if len(counts) else 0
+        valid = np.arange(width)[None, :] < counts[:, None]
+        out = []
+        for a, pad in ((self.idx, 0), (self.cost, self.PAD_COST), (self.gain, -np.inf)):
+            b = np.full(valid.shape, pad, dtype=a.dtype)
+            b[valid] = a[self.valid]  # both masks read row by row: each row's entries in order, moved to its front
+            out.append(b)
+        idx, cost, gain = out
         return _Padded(self.problem, idx, valid, (cost, gain))
 
     def rows(self, mask: np.ndarray) -> tuple[tuple[int, ...], ...]:

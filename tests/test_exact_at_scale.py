@@ -343,6 +343,25 @@ def test_hull_points_are_each_rows_upper_concave_hull(seed, n, width, steps):
 
 
 @SETTINGS
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 40), width=st.integers(1, 8), spread=st.integers(1, 20))
+def test_by_cost_sorts_each_row_by_cost_then_gain_descending_then_option(seed, n, width, spread):
+    """The sort by cost alone, with the rows where two options cost the same sorted again, is the three-key sort
+    (cost, gain descending, option number) of every row; few distinct costs and gains make ties common."""
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(1, width + 1, n)
+    valid = np.arange(width)[None, :] < counts[:, None]
+    idx = rng.permuted(np.tile(np.arange(width), (n, 1)), axis=1) + 100 * np.arange(n)[:, None]
+    m = mckp._Padded.__new__(mckp._Padded)
+    m.problem, m.valid, m.idx = None, valid, np.where(valid, idx, 0)
+    m.cost = np.where(valid, rng.integers(0, spread, (n, width)), mckp._Padded.PAD_COST)
+    m.gain = np.where(valid, rng.integers(0, 3, (n, width)) / 2.0, -np.inf)
+    out = m.by_cost()
+    order = np.lexsort((m.idx, -m.gain, m.cost), axis=-1)
+    for name in ("idx", "valid", "cost", "gain"):
+        assert np.array_equal(getattr(out, name), np.take_along_axis(getattr(m, name), order, axis=1)), name
+
+
+@SETTINGS
 @given(seed=st.integers(0, 10**6), n=st.integers(0, 60), ties=st.integers(1, 30))
 def test_descending_is_a_stable_sort_largest_first(seed, n, ties):
     values = np.random.default_rng(seed).integers(0, ties, n) / 7.0

@@ -545,10 +545,28 @@ class _SuffixBound:
         return (left >= bc[0]) & (g + np.interp(left, bc, bg) >= target)
 
 
+#: up to this many (state, option) pairs :func:`_extend` forms them as one matrix instead of a loop over the options
+#: (most DP steps: 50,000 layers' DP 2-5% faster, 10,000 layers' 5-10%; above it the loop, which skips the states
+#: the cap cuts, is as fast)
+EXTEND_MATRIX = 20_000
+
+
+def _extend_matrix(s_cost, s_gain, s_reduced, cost_j, gain_j, reduced_j, threshold, cap):
+    """:func:`_extend` on an options x states matrix: the same candidates in the same order (option by option,
+    states ascending), without a Python loop over the options."""
+    ok = (s_cost[None, :] <= (cap - cost_j)[:, None]) & (s_reduced[None, :] >= (threshold - reduced_j)[:, None])
+    flat = np.flatnonzero(ok)
+    pick, parent = np.divmod(flat, len(s_cost))
+    c, g, _, take = _pareto_kept(s_cost[parent] + cost_j[pick], s_gain[parent] + gain_j[pick], None)
+    return c, g, parent[take], pick[take].astype(np.int16)
+
+
 def _extend(s_cost, s_gain, s_reduced, cost_j, gain_j, reduced_j, threshold, cap):
     """The plain DP step: each state plus each option that keeps it under ``cap`` and its reduced value at
     least ``threshold``, Pareto-filtered. The frontier is sorted by cost, so each option's candidates are
     too and one stable sort merges them. Returns (cost, gain, parent, pick)."""
+    if len(s_cost) * len(cost_j) <= EXTEND_MATRIX:
+        return _extend_matrix(s_cost, s_gain, s_reduced, cost_j, gain_j, reduced_j, threshold, cap)
     fits = np.searchsorted(s_cost, cap - cost_j, side="right")  # frontier costs ascend: the cap keeps a prefix
     cs, gs, states = [], [], []
     for j in range(len(cost_j)):

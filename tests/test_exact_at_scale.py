@@ -362,6 +362,32 @@ def test_by_cost_sorts_each_row_by_cost_then_gain_descending_then_option(seed, n
 
 
 @SETTINGS
+@given(seed=st.integers(0, 10**6), states=st.integers(1, 60), options=st.integers(1, 8), spread=st.integers(1, 50),
+       tight=st.floats(0, 1))
+def test_dp_step_as_a_matrix_equals_the_loop_over_options(seed, states, options, spread, tight):
+    """The DP step's two ways of forming (state, option) candidates give the same frontier, parents and picks
+    (equal costs and gains frequent, the cap and the threshold cutting some candidates)."""
+    rng = np.random.default_rng(seed)
+    s_cost = np.sort(rng.integers(0, spread * 4, states))
+    s_gain = np.sort(rng.integers(0, spread, states) / 4.0)
+    cost_j, gain_j = rng.integers(0, spread, options), rng.integers(0, spread, options) / 4.0
+    price = 0.05
+    s_reduced, reduced_j = s_gain - price * s_cost, gain_j - price * cost_j
+    cap = int(tight * (s_cost.max() + cost_j.max())) + 1
+    threshold = float(np.quantile(s_reduced, tight)) + float(np.median(reduced_j)) * tight
+    matrix = mckp._extend_matrix(s_cost, s_gain, s_reduced, cost_j, gain_j, reduced_j, threshold, cap)
+    assert len(s_cost) * len(cost_j) <= mckp.EXTEND_MATRIX  # (so _extend itself took the matrix: compare the loop)
+    original = mckp.EXTEND_MATRIX
+    try:
+        mckp.EXTEND_MATRIX = 0
+        loop = mckp._extend(s_cost, s_gain, s_reduced, cost_j, gain_j, reduced_j, threshold, cap)
+    finally:
+        mckp.EXTEND_MATRIX = original
+    for a, b in zip(loop, matrix):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+@SETTINGS
 @given(seed=st.integers(0, 10**6), n=st.integers(0, 60), ties=st.integers(1, 30))
 def test_descending_is_a_stable_sort_largest_first(seed, n, ties):
     values = np.random.default_rng(seed).integers(0, ties, n) / 7.0

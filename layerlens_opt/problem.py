@@ -557,12 +557,15 @@ def tied_groups(manifest: Manifest, regex: str | None = None) -> dict[str, list[
     :func:`group_label` gives the label to show."""
     pattern = re.compile(regex) if regex else None
     found: dict[str, list[int]] = {}
+    keys: dict[tuple, str] = {}  # capture groups -> key (a few hundred groups among tens of thousands of layers)
     for i, layer in enumerate(manifest.layers):
         if layer.group is not None:
             key = layer.group
         elif pattern is not None and (m := pattern.search(layer.name)):
-            key = "/".join(g if g is not None else "" for g in m.groups()) if pattern.groups else m.group(0)
-            key = f"~{key}"  # regex groups never merge with a manifest's named group
+            captured = m.groups() if pattern.groups else (m.group(0),)
+            key = keys.get(captured)
+            if key is None:  # regex groups never merge with a manifest's named group: "~"
+                key = keys[captured] = "~" + "/".join(g if g is not None else "" for g in captured)
         else:
             continue
         found.setdefault(key, []).append(i)
@@ -575,6 +578,8 @@ def _merge_groups(manifest, groups, infos, layer_of, method_of, rank_of, cost_of
     The option columns are arrays; the result's are gathered from them in one pass."""
     first = {members[0]: key for key, members in groups.items()}
     grouped = {i for members in groups.values() for i in members}
+    d_in = np.fromiter((layer.in_features for layer in manifest.layers), dtype=np.int64, count=len(manifest.layers))
+    d_out = np.fromiter((layer.out_features for layer in manifest.layers), dtype=np.int64, count=len(manifest.layers))
     keep = [l for l in range(len(infos)) if l not in grouped or l in first]  # the merged problem's layers, in order
     n_infos = []
     times = np.ones(len(infos), dtype=np.int64)  # what each kept layer's costs are multiplied by: its members
@@ -592,14 +597,13 @@ def _merge_groups(manifest, groups, infos, layer_of, method_of, rank_of, cost_of
         # every member against the first: its shape, then its options (method, rank); the first that differs is named
         at = np.asarray(members, dtype=np.int64)
         width = int(starts[l + 1] - starts[l])
-        shape_bad = [(manifest.layers[i].in_features, manifest.layers[i].out_features) != (ref.in_features, ref.out_features)
-                     for i in members]
+        shape_bad = (d_in[at] != ref.in_features) | (d_out[at] != ref.out_features)
         same_width = (starts[at + 1] - starts[at]) == width
         span = starts[at[same_width]][:, None] + np.arange(width)
         options_bad = ~same_width
         options_bad[same_width] = ((method_of[span] != method_of[starts[l] : starts[l + 1]]).any(axis=1)
                                    | (rank_of[span] != rank_of[starts[l] : starts[l + 1]]).any(axis=1))
-        bad = np.flatnonzero(np.asarray(shape_bad) | options_bad)
+        bad = np.flatnonzero(shape_bad | options_bad)
         if len(bad):
             i = members[int(bad[0])]
             other = manifest.layers[i]

@@ -246,8 +246,7 @@ def _hull_points(cost: np.ndarray, gain: np.ndarray, valid: np.ndarray) -> tuple
             at = base[live] + top
             b, a, o = stack[at - 1], stack[at - 2], base[live] + j
             ca, ga = c[a], g[a]
-            with np.errstate(invalid="ignore"):
-                pop = (g[b] - ga) * (c[o] - ca) <= (g[o] - ga) * (c[b] - ca)
+            pop = (g[b] - ga) * (c[o] - ca) <= (g[o] - ga) * (c[b] - ca)  # (only options: no pad's -inf here)
             live = live[pop]
             count[live] -= 1
         stack[base[rows] + count[rows]] = base[rows] + j

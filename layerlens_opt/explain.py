@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import LayerlensError
 from .problem import Problem
-from .report import _cut, _gap_line, table
+from .report import cut_rows, table, with_gap_line
 
 #: past this many options (the LP's variables) the cvxpy cross-check runs only when asked
 CROSS_CHECK_MAX_OPTIONS = 50_000
@@ -143,11 +143,10 @@ def explain(problem: Problem, layer_name: str | None = None, *, cross_check: boo
         group = problem.layers[asked]
         lines.append(f"{layer_name} is one of the {len(group.members)} layers of tied group {group.name!r}, which take one choice:")
     layers = [asked] if asked is not None else list(range(problem.n_layers))
-    shown, hidden = _cut(layers, max_rows)
+    shown, hidden = cut_rows(layers, max_rows)
     rows = [_row(problem, l, alloc.choice[l], price) for l in shown]
     text = table(("layer", "choice", "utility", "up /1k", "down /1k", "why"), rows, "llrrrl")
     if hidden:
-        text = _gap_line(text, f"... {hidden:,} more layers (all {len(layers):,}: --max-rows 0 or --layer NAME)")
+        text = with_gap_line(text, f"... {hidden:,} more layers (all {len(layers):,}: --max-rows 0 or --layer NAME)")
     lines.append(text)
     return "\n".join(lines)
-

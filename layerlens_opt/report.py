@@ -56,7 +56,7 @@ def _cell(value: Any) -> str:
 TABLE_ENDS = 10
 
 
-def _cut(rows: Sequence, max_rows: int) -> tuple[Sequence, int]:
+def cut_rows(rows: Sequence, max_rows: int) -> tuple[Sequence, int]:
     """The rows a table cut short by ``max_rows`` (0: never) shows -- its two ends past the limit -- and how many
     it leaves out between them."""
     if not max_rows or len(rows) <= max(max_rows, 2 * TABLE_ENDS):
@@ -64,7 +64,7 @@ def _cut(rows: Sequence, max_rows: int) -> tuple[Sequence, int]:
     return rows[:TABLE_ENDS] + rows[-TABLE_ENDS:], len(rows) - 2 * TABLE_ENDS
 
 
-def _gap_line(text: str, line: str) -> str:
+def with_gap_line(text: str, line: str) -> str:
     """A table of its two ends (header and rule first) with ``line`` between them."""
     lines = text.split("\n")
     return "\n".join(lines[: 2 + TABLE_ENDS] + [line] + lines[2 + TABLE_ENDS :])
@@ -74,7 +74,7 @@ def allocation_table(alloc: Allocation, max_rows: int = 0) -> str:
     """Every layer's choice, one row each; with more layers than ``max_rows`` (0: no limit) only the first and last
     :data:`TABLE_ENDS`, a line between them saying how many are not shown. Written column by column with the cells
     :func:`_cell` would write (tens of thousands of layers: no type dispatch per cell, one format string per row)."""
-    layers, hidden = _cut(alloc.layers, max_rows)
+    layers, hidden = cut_rows(alloc.layers, max_rows)
     columns = [
         [str(l.name) for l in layers],
         [str(l.kind) for l in layers],
@@ -87,7 +87,7 @@ def allocation_table(alloc: Allocation, max_rows: int = 0) -> str:
     text = _render_columns(("layer", "kind", "method", "rank", "params", "utility", "gain"), columns, "lllrrrr")
     if not hidden:
         return text
-    return _gap_line(text, f"... {hidden:,} more layers (all {len(alloc.layers):,}: --max-rows 0, --json or --output)")
+    return with_gap_line(text, f"... {hidden:,} more layers (all {len(alloc.layers):,}: --max-rows 0, --json or --output)")
 
 
 def _float4(value) -> str:
@@ -142,11 +142,11 @@ def compare_text(ilp: Allocation, heur: Allocation, max_rows: int = 0) -> str:
         return l.method if METHODS[l.method].is_none else f"{l.method} r{l.rank}"
 
     rows = [(n, round((a.get(n) or b[n]).utility, 4), cell(a, n), cell(b, n), "" if cell(a, n) == cell(b, n) else "*") for n in names]
-    shown, hidden = _cut(rows, max_rows)
+    shown, hidden = cut_rows(rows, max_rows)
     layers = table(("layer", "utility", ilp.solver, "heuristic", "differs"), shown, "lrlll")
     if hidden:
         differ = sum(1 for r in rows if r[4])
-        layers = _gap_line(layers, f"... {hidden:,} more layers ({differ:,} of all {len(rows):,} differ; every row: --max-rows 0 or --json)")
+        layers = with_gap_line(layers, f"... {hidden:,} more layers ({differ:,} of all {len(rows):,} differ; every row: --max-rows 0 or --json)")
     out = [layers, ""]
     ca, cb = verdicts(ilp.metrics, ilp.constraints), verdicts(heur.metrics, heur.constraints)
     mrows = [

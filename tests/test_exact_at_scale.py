@@ -377,12 +377,9 @@ def test_dp_step_as_a_matrix_equals_the_loop_over_options(seed, states, options,
     threshold = float(np.quantile(s_reduced, tight)) + float(np.median(reduced_j)) * tight
     matrix = mckp._extend_matrix(s_cost, s_gain, s_reduced, cost_j, gain_j, reduced_j, threshold, cap)
     assert len(s_cost) * len(cost_j) <= mckp.EXTEND_MATRIX  # (so _extend itself took the matrix: compare the loop)
-    original = mckp.EXTEND_MATRIX
-    try:
-        mckp.EXTEND_MATRIX = 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mckp, "EXTEND_MATRIX", 0)
         loop = mckp._extend(s_cost, s_gain, s_reduced, cost_j, gain_j, reduced_j, threshold, cap)
-    finally:
-        mckp.EXTEND_MATRIX = original
     for a, b in zip(loop, matrix):
         assert a.dtype == b.dtype and np.array_equal(a, b)
 

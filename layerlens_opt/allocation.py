@@ -25,7 +25,7 @@ from .errors import AllocationError
 from .methods import DEFAULT_WINDOW, METHOD_NAMES
 from .metrics import Columns, compute_metrics, verdicts, violations
 from .problem import Problem
-from .records import positional
+from .records import Rows, positional
 
 SCHEMA_VERSION = 1
 
@@ -90,7 +90,7 @@ class Allocation:
     total_params: int
     utilization: float
     seconds: Mapping[str, float]
-    layers: tuple[LayerChoice, ...]
+    layers: Sequence[LayerChoice]  # a tuple, or the :class:`~layerlens_opt.records.Rows` standing for one
     metrics: Mapping[str, Any]
     constraints: Mapping[str, Any]
     message: str = ""
@@ -217,39 +217,45 @@ def make_allocation(
         raise ValueError(f"option {choice[l]} does not belong to layer {l} ({problem.layers[l].name})")
     option_rank, option_cost, option_gain = problem.option_rank[picked].tolist(), problem.option_cost[picked].tolist(), problem.option_gain[picked].tolist()
     method_names = [METHOD_NAMES[m] for m in problem.option_method[picked].tolist()]
-    starts = problem.layer_start.tolist()
-    # every manifest layer at its manifest index: a tied group lists each member
-    n_out = len(problem.layers) if problem.layer_index is None else sum(len(info.members) or 1 for info in problem.layers)
-    layers: list = [None] * n_out
-    allowed: list = [None] * n_out
-    index = problem.layer_index if problem.layer_index is not None else range(len(choice))
-    for l, (info, i, o, method, rank, cost, gain) in enumerate(zip(problem.layers, index, choice, method_names, option_rank, option_cost, option_gain)):
-        if info.members:
-            k = o - starts[l]
-            share = cost // len(info.members)
-            for (j, m), gains in zip(info.members, info.member_gains):
-                layers[j] = new_choice(m.name, m.kind, m.block, method, rank, share, float(gains[k]), m.utility, m.in_features, m.out_features,
-                                       info.group)
-                allowed[j] = m.methods
-        else:
-            layers[i] = new_choice(info.name, info.kind, info.block, method, rank, cost, gain, info.utility, info.in_features, info.out_features, None)
-            allowed[i] = info.methods
     objective = problem.value(choice)  # the layers' gains plus any active pair terms
     if status == Status.OPTIMAL and bound is None:
         bound = objective
-    if problem.layer_index is None:  # one row per layer, in order: the columns straight from the arrays
-        infos = problem.layers
+    if problem.layer_index is None:  # one row per layer, in order: every column straight from the problem's
+        col = problem.layer_column
+        n = len(choice)
+        layers = Rows(new_choice, {"name": col("name"), "kind": col("kind"), "block": col("block"), "method": method_names,
+                                   "rank": option_rank, "params": option_cost, "gain": option_gain, "utility": col("utility"),
+                                   "in_features": col("in_features"), "out_features": col("out_features"), "group": [None] * n})
+        allowed = col("methods")
         columns = Columns(method=method_names, rank=np.array(option_rank, dtype=float),
-                          params=np.array(option_cost, dtype=np.int64), utility=np.array([i.utility for i in infos], dtype=float),
-                          block=[i.block for i in infos], group=[None] * len(infos), kind=[i.kind for i in infos])
-    else:
+                          params=np.array(option_cost, dtype=np.int64), utility=np.array(col("utility"), dtype=float),
+                          block=col("block"), group=[None] * n, kind=col("kind"))
+    else:  # every manifest layer at its manifest index: a tied group lists each member
+        starts = problem.layer_start.tolist()
+        n_out = sum(len(info.members) or 1 for info in problem.layers)
+        rows: list = [None] * n_out
+        allowed = [None] * n_out
+        for info, i, o, method, rank, cost, gain, start in zip(problem.layers, problem.layer_index, choice, method_names,
+                                                               option_rank, option_cost, option_gain, starts):
+            if info.members:
+                k = o - start
+                share = cost // len(info.members)
+                for (j, m), gains in zip(info.members, info.member_gains):
+                    rows[j] = new_choice(m.name, m.kind, m.block, method, rank, share, float(gains[k]), m.utility, m.in_features,
+                                         m.out_features, info.group)
+                    allowed[j] = m.methods
+            else:
+                rows[i] = new_choice(info.name, info.kind, info.block, method, rank, cost, gain, info.utility, info.in_features,
+                                     info.out_features, None)
+                allowed[i] = info.methods
+        layers = tuple(rows)
         columns = Columns.of(layers)
     total = int(columns.params.sum())
     metrics = compute_metrics(columns, constraints, problem.gradient_norms, problem.fisher_traces, allowed)
     alloc = Allocation(
         solver=solver, status=status, objective=objective, bound=bound, gap=gap_of(objective, bound),
         budget=c.budget, total_params=total, utilization=total / c.budget, seconds=dict(seconds or {}),
-        layers=tuple(layers), metrics=metrics, constraints=constraints, message=message,
+        layers=layers, metrics=metrics, constraints=constraints, message=message,
         notes=all_notes, warm_start=warm_start, choice=choice,
     )
     alloc.__dict__["columns"] = columns  # the cached_property's value, already computed from the same layers

@@ -30,7 +30,7 @@ from .errors import LayerlensError
 from .manifest import Manifest, check_weights
 from .metrics import average_ranks
 from .naming import role
-from .records import positional
+from .records import Rows, positional
 from .methods import (
     DEFAULT_METHODS,
     DEFAULT_RANKS,
@@ -208,7 +208,7 @@ class PairTerm:
 class Problem:
     """One immutable allocation problem. Options of layer ``l`` are ``layer_start[l]:layer_start[l+1]``."""
 
-    layers: tuple[LayerInfo, ...]
+    layers: Sequence[LayerInfo]  # a tuple, or the :class:`~layerlens_opt.records.Rows` standing for one
     constraints: Constraints
     option_layer: np.ndarray
     option_method: np.ndarray  # index into METHOD_NAMES
@@ -232,6 +232,13 @@ class Problem:
     @property
     def n_layers(self) -> int:
         return len(self.layers)
+
+    def layer_column(self, name: str) -> Sequence:
+        """One field of every layer (a :class:`LayerInfo` field name), without building the layers' rows where
+        they are still columns."""
+        if isinstance(self.layers, Rows):
+            return self.layers.column(name)
+        return [getattr(info, name) for info in self.layers]
 
     @property
     def n_options(self) -> int:
@@ -426,7 +433,7 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
     accepted = _accepted(manifest, set(METHOD_NAMES), prefix_ok)
     notes: list[str] = []
 
-    infos: list[LayerInfo] = []
+    methods_col: list[tuple[str, ...]] = []  # each layer's methods
     method_index = {m: i for i, m in enumerate(METHOD_NAMES)}
     wanted = [m for m in METHOD_NAMES if m in options.methods]
     prefix_pruned = False
@@ -471,7 +478,14 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
             if not layer.gain_curves:
                 templates[key] = t
         template_of.append(t)
-        infos.append(new_info(layer.name, layer.kind, layer.block, layer.in_features, layer.out_features, float(utility[l]), methods, (), (), None))
+        methods_col.append(methods)
+    # the layers' rows, built when read one by one (a solve reads columns: see Problem.layer_column)
+    layers = manifest.layers
+    n = len(layers)
+    infos = Rows(new_info, {"name": [x.name for x in layers], "kind": [x.kind for x in layers], "block": [x.block for x in layers],
+                            "in_features": [x.in_features for x in layers], "out_features": [x.out_features for x in layers],
+                            "utility": np.asarray(utility, dtype=np.float64).tolist(), "methods": methods_col,
+                            "members": [()] * n, "member_gains": [()] * n, "group": [None] * n})
     # every layer's options gathered from its template in one pass; gains u * efficiency * frac, left to right
     (t_method, t_rank, t_cost, t_eff, t_frac), t_start = _concat_templates(parts)
     tid = np.asarray(template_of, dtype=np.int64)
@@ -493,7 +507,7 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
                 if len(blocks) > 1:
                     raise LayerlensError(f"tied group {key!r} spans blocks {sorted(blocks, key=str)}; --tie-blocks needs every group inside one block")
         infos, layer_of, method_of, rank_of, cost_of, gain_of, starts, layer_index = _merge_groups(
-            manifest, groups, infos, layer_of, method_of, rank_of, cost_of, gain_of, starts)
+            manifest, groups, infos.rows(), layer_of, method_of, rank_of, cost_of, gain_of, starts)
         where = {i: g for g, i in enumerate(layer_index)}
         group_of = {i: where[members[0]] for members in groups.values() for i in members}
         pairs = tuple(replace(p, i=group_of.get(p.i, where.get(p.i)), j=group_of.get(p.j, where.get(p.j))) for p in pairs)
@@ -504,7 +518,7 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
         arr.setflags(write=False)
         return arr
 
-    names = [layer.name for layer in manifest.layers]
+    names = infos.column("name") if isinstance(infos, Rows) else [layer.name for layer in manifest.layers]
     meta = manifest.metadata or {}
 
     def per_layer(key: str) -> tuple[float, ...] | None:
@@ -517,7 +531,7 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
             return None
 
     return Problem(
-        layers=tuple(infos),
+        layers=infos if isinstance(infos, Rows) else tuple(infos),
         constraints=constraints,
         option_layer=frozen(layer_of, np.int64),
         option_method=frozen(method_of, np.int8),

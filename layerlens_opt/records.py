@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import fields
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -31,3 +32,67 @@ def positional(cls: type[T]) -> Callable[..., T]:
     make = namespace[name]
     make.__qualname__ = name
     return make
+
+
+class Rows(Sequence[T]):
+    """A tuple of rows built on first use from columns: ``make(*(column[i] for column in columns))`` is row i.
+
+    A 50,000-layer solve that prints a table of 40 rows builds 40 rows, not 50,000 (~2 us each), while the
+    columns stay at hand for whole-table work (:meth:`column`). It reads as the tuple it stands for: length,
+    indexing, slicing (a tuple), iteration, ``==`` with a tuple or another Rows, hash and pickling (as that
+    tuple). Iterating, comparing, hashing or pickling builds every row once and keeps them; an index builds
+    its one row (equal to, not the same object as, the kept one)."""
+
+    __slots__ = ("_make", "_names", "_columns", "_n", "_rows")
+
+    def __init__(self, make: Callable[..., T], columns: Mapping[str, Sequence]):
+        """``columns``: each field's values, in the order ``make`` takes them, all of one length."""
+        self._make, self._names, self._columns = make, tuple(columns), tuple(columns.values())
+        lengths = {len(c) for c in self._columns}
+        if len(lengths) > 1:
+            raise ValueError(f"columns of different lengths: {sorted(lengths)}")
+        self._n = lengths.pop() if lengths else 0
+        self._rows: tuple[T, ...] | None = None
+
+    def column(self, name: str) -> Sequence:
+        """The values of field ``name`` (the sequence given, not a copy: do not change it)."""
+        return self._columns[self._names.index(name)]
+
+    def rows(self) -> tuple[T, ...]:
+        """Every row, built once."""
+        if self._rows is None:
+            self._rows = tuple(map(self._make, *self._columns)) if self._columns else ()
+        return self._rows
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        if self._rows is not None:
+            return self._rows[i]
+        if isinstance(i, slice):
+            return tuple(self[j] for j in range(*i.indices(self._n)))
+        i = operator.index(i)
+        if not -self._n <= i < self._n:
+            raise IndexError("row index out of range")
+        i %= self._n
+        return self._make(*[c[i] for c in self._columns])
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.rows())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Rows):
+            return self.rows() == other.rows()
+        if isinstance(other, tuple):
+            return self.rows() == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.rows())
+
+    def __repr__(self) -> str:
+        return repr(self.rows())
+
+    def __reduce__(self):
+        return tuple, (self.rows(),)

@@ -50,3 +50,68 @@ def test_a_class_with_a_post_init_is_refused():
 
     with pytest.raises(TypeError, match="__post_init__"):
         positional(Checked)
+
+
+def _rows():
+    from layerlens_opt.records import Rows
+
+    cols = {"name": ["a", "b", "c"], "kind": ["mlp", "attention", "mlp"], "block": [0, 1, None], "in_features": [4, 8, 16],
+            "out_features": [4, 8, 16], "utility": [0.5, 0.25, 1.0], "methods": [("none",), ("lora",), ("ia3",)],
+            "members": [()] * 3, "member_gains": [()] * 3, "group": [None] * 3}
+    return Rows(new_info, cols), tuple(LayerInfo(*values) for values in zip(*cols.values()))
+
+
+def test_rows_read_as_the_tuple_they_stand_for():
+    import pickle
+
+    rows, tup = _rows()
+    assert len(rows) == 3 and bool(rows)
+    assert [rows[i] for i in range(3)] == list(tup) and rows[-1] == tup[-1] and rows[-3] == tup[0]
+    assert rows[1:] == tup[1:] and type(rows[1:]) is tuple and rows[::-2] == tup[::-2]
+    for bad in (3, -4):
+        with pytest.raises(IndexError):
+            rows[bad]
+    with pytest.raises(TypeError):
+        rows["a"]
+    assert rows == tup and tup == rows and rows == _rows()[0] and rows != tup[:2] and rows != list(tup)
+    assert hash(rows) == hash(tup) and repr(rows) == repr(tup)
+    assert pickle.loads(pickle.dumps(rows)) == tup and type(pickle.loads(pickle.dumps(rows))) is tuple
+    assert list(rows) == list(tup) and list(reversed(rows)) == list(reversed(tup)) and tup[1] in rows
+    assert rows[1] == tup[1]  # after the rows were built: the kept ones
+    assert rows.column("utility") == [0.5, 0.25, 1.0]
+
+
+def test_rows_refuse_columns_of_different_lengths():
+    from layerlens_opt.records import Rows
+
+    with pytest.raises(ValueError, match=r"different lengths: \[2, 3\]"):
+        Rows(lambda a, b: (a, b), {"a": [1, 2, 3], "b": [1, 2]})
+    assert len(Rows(lambda: None, {})) == 0 and list(Rows(lambda: None, {})) == []
+
+
+def test_a_problems_layers_and_an_allocations_rows_equal_those_built_one_by_one():
+    """build_problem and make_allocation keep their layers as columns (rows built when read): the same rows the
+    per-layer constructors build, with and without tied groups."""
+    from pathlib import Path
+
+    from layerlens_opt.allocation import make_allocation, Status
+    from layerlens_opt.manifest import load_manifest
+    from layerlens_opt.problem import Constraints, build_problem
+    from layerlens_opt.records import Rows
+
+    manifest = load_manifest(Path(__file__).resolve().parents[1] / "problems" / "architectures" / "mixtral-8x22b.json")
+    for tie in (None, r"layers\.(\d+)\.block_sparse_moe\.experts\.\d+\.(\w+)"):
+        problem = build_problem(manifest, Constraints(budget=50_000_000, tie_groups=tie))
+        choice = [int(problem.layer_start[l + 1]) - 1 for l in range(problem.n_layers)]
+        alloc = make_allocation(problem, choice, solver="test", status=Status.FEASIBLE)
+        assert isinstance(problem.layers, Rows) == (tie is None) and isinstance(alloc.layers, Rows) == (tie is None)
+        infos = [problem.layers[l] for l in range(problem.n_layers)]
+        for field in ("name", "kind", "block", "utility", "methods", "in_features"):
+            assert list(problem.layer_column(field)) == [getattr(i, field) for i in infos], field
+        if tie is None:
+            assert [l.name for l in infos] == [l.name for l in manifest.layers]
+            want = tuple(LayerChoice(i.name, i.kind, i.block, problem.method_of(o), int(problem.option_rank[o]), int(problem.option_cost[o]),
+                                     float(problem.option_gain[o]), i.utility, i.in_features, i.out_features, None)
+                         for i, o in zip(infos, choice))
+            assert alloc.layers == want and alloc.layers[7] == want[7]
+        assert [l.name for l in alloc.layers] == [l.name for l in manifest.layers]

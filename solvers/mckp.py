@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -53,22 +53,26 @@ REL_TOL = 1e-12
 class Presolve:
     """What the structure tells before any search."""
 
-    options: tuple[tuple[int, ...], ...]  # per layer: undominated options, cost ascending
+    options: Sequence[tuple[int, ...]]  # per layer: undominated options, cost ascending (a tuple, or a Kept)
     bound: float  # LP bound of the cap-only problem
     price: float  # shadow price of the budget cap (gain per parameter)
     lp_choice: tuple[int, ...]  # integer part of the LP solution
     incumbent: tuple[int, ...]  # a feasible allocation for the cap (floor not checked)
     incumbent_value: float
-    kept: tuple[tuple[int, ...], ...]  # per layer: options surviving reduced-cost fixing
+    kept: Sequence[tuple[int, ...]]  # per layer: options surviving reduced-cost fixing (a tuple, or a Kept)
     seconds: float
     padded: "_Padded | None" = field(default=None, repr=False, compare=False)  # ``options`` as a layer x option matrix
 
     @property
     def core_layers(self) -> int:
+        if isinstance(self.kept, Kept):
+            return int(np.count_nonzero(self.kept.counts > 1))
         return sum(1 for k in self.kept if len(k) > 1)
 
     @property
     def kept_options(self) -> int:
+        if isinstance(self.kept, Kept):
+            return int(self.kept.counts.sum())
         return sum(len(k) for k in self.kept)
 
 
@@ -209,6 +213,72 @@ class _Padded:
         """Per layer, the options where ``mask`` holds, in column order."""
         return _per_layer(self.idx[mask], mask.sum(axis=1))
 
+    def kept(self, mask: np.ndarray) -> "Kept":
+        """:meth:`rows` as a :class:`Kept`: the tuples built only when read."""
+        return Kept(self, mask)
+
+
+class Kept(Sequence):
+    """Some options of each layer, as a mask over a :class:`_Padded` matrix: reads as the tuple of per-layer option
+    tuples it stands for (length, indexing, iteration, ``==`` with such a tuple, hash, pickling as that tuple), built
+    on first use; the search reads the arrays instead (:attr:`counts`, :meth:`first`, :meth:`arrays`): a 50,000-layer
+    presolve and each deepening round made 50,000 tuples of which the core DP reads a thousand."""
+
+    __slots__ = ("padded", "mask", "_counts", "_tuples")
+
+    def __init__(self, padded: "_Padded", mask: np.ndarray):
+        self.padded, self.mask = padded, mask  # ``mask`` within ``padded.valid``; each row's in column order
+        self._counts: np.ndarray | None = None
+        self._tuples: tuple[tuple[int, ...], ...] | None = None
+
+    @property
+    def counts(self) -> np.ndarray:
+        """How many options each layer keeps."""
+        if self._counts is None:
+            self._counts = self.mask.sum(axis=1)
+        return self._counts
+
+    def first(self) -> np.ndarray:
+        """Each layer's first kept option (a layer keeping none: its first column's)."""
+        return self.padded.idx[np.arange(len(self.mask)), np.argmax(self.mask, axis=1)]
+
+    def arrays(self, layers) -> list[np.ndarray]:
+        """The kept options of each of ``layers``, as int64 arrays."""
+        idx, mask = self.padded.idx, self.mask
+        return [idx[l][mask[l]] for l in layers]
+
+    def tuples(self) -> tuple[tuple[int, ...], ...]:
+        if self._tuples is None:
+            self._tuples = _per_layer(self.padded.idx[self.mask], self.counts)
+        return self._tuples
+
+    def __len__(self) -> int:
+        return len(self.mask)
+
+    def __getitem__(self, l):
+        if self._tuples is not None or isinstance(l, slice):
+            return self.tuples()[l]
+        return tuple(self.padded.idx[l][self.mask[l]].tolist())
+
+    def __iter__(self):
+        return iter(self.tuples())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Kept):
+            return self.tuples() == other.tuples()
+        if isinstance(other, tuple):
+            return self.tuples() == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.tuples())
+
+    def __repr__(self) -> str:
+        return repr(self.tuples())
+
+    def __reduce__(self):
+        return tuple, (self.tuples(),)
+
 
 def _undominated_plain(problem: Problem) -> tuple[tuple[int, ...], ...]:
     """:func:`undominated` without keys, all layers at once."""
@@ -290,7 +360,7 @@ def presolve(problem: Problem, deadline: float | None = None) -> Presolve:
     t0 = time.perf_counter()
     cap = problem.constraints.hi
     m = _undominated_padded(problem)
-    options = m.rows(m.valid)
+    options = m.kept(m.valid)
     n, width = m.valid.shape
     rows = np.arange(n)
 
@@ -429,7 +499,7 @@ def fix(problem: Problem, options, bound: float, price: float, value: float, pad
     tol = REL_TOL * max(1.0, abs(bound))
     reduced = m.gain - price * m.cost
     keep = m.valid & (bound + (reduced - reduced.max(axis=1)[:, None]) >= value - tol)
-    return m.rows(keep)
+    return m.kept(keep)
 
 
 def with_incumbent(problem: Problem, pre: Presolve, choice, per_method: bool = False, key=None,
@@ -614,13 +684,22 @@ def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_sta
     (asked once per layer) says so.
     """
     max_stored = MAX_STORED_STATES if max_stored is None else max_stored
-    if not all(pre.kept):  # a layer with no option left: nothing reaches the target (it lies above the bound)
-        return CoreResult(pre.incumbent, 1, value=pre.incumbent_value)
+    kept = pre.kept
+    if isinstance(kept, Kept):  # read as arrays (the layers' tuples are never built)
+        sizes = kept.counts
+        if not sizes.all():  # a layer with no option left: nothing reaches the target (it lies above the bound)
+            return CoreResult(pre.incumbent, 1, value=pre.incumbent_value)
+        choice = kept.first().tolist()
+        fixed, free = np.flatnonzero(sizes == 1).tolist(), np.flatnonzero(sizes > 1).tolist()
+        opt_idx = kept.arrays(free)
+    else:
+        if not all(kept):
+            return CoreResult(pre.incumbent, 1, value=pre.incumbent_value)
+        choice = [k[0] for k in kept]
+        fixed = [l for l, k in enumerate(kept) if len(k) == 1]
+        free = [l for l, k in enumerate(kept) if len(k) > 1]
+        opt_idx = [np.array(kept[l], dtype=np.int64) for l in free]
     cost, gain, price = problem.option_cost, problem.option_gain, pre.price
-    choice = [k[0] for k in pre.kept]
-    fixed = [l for l, k in enumerate(pre.kept) if len(k) == 1]
-    free = [l for l, k in enumerate(pre.kept) if len(k) > 1]
-    opt_idx = [np.array(pre.kept[l], dtype=np.int64) for l in free]
     # the frontiers' key: none, the set of methods used (bitmask, OR), or the capped counts used (mixed radix, +)
     key_inc, combine, base_key, room = None, None, 0, None
     if counts is not None:

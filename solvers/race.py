@@ -131,7 +131,10 @@ def solve_deepening_raced(problem, pre: mckp.Presolve, *, deadline: float | None
             if core.choice is None:
                 _write_message(write_fd, ("failed", core.reason))
             else:
-                _write_message(write_fd, ("proved", core, trial.incumbent, trial.incumbent_value, trial.kept))
+                kept = trial.kept
+                if isinstance(kept, mckp.Kept) and kept.padded is pre.padded:  # the mask alone (the parent has the matrix)
+                    kept = kept.mask
+                _write_message(write_fd, ("proved", core, trial.incumbent, trial.incumbent_value, kept))
             code = 0
         finally:
             os._exit(code)
@@ -160,6 +163,8 @@ def solve_deepening_raced(problem, pre: mckp.Presolve, *, deadline: float | None
 
 def _child_answer(pre: mckp.Presolve, other: _Schedule):
     core, incumbent, value, kept = other.answer
+    if not isinstance(kept, tuple):  # a mask over the presolve's matrix, which the child shared
+        kept = mckp.Kept(pre.padded, kept)
     return core, replace(pre, incumbent=incumbent, incumbent_value=value, kept=kept), True
 
 

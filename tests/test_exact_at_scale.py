@@ -405,6 +405,42 @@ def test_padded_rows_are_the_masked_entries_of_each_row(seed, n, width, density)
 
 
 @SETTINGS
+@given(seed=st.integers(0, 10**6), n=st.integers(0, 40), width=st.integers(1, 6), density=st.floats(0, 1))
+def test_kept_reads_as_the_tuples_of_the_masked_entries(seed, n, width, density):
+    """A Kept (the presolve's and fixing's options per layer) reads as the tuples :meth:`_Padded.rows` builds, and
+    its arrays (counts, first option, a layer's options) are those tuples' lengths, heads and entries."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    padded = mckp._Padded.__new__(mckp._Padded)
+    padded.idx = rng.integers(0, 1000, (n, width))
+    mask = rng.random((n, width)) < density
+    want = padded.rows(mask)
+    for kept in (padded.kept(mask), padded.kept(mask)):  # the second read after its tuples are built
+        assert [kept[l] for l in range(n)] == list(want) and len(kept) == n and kept[1:] == want[1:]
+        assert kept.counts.tolist() == [len(t) for t in want]
+        assert [int(f) for f, t in zip(kept.first(), want) if t] == [t[0] for t in want if t]
+        assert [a.tolist() for a in kept.arrays(range(n))] == [list(t) for t in want]
+        assert kept == want and want == kept and hash(kept) == hash(want) and repr(kept) == repr(want)
+        kept.tuples()
+    assert pickle.loads(pickle.dumps(padded.kept(mask))) == want and type(pickle.loads(pickle.dumps(padded.kept(mask)))) is tuple
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10**6), n=st.integers(2, 12), shift=st.floats(0.0, 1.0))
+def test_core_dp_reads_kept_arrays_as_it_reads_tuples(seed, n, shift):
+    """The core DP given the presolve's Kept (arrays) and the same options as plain tuples: the same answer."""
+    problem = random_problem(seed, n_layers=n, ranks=(1, 2, 4, 8))
+    pre = mckp.presolve(problem)
+    target = pre.bound - shift * max(0.0, pre.bound - pre.incumbent_value)
+    trial = replace(pre, kept=mckp.fix(problem, pre.options, pre.bound, pre.price, target, pre.padded))
+    assert isinstance(trial.kept, mckp.Kept) and isinstance(pre.options, mckp.Kept)
+    plain = replace(trial, kept=tuple(trial.kept))
+    assert trial.core_layers == plain.core_layers and trial.kept_options == plain.kept_options
+    assert mckp.solve_core(problem, trial, target=target) == mckp.solve_core(problem, plain, target=target)
+
+
+@SETTINGS
 @given(seed=st.integers(0, 10**6), n=st.integers(3, 8), from_cheapest=st.booleans(), miss_step=st.sampled_from([None, 2]))
 def test_deepening_steps_twice_as_far_after_a_better_allocation_and_four_times_after_none(seed, n, from_cheapest, miss_step):
     """The deepening's schedule: after a round whose answer beats the incumbent the target falls twice as far

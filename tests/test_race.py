@@ -84,9 +84,12 @@ def test_the_first_proof_in_round_order_is_the_answer_whoever_finishes_first(rac
     delays = {"P": [0.0], "C": [0.0]}
     delays[slow] = [0.15]  # the other schedule finishes each round first
     _scripted(monkeypatch, outcomes, delays)
-    core, _, raced = race.solve_deepening_raced(problem, pre, deadline=None)
+    core, trial, raced = race.solve_deepening_raced(problem, pre, deadline=None)
     assert raced
     assert core.choice == (_expected(outcomes),)
+    # the child sends its fixed options as a mask over the presolve's matrix: read back over the same matrix
+    assert isinstance(trial.kept, mckp.Kept) and trial.kept.padded is pre.padded
+    assert all(set(k) <= set(o) for k, o in zip(trial.kept, pre.options)) and len(trial.kept) == problem.n_layers
     _no_children_left()
 
 

@@ -231,25 +231,34 @@ def make_allocation(
                           params=np.array(option_cost, dtype=np.int64), utility=np.array(col("utility"), dtype=float),
                           block=col("block"), group=[None] * n, kind=col("kind"))
     else:  # every manifest layer at its manifest index: a tied group lists each member
-        starts = problem.layer_start.tolist()
-        n_out = sum(len(info.members) or 1 for info in problem.layers)
-        rows: list = [None] * n_out
-        allowed = [None] * n_out
-        for info, i, o, method, rank, cost, gain, start in zip(problem.layers, problem.layer_index, choice, method_names,
-                                                               option_rank, option_cost, option_gain, starts):
+        base = problem.manifest_layers
+        col = base.column if isinstance(base, Rows) else (lambda name: [getattr(info, name) for info in base])
+        n = len(base)
+        owner = np.empty(n, dtype=np.int64)  # the problem layer of each manifest layer
+        gains = [0.0] * n
+        for l, (info, i, o, start) in enumerate(zip(problem.layers, problem.layer_index, choice, problem.layer_start.tolist())):
             if info.members:
+                at = info.members.column("index") if isinstance(info.members, Rows) else [j for j, _ in info.members]
+                owner[at] = l
                 k = o - start
-                share = cost // len(info.members)
-                for (j, m), gains in zip(info.members, info.member_gains):
-                    rows[j] = new_choice(m.name, m.kind, m.block, method, rank, share, float(gains[k]), m.utility, m.in_features,
-                                         m.out_features, info.group)
-                    allowed[j] = m.methods
+                for j, member in zip(at, info.member_gains):
+                    gains[j] = float(member[k])
             else:
-                rows[i] = new_choice(info.name, info.kind, info.block, method, rank, cost, gain, info.utility, info.in_features,
-                                     info.out_features, None)
-                allowed[i] = info.methods
-        layers = tuple(rows)
-        columns = Columns.of(layers)
+                owner[i] = l
+                gains[i] = option_gain[l]
+        sizes = np.array(problem.n_members, dtype=np.int64)
+        of = owner.tolist()
+        method = [method_names[l] for l in of]
+        rank = np.array(option_rank, dtype=np.int64)[owner].tolist()
+        params = (np.array(option_cost, dtype=np.int64) // sizes)[owner].tolist()  # a group's cost shared by its members
+        labels = [info.group if info.members else None for info in problem.layers]
+        group = [labels[l] for l in of]
+        layers = Rows(new_choice, {"name": col("name"), "kind": col("kind"), "block": col("block"), "method": method, "rank": rank,
+                                   "params": params, "gain": gains, "utility": col("utility"), "in_features": col("in_features"),
+                                   "out_features": col("out_features"), "group": group})
+        allowed = col("methods")
+        columns = Columns(method=method, rank=np.array(rank, dtype=float), params=np.array(params, dtype=np.int64),
+                          utility=np.array(col("utility"), dtype=float), block=col("block"), group=group, kind=col("kind"))
     total = int(columns.params.sum())
     metrics = compute_metrics(columns, constraints, problem.gradient_norms, problem.fisher_traces, allowed)
     alloc = Allocation(

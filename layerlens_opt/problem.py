@@ -19,6 +19,7 @@ double normalisation and its mismatched keys cannot happen.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -223,6 +224,8 @@ class Problem:
     pairs: tuple[PairTerm, ...] = ()
     #: manifest index of each problem layer (None: the identity, no tied groups)
     layer_index: tuple[int, ...] | None = None
+    #: with tied groups, every manifest layer's own LayerInfo, in manifest order (a group's ``members`` index it)
+    manifest_layers: Sequence[LayerInfo] | None = field(default=None, compare=False, repr=False)
 
     @property
     def n_members(self) -> tuple[int, ...]:
@@ -496,7 +499,7 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
     if prefix_pruned and prefix_note:
         notes.append(prefix_note)
 
-    layer_index = None
+    layer_index = manifest_layers = None
     groups = tied_groups(manifest, constraints.tie_groups)
     if constraints.tie_groups is not None and not any(key.startswith("~") for key in groups):
         raise LayerlensError(_ties_nothing(manifest, constraints.tie_groups))
@@ -506,8 +509,9 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
                 blocks = {manifest.layers[i].block for i in members}
                 if len(blocks) > 1:
                     raise LayerlensError(f"tied group {key!r} spans blocks {sorted(blocks, key=str)}; --tie-blocks needs every group inside one block")
+        manifest_layers = infos
         infos, layer_of, method_of, rank_of, cost_of, gain_of, starts, layer_index = _merge_groups(
-            manifest, groups, infos.rows(), layer_of, method_of, rank_of, cost_of, gain_of, starts)
+            manifest, groups, infos, layer_of, method_of, rank_of, cost_of, gain_of, starts)
         where = {i: g for g, i in enumerate(layer_index)}
         group_of = {i: where[members[0]] for members in groups.values() for i in members}
         pairs = tuple(replace(p, i=group_of.get(p.i, where.get(p.i)), j=group_of.get(p.j, where.get(p.j))) for p in pairs)
@@ -544,6 +548,7 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
         fisher_traces=per_layer("fisher_traces"),
         pairs=pairs,
         layer_index=layer_index,
+        manifest_layers=manifest_layers,
     )
 
 
@@ -586,10 +591,16 @@ def tied_groups(manifest: Manifest, regex: str | None = None) -> dict[str, list[
     return {k: v for k, v in found.items() if len(v) > 1}
 
 
+def _member(infos, i: int) -> tuple[int, LayerInfo]:
+    """A tied group's member as its ``members`` list it: (manifest index, its own LayerInfo)."""
+    return i, infos.row(i)
+
+
 def _merge_groups(manifest, groups, infos, layer_of, method_of, rank_of, cost_of, gain_of, starts):
     """Each tied group becomes one layer of the problem at its first member's place: options
     (method, rank) shared by all members, costs and gains summed. Members must match in shape and options.
-    The option columns are arrays; the result's are gathered from them in one pass."""
+    The option columns are arrays; the result's are gathered from them in one pass. ``infos``: the manifest's
+    layers as :class:`Rows` (read by column; a group's ``members`` built from it when read)."""
     first = {members[0]: key for key, members in groups.items()}
     grouped = {i for members in groups.values() for i in members}
     d_in = np.fromiter((layer.in_features for layer in manifest.layers), dtype=np.int64, count=len(manifest.layers))
@@ -599,11 +610,12 @@ def _merge_groups(manifest, groups, infos, layer_of, method_of, rank_of, cost_of
     times = np.ones(len(infos), dtype=np.int64)  # what each kept layer's costs are multiplied by: its members
     summed: list[tuple[int, np.ndarray]] = []  # (merged layer, its options' summed gains)
 
+    methods_col, utility_col, block_col = (infos.column(f) for f in ("methods", "utility", "block"))
     for k, l in enumerate(keep):
-        info = infos[l]
         if l not in first:
-            n_infos.append(info)
+            n_infos.append(infos.row(l))
             continue
+        info = infos.row(l)
         key = first[l]
         members = groups[key]
         label = group_label(key)
@@ -626,18 +638,18 @@ def _merge_groups(manifest, groups, infos, layer_of, method_of, rank_of, cost_of
                     f"tied group {label!r}: layer {other.name!r} is {other.in_features}x{other.out_features} but {ref.name!r} is "
                     f"{ref.in_features}x{ref.out_features}; a group's layers must have one shape (narrow --tie-groups or the 'group' fields)")
             raise LayerlensError(
-                f"tied group {label!r}: layer {other.name!r} accepts methods {', '.join(infos[i].methods)} but {ref.name!r} accepts "
-                f"{', '.join(infos[members[0]].methods)}; a group's layers must accept the same methods (check kind and allowed_methods)")
+                f"tied group {label!r}: layer {other.name!r} accepts methods {', '.join(methods_col[i])} but {ref.name!r} accepts "
+                f"{', '.join(methods_col[members[0]])}; a group's layers must accept the same methods (check kind and allowed_methods)")
         gains = gain_of[span]  # members x options
         member_gains = tuple(map(tuple, gains.tolist()))
         summed.append((k, np.cumsum(gains, axis=0)[-1]))  # left to right in member order, as Python's sum of each column
         times[l] = len(members)
-        blocks = {infos[i].block for i in members}
+        blocks = set(map(block_col.__getitem__, members))
         n_infos.append(LayerInfo(
             name=f"group {label}", kind=info.kind, block=blocks.pop() if len(blocks) == 1 else None,
             in_features=info.in_features, out_features=info.out_features,
-            utility=float(np.mean([infos[i].utility for i in members])), methods=info.methods,
-            members=tuple((i, infos[i]) for i in members), member_gains=member_gains, group=label))
+            utility=float(np.mean(list(map(utility_col.__getitem__, members)))), methods=info.methods,
+            members=Rows(functools.partial(_member, infos), {"index": members}), member_gains=member_gains, group=label))
     kept = np.asarray(keep, dtype=np.int64)
     n_layer, n_starts, src = _spans(starts[kept], starts[kept + 1])
     per_option = times[kept][n_layer]

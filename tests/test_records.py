@@ -66,8 +66,10 @@ def test_rows_read_as_the_tuple_they_stand_for():
 
     rows, tup = _rows()
     assert len(rows) == 3 and bool(rows)
+    assert rows[1:] == tup[1:] and type(rows[1:]) is tuple and rows[::-2] == tup[::-2]  # before any row is kept
+    assert rows._rows is None
     assert [rows[i] for i in range(3)] == list(tup) and rows[-1] == tup[-1] and rows[-3] == tup[0]
-    assert rows[1:] == tup[1:] and type(rows[1:]) is tuple and rows[::-2] == tup[::-2]
+    assert rows[1:] == tup[1:] and rows[1] is rows[1]  # the kept rows
     for bad in (3, -4):
         with pytest.raises(IndexError):
             rows[bad]
@@ -77,7 +79,6 @@ def test_rows_read_as_the_tuple_they_stand_for():
     assert hash(rows) == hash(tup) and repr(rows) == repr(tup)
     assert pickle.loads(pickle.dumps(rows)) == tup and type(pickle.loads(pickle.dumps(rows))) is tuple
     assert list(rows) == list(tup) and list(reversed(rows)) == list(reversed(tup)) and tup[1] in rows
-    assert rows[1] == tup[1]  # after the rows were built: the kept ones
     assert rows.column("utility") == [0.5, 0.25, 1.0]
 
 
@@ -104,14 +105,20 @@ def test_a_problems_layers_and_an_allocations_rows_equal_those_built_one_by_one(
         problem = build_problem(manifest, Constraints(budget=50_000_000, tie_groups=tie))
         choice = [int(problem.layer_start[l + 1]) - 1 for l in range(problem.n_layers)]
         alloc = make_allocation(problem, choice, solver="test", status=Status.FEASIBLE)
-        assert isinstance(problem.layers, Rows) == (tie is None) and isinstance(alloc.layers, Rows) == (tie is None)
+        assert isinstance(problem.layers, Rows) == (tie is None) and isinstance(alloc.layers, Rows)
         infos = [problem.layers[l] for l in range(problem.n_layers)]
         for field in ("name", "kind", "block", "utility", "methods", "in_features"):
             assert list(problem.layer_column(field)) == [getattr(i, field) for i in infos], field
-        if tie is None:
-            assert [l.name for l in infos] == [l.name for l in manifest.layers]
-            want = tuple(LayerChoice(i.name, i.kind, i.block, problem.method_of(o), int(problem.option_rank[o]), int(problem.option_cost[o]),
-                                     float(problem.option_gain[o]), i.utility, i.in_features, i.out_features, None)
-                         for i, o in zip(infos, choice))
-            assert alloc.layers == want and alloc.layers[7] == want[7]
+        # the rows one by one, as make_allocation built them before it read columns: a group's members each
+        want: list = [None] * len(manifest.layers)
+        index = problem.layer_index or range(problem.n_layers)
+        for info, i, o, start in zip(infos, index, choice, problem.layer_start.tolist()):
+            method, rank, cost, gain = problem.method_of(o), int(problem.option_rank[o]), int(problem.option_cost[o]), float(problem.option_gain[o])
+            for (j, m), gains in (zip(info.members, info.member_gains) if info.members else [((i, info), None)]):
+                want[j] = LayerChoice(m.name, m.kind, m.block, method, rank, cost // (len(info.members) or 1),
+                                      gain if gains is None else float(gains[o - start]), m.utility, m.in_features, m.out_features,
+                                      info.group if info.members else None)
+        assert alloc.layers[:5] == tuple(want[:5])  # (before the rows are kept)
+        assert alloc.layers == tuple(want) and alloc.layers[7] == want[7]
         assert [l.name for l in alloc.layers] == [l.name for l in manifest.layers]
+        assert all(type(v) is int for v in alloc.layers.column("params")) and all(type(v) is int for v in alloc.layers.column("rank"))

@@ -11,13 +11,13 @@ import json
 import math
 import sys
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import chain
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .errors import ManifestError
 from .methods import KINDS, METHOD_NAMES
-from .records import positional
+from .records import Rows, positional
 
 SCHEMA_VERSION = 2
 #: the version written when a manifest has no interactions (any version 1 reader can read it)
@@ -94,7 +94,7 @@ class Interaction:
 class Manifest:
     """A validated manifest. ``metric_weights`` is always filled (defaults applied)."""
 
-    layers: tuple[Layer, ...]
+    layers: Sequence[Layer]  # a tuple, or the :class:`~layerlens_opt.records.Rows` standing for one
     metric_weights: Mapping[str, float]
     model: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)
@@ -104,7 +104,12 @@ class Manifest:
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        return tuple(self.layers[0].metrics) if self.layers else ()
+        return tuple(self.column("metrics")[0]) if self.layers else ()
+
+    def column(self, name: str) -> Sequence:
+        """One field of every layer (a :class:`Layer` field name), without building the layers where they are
+        still columns (a large manifest read from a file: see :class:`~layerlens_opt.records.Rows`)."""
+        return _column(self.layers, name)
 
     def to_dict(self) -> dict[str, Any]:
         # the lowest version that holds the content: without interactions a version 1 reader can read it
@@ -118,6 +123,10 @@ class Manifest:
         if self.interaction_metric is not None:
             out["interactions"] = {"metric": self.interaction_metric, "pairs": [i.to_dict() for i in self.interactions]}
         return out
+
+
+def _column(layers: Sequence[Layer], name: str) -> Sequence:
+    return layers.column(name) if isinstance(layers, Rows) else [getattr(layer, name) for layer in layers]
 
 
 def load_manifest(path: str | Path) -> Manifest:
@@ -205,7 +214,9 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
         raise ManifestError(f"{source}: 'layers' must be a non-empty list of layer objects")
 
     layers = _checked_in_bulk(raw_layers, source)
-    if layers is not None:
+    if isinstance(layers, Rows):
+        seen = dict(zip(layers.column("name"), range(len(layers))))
+    elif layers is not None:
         seen = {layer.name: i for i, layer in enumerate(layers)}
     else:  # something is off (or unusual): layer by layer, so the first problem is the one named
         layers, seen = [], {}
@@ -218,11 +229,12 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
             seen[layer.name] = i
             layers.append(layer)
 
-    metric_names = list(layers[0].metrics)
+    metric_names = list(_column(layers, "metrics")[0])
     names = set(metric_names)
-    for layer in layers[1:]:
-        if layer.metrics.keys() == names:  # the common case, without building the two lists below
+    for metrics in _column(layers, "metrics")[1:]:
+        if metrics.keys() == names:  # the common case, without building the two lists below
             continue
+        layer = next(l for l in layers if l.metrics is metrics)
         missing = [m for m in metric_names if m not in layer.metrics]
         extra = [m for m in layer.metrics if m not in metric_names]
         if missing or extra:
@@ -262,7 +274,7 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
             )
     interactions, interaction_metric = _parse_interactions(data.get("interactions"), seen, metric_names, source)
     return Manifest(
-        layers=tuple(layers),
+        layers=layers if isinstance(layers, Rows) else tuple(layers),
         metric_weights=dict(weights),
         model=model,
         metadata=metadata,
@@ -331,7 +343,7 @@ def check_weights(weights: Mapping[str, float], metric_names: list[str] | tuple[
 _PLAIN_KEYS = frozenset({"name", "kind", "in_features", "out_features", "block", "metrics", "group"})
 
 
-def _checked_in_bulk(raw_layers: list, source: str) -> list[Layer] | None:
+def _checked_in_bulk(raw_layers: list, source: str) -> Sequence[Layer] | None:
     """The layers, when every field :func:`_parse_layer` checks holds, checked a column at a time
     (tens of thousands of layers: C-level passes instead of a dozen Python checks per layer);
     None when any check fails, and :func:`_parse_layer` then finds and names the first problem.
@@ -377,8 +389,11 @@ def _checked_in_bulk(raw_layers: list, source: str) -> list[Layer] | None:
         return None
     as_float = types == {float}
     if keys <= _PLAIN_KEYS:  # no layer has allowed_methods or gain_curves
-        if as_float:
-            return list(map(_new_layer, names, kinds, d_in, d_out, map(dict, metrics), blocks, repeat(None), map(dict, repeat(())), groups))
+        if as_float:  # the layers as columns, each Layer built when read (see Manifest.column)
+            n = len(names)
+            return Rows(_new_layer, {"name": names, "kind": kinds, "in_features": d_in, "out_features": d_out,
+                                     "metrics": list(map(dict, metrics)), "block": blocks, "allowed_methods": [None] * n,
+                                     "gain_curves": [{} for _ in range(n)], "group": groups})
         return [_new_layer(name, kind, i, o, {k: float(v) for k, v in m.items()}, b, None, {}, g)
                 for name, kind, i, o, m, b, g in zip(names, kinds, d_in, d_out, metrics, blocks, groups)]
     out = []

@@ -322,7 +322,7 @@ def compute_utilities(manifest: Manifest, weights: Mapping[str, float] | None = 
         w = weights[name] / total
         if w == 0:
             continue
-        values = np.array([layer.metrics[name] for layer in manifest.layers], dtype=float)
+        values = np.array([metrics[name] for metrics in manifest.column("metrics")], dtype=float)
         if normalization == "max":
             top = values.max()
             if top <= 0:
@@ -345,15 +345,16 @@ def _prefix_layers(manifest: Manifest) -> tuple[set[int], str | None]:
     a fused q/k/v projection, or the block's only attention layer.
     """
     by_block: dict[object, list[int]] = {}
-    for i, layer in enumerate(manifest.layers):
-        if layer.kind == "attention" and layer.allowed_methods is None:
-            key = layer.block if layer.block is not None else ("name", i)
+    names = manifest.column("name")
+    for i, (kind, listed, block) in enumerate(zip(manifest.column("kind"), manifest.column("allowed_methods"), manifest.column("block"))):
+        if kind == "attention" and listed is None:
+            key = block if block is not None else ("name", i)
             by_block.setdefault(key, []).append(i)
     eligible: set[int] = set()
     attention_total = 0
     for key, members in by_block.items():
         attention_total += len(members)
-        roles = [role(manifest.layers[i].name) for i in members]
+        roles = [role(names[i]) for i in members]
         values = [i for i, r in zip(members, roles) if r == "v"]
         fused = [i for i, r in zip(members, roles) if r == "qkv"]
         if values:
@@ -381,7 +382,7 @@ def allowed_methods(manifest: Manifest, options: ModelOptions, prefix_ok: set[in
     layer per block: ``prefix_ok``, from :func:`_prefix_layers` when not given)."""
     if prefix_ok is None:
         prefix_ok, _ = _prefix_layers(manifest)
-    return dict(zip((layer.name for layer in manifest.layers), _accepted(manifest, set(options.methods), prefix_ok)))
+    return dict(zip(manifest.column("name"), _accepted(manifest, set(options.methods), prefix_ok)))
 
 
 def _accepted(manifest: Manifest, wanted: set[str], prefix_ok: set[int]) -> list[frozenset[str]]:
@@ -390,15 +391,15 @@ def _accepted(manifest: Manifest, wanted: set[str], prefix_ok: set[int]) -> list
     per_block = _per_block_methods()
     sets: dict[tuple, frozenset[str]] = {}
     out = []
-    for l, layer in enumerate(manifest.layers):
-        cut = layer.kind == "attention" and layer.allowed_methods is None and l not in prefix_ok
-        key = (layer.kind, layer.allowed_methods, cut)
+    for l, (kind, listed) in enumerate(zip(manifest.column("kind"), manifest.column("allowed_methods"))):
+        cut = kind == "attention" and listed is None and l not in prefix_ok
+        key = (kind, listed, cut)
         fits = sets.get(key)
         if fits is None:
-            if layer.allowed_methods is not None:
-                fits = frozenset(layer.allowed_methods) & wanted
+            if listed is not None:
+                fits = frozenset(listed) & wanted
             else:
-                fits = frozenset(m for m, spec in METHODS.items() if layer.kind in spec.fits) & wanted
+                fits = frozenset(m for m, spec in METHODS.items() if kind in spec.fits) & wanted
                 fits = fits - per_block if cut else fits
             sets[key] = fits
         out.append(fits)
@@ -449,44 +450,44 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
     template_of: list[int] = []
     rank_sets = {m: tuple(sorted(options.ranks.get(m, DEFAULT_RANKS))) for m in wanted}
     methods_of: dict[frozenset, tuple[str, ...]] = {}  # a layer's accepted set -> the wanted methods in it, in order
-    for l, (layer, fits) in enumerate(zip(manifest.layers, accepted)):
-        if layer.kind == "attention" and layer.allowed_methods is None and l not in prefix_ok:
+    col = manifest.column
+    names, kinds, d_ins, d_outs, curves = col("name"), col("kind"), col("in_features"), col("out_features"), col("gain_curves")
+    for l, (kind, listed, d_in, d_out, gain_curves, fits) in enumerate(zip(kinds, col("allowed_methods"), d_ins, d_outs, curves, accepted)):
+        if kind == "attention" and listed is None and l not in prefix_ok:
             prefix_pruned = prefix_pruned or per_block_wanted
         methods = methods_of.get(fits)
         if methods is None:
             methods = methods_of[fits] = tuple(m for m in wanted if m in fits)
         if not methods:
             raise LayerlensError(
-                f"layer {layer.name!r} (kind {layer.kind}) can take none of the methods {', '.join(options.methods)} "
+                f"layer {names[l]!r} (kind {kind}) can take none of the methods {', '.join(options.methods)} "
                 f"(it allows {', '.join(m for m in METHOD_NAMES if m in fits)}); add 'none' or one of those to the method set"
             )
-        key = (methods, layer.in_features, layer.out_features)
-        t = None if layer.gain_curves else templates.get(key)
+        key = (methods, d_in, d_out)
+        t = None if gain_curves else templates.get(key)
         if t is None:
             template = ([], [], [], [], [])
             for m in methods:
                 spec = METHODS[m]
-                ranks = default_ranks(m, layer.in_features, layer.out_features, rank_sets[m])
+                ranks = default_ranks(m, d_in, d_out, rank_sets[m])
                 if spec.ranked and options.max_rank is not None:
                     ranks = tuple(r for r in ranks if r <= options.max_rank) or (min(ranks),)
-                curve = dict(layer.gain_curves[m]) if m in layer.gain_curves else None
+                curve = dict(gain_curves[m]) if m in gain_curves else None
                 for r in ranks:
                     template[0].append(method_index[m])
                     template[1].append(r)
-                    template[2].append(param_cost(m, r, layer.in_features, layer.out_features))
+                    template[2].append(param_cost(m, r, d_in, d_out))
                     template[3].append(spec.efficiency)
                     template[4].append(measured_curve(curve, r) if curve is not None else default_curve(m, r))
             t = len(parts)
             parts.append(template)
-            if not layer.gain_curves:
+            if not gain_curves:
                 templates[key] = t
         template_of.append(t)
         methods_col.append(methods)
     # the layers' rows, built when read one by one (a solve reads columns: see Problem.layer_column)
-    layers = manifest.layers
-    n = len(layers)
-    infos = Rows(new_info, {"name": [x.name for x in layers], "kind": [x.kind for x in layers], "block": [x.block for x in layers],
-                            "in_features": [x.in_features for x in layers], "out_features": [x.out_features for x in layers],
+    n = len(names)
+    infos = Rows(new_info, {"name": names, "kind": kinds, "block": col("block"), "in_features": d_ins, "out_features": d_outs,
                             "utility": np.asarray(utility, dtype=np.float64).tolist(), "methods": methods_col,
                             "members": [()] * n, "member_gains": [()] * n, "group": [None] * n})
     # every layer's options gathered from its template in one pass; gains u * efficiency * frac, left to right
@@ -506,7 +507,7 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
     if groups:
         if constraints.tie_blocks:
             for key, members in groups.items():
-                blocks = {manifest.layers[i].block for i in members}
+                blocks = {manifest.column("block")[i] for i in members}
                 if len(blocks) > 1:
                     raise LayerlensError(f"tied group {key!r} spans blocks {sorted(blocks, key=str)}; --tie-blocks needs every group inside one block")
         manifest_layers = infos
@@ -522,7 +523,7 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
         arr.setflags(write=False)
         return arr
 
-    names = infos.column("name") if isinstance(infos, Rows) else [layer.name for layer in manifest.layers]
+    names = manifest.column("name")
     meta = manifest.metadata or {}
 
     def per_layer(key: str) -> tuple[float, ...] | None:
@@ -577,10 +578,10 @@ def tied_groups(manifest: Manifest, regex: str | None = None) -> dict[str, list[
     pattern = re.compile(regex) if regex else None
     found: dict[str, list[int]] = {}
     keys: dict[tuple, str] = {}  # capture groups -> key (a few hundred groups among tens of thousands of layers)
-    for i, layer in enumerate(manifest.layers):
-        if layer.group is not None:
-            key = layer.group
-        elif pattern is not None and (m := pattern.search(layer.name)):
+    for i, (name, group) in enumerate(zip(manifest.column("name"), manifest.column("group"))):
+        if group is not None:
+            key = group
+        elif pattern is not None and (m := pattern.search(name)):
             captured = m.groups() if pattern.groups else (m.group(0),)
             key = keys.get(captured)
             if key is None:  # regex groups never merge with a manifest's named group: "~"
@@ -603,8 +604,8 @@ def _merge_groups(manifest, groups, infos, layer_of, method_of, rank_of, cost_of
     layers as :class:`Rows` (read by column; a group's ``members`` built from it when read)."""
     first = {members[0]: key for key, members in groups.items()}
     grouped = {i for members in groups.values() for i in members}
-    d_in = np.fromiter((layer.in_features for layer in manifest.layers), dtype=np.int64, count=len(manifest.layers))
-    d_out = np.fromiter((layer.out_features for layer in manifest.layers), dtype=np.int64, count=len(manifest.layers))
+    d_in = np.array(manifest.column("in_features"), dtype=np.int64)
+    d_out = np.array(manifest.column("out_features"), dtype=np.int64)
     keep = [l for l in range(len(infos)) if l not in grouped or l in first]  # the merged problem's layers, in order
     n_infos = []
     times = np.ones(len(infos), dtype=np.int64)  # what each kept layer's costs are multiplied by: its members
@@ -619,7 +620,7 @@ def _merge_groups(manifest, groups, infos, layer_of, method_of, rank_of, cost_of
         key = first[l]
         members = groups[key]
         label = group_label(key)
-        ref = manifest.layers[members[0]]
+        ref = infos.row(members[0])
         # every member against the first: its shape, then its options (method, rank); the first that differs is named
         at = np.asarray(members, dtype=np.int64)
         width = int(starts[l + 1] - starts[l])
@@ -632,7 +633,7 @@ def _merge_groups(manifest, groups, infos, layer_of, method_of, rank_of, cost_of
         bad = np.flatnonzero(shape_bad | options_bad)
         if len(bad):
             i = members[int(bad[0])]
-            other = manifest.layers[i]
+            other = infos.row(i)
             if shape_bad[int(bad[0])]:
                 raise LayerlensError(
                     f"tied group {label!r}: layer {other.name!r} is {other.in_features}x{other.out_features} but {ref.name!r} is "
@@ -674,7 +675,7 @@ def _pair_terms(manifest: Manifest, options: ModelOptions) -> tuple[PairTerm, ..
     weights = dict(manifest.metric_weights if options.metric_weights is None else options.metric_weights)
     top_weight = max(weights.values())
     share = (weights[metric] / top_weight) / float(sum(v / top_weight for v in weights.values()))
-    top = max(layer.metrics[metric] for layer in manifest.layers)
+    top = max(metrics[metric] for metrics in manifest.column("metrics"))
     scale = share / top * (1.0 - options.shrink) if top > 0 else 0.0
-    index = {layer.name: l for l, layer in enumerate(manifest.layers)}
+    index = dict(zip(manifest.column("name"), range(len(manifest.layers))))
     return tuple(PairTerm(index[t.a], index[t.b], t.value * scale, t.when) for t in manifest.interactions if t.value * scale != 0)

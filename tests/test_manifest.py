@@ -137,3 +137,20 @@ def test_bulk_check_takes_plain_manifests_and_a_big_integer_metric_is_an_error()
     with pytest.raises(ManifestError, match=r"layer 'b' field 'metrics.fisher' must be a non-negative finite number, got 1000+\.\.\.$"):
         parse_manifest(data)
     assert manifest_module._checked_in_bulk(data["layers"], "m") is None
+
+
+def test_a_plain_manifests_layers_are_columns_read_as_the_layers():
+    """A plain manifest (every metric a float, no allowed_methods or gain_curves) keeps its layers as columns: each
+    column equals the layer-by-layer parse's field, the rows equal its layers, and the caller's dicts are copied."""
+    from layerlens_opt.records import Rows
+
+    data = manifest([layer(f"l{i}", kind=("attention", "mlp")[i % 2], block=i // 2, ge=i + 0.5, fi=2.0 * i, pe=1.0, **({"group": "g"} if i % 3 else {}))
+                     for i in range(7)])
+    fast, slow = parse_manifest(data), _parse_or_error(data, layer_by_layer=True)
+    assert isinstance(fast.layers, Rows) and not isinstance(slow.layers, Rows)
+    for field in ("name", "kind", "in_features", "out_features", "metrics", "block", "allowed_methods", "gain_curves", "group"):
+        assert list(fast.column(field)) == slow.column(field) == [getattr(l, field) for l in slow.layers], field
+    assert fast.metric_names == slow.metric_names == ("gradient_energy", "fisher", "proxy_eval")
+    data["layers"][0]["metrics"]["fisher"] = 99.0
+    assert fast.layers[0].metrics["fisher"] == 0.0 and fast == slow
+    assert fast.layers[1].gain_curves is not fast.layers[2].gain_curves  # each layer its own (empty) dict

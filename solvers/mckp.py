@@ -150,6 +150,7 @@ class _Padded:
     def __init__(self, problem: Problem, idx: np.ndarray, valid: np.ndarray, cost_gain: tuple | None = None):
         """``cost_gain``: the (cost, gain) matrices when the caller already has them (padded as above)."""
         self.problem = problem
+        self._reduced: tuple[float, np.ndarray] | None = None
         self.idx, self.valid = np.where(valid, idx, 0), valid
         if cost_gain is not None:
             self.cost, self.gain = cost_gain
@@ -212,6 +213,14 @@ class _Padded:
     def rows(self, mask: np.ndarray) -> tuple[tuple[int, ...], ...]:
         """Per layer, the options where ``mask`` holds, in column order."""
         return _per_layer(self.idx[mask], mask.sum(axis=1))
+
+    def reduced_costs(self, price: float) -> np.ndarray:
+        """Each option's reduced cost ``rc(o)`` at ``price``: its ``gain - price * cost`` less its row's largest (the
+        fixing's test; kept for the last price asked: every deepening round fixes at the presolve's price)."""
+        if self._reduced is None or self._reduced[0] != price:
+            reduced = self.gain - price * self.cost
+            self._reduced = (price, reduced - reduced.max(axis=1)[:, None])
+        return self._reduced[1]
 
     def kept(self, mask: np.ndarray) -> "Kept":
         """:meth:`rows` as a :class:`Kept`: the tuples built only when read."""
@@ -497,8 +506,7 @@ def fix(problem: Problem, options, bound: float, price: float, value: float, pad
     """Reduced-cost fixing: per layer, the options that can still be in an allocation worth >= ``value``."""
     m = padded or _Padded.of(problem, options)
     tol = REL_TOL * max(1.0, abs(bound))
-    reduced = m.gain - price * m.cost
-    keep = m.valid & (bound + (reduced - reduced.max(axis=1)[:, None]) >= value - tol)
+    keep = m.valid & (bound + m.reduced_costs(price) >= value - tol)
     return m.kept(keep)
 
 
@@ -557,12 +565,14 @@ def _pareto_kept(c: np.ndarray, g: np.ndarray, key: np.ndarray | None):
             keep = g > _prior_max(_segments(key), g)
     # positions, not a mask: gathering at a scattered mask is several times slower than at an index array
     kept = np.flatnonzero(keep)
+    c = c[kept]
     last = np.ones(len(kept), dtype=bool)  # of kept states with the same (key, cost), only the last stays
-    last[:-1] = c[kept[:-1]] != c[kept[1:]]
+    np.not_equal(c[:-1], c[1:], out=last[:-1])
     if key is not None:
-        last[:-1] |= key[kept[:-1]] != key[kept[1:]]
+        key = key[kept]
+        last[:-1] |= key[:-1] != key[1:]
     kept = kept[last]
-    return c[kept], g[kept], None if key is None else key[kept], order[kept]
+    return c[last], g[kept], None if key is None else key[last], order[kept]
 
 
 @dataclass(frozen=True)

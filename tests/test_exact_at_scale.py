@@ -427,6 +427,21 @@ def test_kept_reads_as_the_tuples_of_the_masked_entries(seed, n, width, density)
 
 
 @SETTINGS
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 12), prices=st.lists(st.floats(0.0, 1e-3), min_size=1, max_size=4))
+def test_fixing_at_any_price_sequence_equals_the_reduced_cost_test(seed, n, prices):
+    """The padded matrix keeps its reduced costs for the last price asked: fixing at a sequence of prices (repeats
+    included) keeps what the reduced-cost test computed afresh keeps."""
+    problem = random_problem(seed, n_layers=n, ranks=(1, 2, 4, 8))
+    pre = mckp.presolve(problem)
+    m = pre.padded
+    for price in prices + prices[:1]:
+        reduced = m.gain - price * m.cost
+        for value in (pre.incumbent_value, pre.bound):
+            want = m.valid & (pre.bound + (reduced - reduced.max(axis=1)[:, None]) >= value - mckp.REL_TOL * max(1.0, abs(pre.bound)))
+            assert np.array_equal(mckp.fix(problem, pre.options, pre.bound, price, value, m).mask, want)
+
+
+@SETTINGS
 @given(seed=st.integers(0, 10**6), n=st.integers(2, 12), shift=st.floats(0.0, 1.0))
 def test_core_dp_reads_kept_arrays_as_it_reads_tuples(seed, n, shift):
     """The core DP given the presolve's Kept (arrays) and the same options as plain tuples: the same answer."""

@@ -33,7 +33,37 @@ def positional(cls: type[T]) -> Callable[..., T]:
     return make
 
 
-class Rows(Sequence[T]):
+class TupleLike(Sequence[T]):
+    """A sequence that stands for the tuple :meth:`as_tuple` builds (once): it iterates, compares (``==`` with a
+    tuple or another TupleLike), hashes, prints and pickles as that tuple. Subclasses give ``__len__``,
+    ``__getitem__`` and ``as_tuple``."""
+
+    __slots__ = ()
+
+    def as_tuple(self) -> tuple[T, ...]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.as_tuple())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, TupleLike):
+            return self.as_tuple() == other.as_tuple()
+        if isinstance(other, tuple):
+            return self.as_tuple() == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.as_tuple())
+
+    def __repr__(self) -> str:
+        return repr(self.as_tuple())
+
+    def __reduce__(self):
+        return tuple, (self.as_tuple(),)
+
+
+class Rows(TupleLike[T]):
     """A tuple of rows built on first use from columns: ``make(*(column[i] for column in columns))`` is row i.
 
     A 50,000-layer solve that prints a table of 40 rows builds 40 rows, not 50,000 (~2 us each), while the
@@ -77,21 +107,5 @@ class Rows(Sequence[T]):
             return tuple(self._make(*[c[j] for c in self._columns]) for j in range(*i.indices(self._n)))
         return self.rows()[i]  # one row: every row, once (callers index row after row)
 
-    def __iter__(self) -> Iterator[T]:
-        return iter(self.rows())
-
-    def __eq__(self, other) -> bool:
-        if isinstance(other, Rows):
-            return self.rows() == other.rows()
-        if isinstance(other, tuple):
-            return self.rows() == other
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self.rows())
-
-    def __repr__(self) -> str:
-        return repr(self.rows())
-
-    def __reduce__(self):
-        return tuple, (self.rows(),)
+    def as_tuple(self) -> tuple[T, ...]:
+        return self.rows()

@@ -44,6 +44,7 @@ import numpy as np
 
 from layerlens_opt.methods import METHOD_NAMES
 from layerlens_opt.problem import Problem
+from layerlens_opt.records import TupleLike
 
 #: relative tolerance below which two objectives count as equal in pruning
 REL_TOL = 1e-12
@@ -227,7 +228,7 @@ class _Padded:
         return Kept(self, mask)
 
 
-class Kept(Sequence):
+class Kept(TupleLike):
     """Some options of each layer, as a mask over a :class:`_Padded` matrix: reads as the tuple of per-layer option
     tuples it stands for (length, indexing, iteration, ``==`` with such a tuple, hash, pickling as that tuple), built
     on first use; the search reads the arrays instead (:attr:`counts`, :meth:`first`, :meth:`arrays`): a 50,000-layer
@@ -269,24 +270,8 @@ class Kept(Sequence):
             return self.tuples()[l]
         return tuple(self.padded.idx[l][self.mask[l]].tolist())
 
-    def __iter__(self):
-        return iter(self.tuples())
-
-    def __eq__(self, other) -> bool:
-        if isinstance(other, Kept):
-            return self.tuples() == other.tuples()
-        if isinstance(other, tuple):
-            return self.tuples() == other
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self.tuples())
-
-    def __repr__(self) -> str:
-        return repr(self.tuples())
-
-    def __reduce__(self):
-        return tuple, (self.tuples(),)
+    def as_tuple(self) -> tuple[tuple[int, ...], ...]:
+        return self.tuples()
 
 
 def _undominated_plain(problem: Problem) -> tuple[tuple[int, ...], ...]:

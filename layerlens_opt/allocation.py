@@ -10,6 +10,7 @@ CLI take the typed object and never re-check or default a field.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import Counter
@@ -25,7 +26,7 @@ from .errors import AllocationError
 from .methods import DEFAULT_WINDOW, METHOD_NAMES
 from .metrics import Columns, compute_metrics, verdicts, violations
 from .problem import Problem
-from .records import Rows, positional
+from .records import Rows, column_of, positional
 
 SCHEMA_VERSION = 1
 
@@ -221,19 +222,11 @@ def make_allocation(
     if status == Status.OPTIMAL and bound is None:
         bound = objective
     if problem.layer_index is None:  # one row per layer, in order: every column straight from the problem's
-        col = problem.layer_column
-        n = len(choice)
-        layers = Rows(new_choice, {"name": col("name"), "kind": col("kind"), "block": col("block"), "method": method_names,
-                                   "rank": option_rank, "params": option_cost, "gain": option_gain, "utility": col("utility"),
-                                   "in_features": col("in_features"), "out_features": col("out_features"), "group": [None] * n})
-        allowed = col("methods")
-        columns = Columns(method=method_names, rank=np.array(option_rank, dtype=float),
-                          params=np.array(option_cost, dtype=np.int64), utility=np.array(col("utility"), dtype=float),
-                          block=col("block"), group=[None] * n, kind=col("kind"))
+        layer_columns = problem.layers
+        method, rank, params, gains, group = method_names, option_rank, option_cost, option_gain, [None] * len(choice)
     else:  # every manifest layer at its manifest index: a tied group lists each member
-        base = problem.manifest_layers
-        col = base.column if isinstance(base, Rows) else (lambda name: [getattr(info, name) for info in base])
-        n = len(base)
+        layer_columns = problem.manifest_layers
+        n = len(layer_columns)
         owner = np.empty(n, dtype=np.int64)  # the problem layer of each manifest layer
         gains = [0.0] * n
         for l, (info, i, o, start) in enumerate(zip(problem.layers, problem.layer_index, choice, problem.layer_start.tolist())):
@@ -253,12 +246,13 @@ def make_allocation(
         params = (np.array(option_cost, dtype=np.int64) // sizes)[owner].tolist()  # a group's cost shared by its members
         labels = [info.group if info.members else None for info in problem.layers]
         group = [labels[l] for l in of]
-        layers = Rows(new_choice, {"name": col("name"), "kind": col("kind"), "block": col("block"), "method": method, "rank": rank,
-                                   "params": params, "gain": gains, "utility": col("utility"), "in_features": col("in_features"),
-                                   "out_features": col("out_features"), "group": group})
-        allowed = col("methods")
-        columns = Columns(method=method, rank=np.array(rank, dtype=float), params=np.array(params, dtype=np.int64),
-                          utility=np.array(col("utility"), dtype=float), block=col("block"), group=group, kind=col("kind"))
+    col = functools.partial(column_of, layer_columns)
+    layers = Rows(new_choice, {"name": col("name"), "kind": col("kind"), "block": col("block"), "method": method, "rank": rank,
+                               "params": params, "gain": gains, "utility": col("utility"), "in_features": col("in_features"),
+                               "out_features": col("out_features"), "group": group})
+    allowed = col("methods")
+    columns = Columns(method=method, rank=np.array(rank, dtype=float), params=np.array(params, dtype=np.int64),
+                      utility=np.array(col("utility"), dtype=float), block=col("block"), group=group, kind=col("kind"))
     total = int(columns.params.sum())
     metrics = compute_metrics(columns, constraints, problem.gradient_norms, problem.fisher_traces, allowed)
     alloc = Allocation(

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from .errors import ManifestError
 from .methods import KINDS, METHOD_NAMES
-from .records import Rows, positional
+from .records import Rows, column_of, positional
 
 SCHEMA_VERSION = 2
 #: the version written when a manifest has no interactions (any version 1 reader can read it)
@@ -109,7 +109,7 @@ class Manifest:
     def column(self, name: str) -> Sequence:
         """One field of every layer (a :class:`Layer` field name), without building the layers where they are
         still columns (a large manifest read from a file: see :class:`~layerlens_opt.records.Rows`)."""
-        return _column(self.layers, name)
+        return column_of(self.layers, name)
 
     def to_dict(self) -> dict[str, Any]:
         # the lowest version that holds the content: without interactions a version 1 reader can read it
@@ -123,10 +123,6 @@ class Manifest:
         if self.interaction_metric is not None:
             out["interactions"] = {"metric": self.interaction_metric, "pairs": [i.to_dict() for i in self.interactions]}
         return out
-
-
-def _column(layers: Sequence[Layer], name: str) -> Sequence:
-    return layers.column(name) if isinstance(layers, Rows) else [getattr(layer, name) for layer in layers]
 
 
 def load_manifest(path: str | Path) -> Manifest:
@@ -229,12 +225,13 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
             seen[layer.name] = i
             layers.append(layer)
 
-    metric_names = list(_column(layers, "metrics")[0])
+    metrics_of = column_of(layers, "metrics")
+    metric_names = list(metrics_of[0])
     names = set(metric_names)
-    for metrics in _column(layers, "metrics")[1:]:
+    for i, metrics in enumerate(metrics_of):
         if metrics.keys() == names:  # the common case, without building the two lists below
             continue
-        layer = next(l for l in layers if l.metrics is metrics)
+        layer = layers[i]
         missing = [m for m in metric_names if m not in layer.metrics]
         extra = [m for m in layer.metrics if m not in metric_names]
         if missing or extra:

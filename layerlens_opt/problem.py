@@ -31,7 +31,7 @@ from .errors import LayerlensError
 from .manifest import Manifest, check_weights
 from .metrics import average_ranks
 from .naming import role
-from .records import Rows, positional
+from .records import Rows, column_of, positional
 from .methods import (
     DEFAULT_METHODS,
     DEFAULT_RANKS,
@@ -239,9 +239,7 @@ class Problem:
     def layer_column(self, name: str) -> Sequence:
         """One field of every layer (a :class:`LayerInfo` field name), without building the layers' rows where
         they are still columns."""
-        if isinstance(self.layers, Rows):
-            return self.layers.column(name)
-        return [getattr(info, name) for info in self.layers]
+        return column_of(self.layers, name)
 
     @property
     def n_options(self) -> int:
@@ -506,8 +504,9 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
         raise LayerlensError(_ties_nothing(manifest, constraints.tie_groups))
     if groups:
         if constraints.tie_blocks:
+            block_of = manifest.column("block")
             for key, members in groups.items():
-                blocks = {manifest.column("block")[i] for i in members}
+                blocks = {block_of[i] for i in members}
                 if len(blocks) > 1:
                     raise LayerlensError(f"tied group {key!r} spans blocks {sorted(blocks, key=str)}; --tie-blocks needs every group inside one block")
         manifest_layers = infos

@@ -33,6 +33,12 @@ def positional(cls: type[T]) -> Callable[..., T]:
     return make
 
 
+def column_of(rows: Sequence, name: str) -> Sequence:
+    """Field ``name`` of every row: the column itself where ``rows`` is a :class:`Rows` (no row built), else read
+    from each row."""
+    return rows.column(name) if isinstance(rows, Rows) else [getattr(row, name) for row in rows]
+
+
 class TupleLike(Sequence[T]):
     """A sequence that stands for the tuple :meth:`as_tuple` builds (once): it iterates, compares (``==`` with a
     tuple or another TupleLike), hashes, prints and pickles as that tuple. Subclasses give ``__len__``,

@@ -680,20 +680,15 @@ def solve_core(problem: Problem, pre: Presolve, *, min_methods: int = 0, max_sta
     """
     max_stored = MAX_STORED_STATES if max_stored is None else max_stored
     kept = pre.kept
-    if isinstance(kept, Kept):  # read as arrays (the layers' tuples are never built)
-        sizes = kept.counts
-        if not sizes.all():  # a layer with no option left: nothing reaches the target (it lies above the bound)
-            return CoreResult(pre.incumbent, 1, value=pre.incumbent_value)
-        choice = kept.first().tolist()
-        fixed, free = np.flatnonzero(sizes == 1).tolist(), np.flatnonzero(sizes > 1).tolist()
-        opt_idx = kept.arrays(free)
-    else:
-        if not all(kept):
-            return CoreResult(pre.incumbent, 1, value=pre.incumbent_value)
-        choice = [k[0] for k in kept]
-        fixed = [l for l, k in enumerate(kept) if len(k) == 1]
-        free = [l for l, k in enumerate(kept) if len(k) > 1]
-        opt_idx = [np.array(kept[l], dtype=np.int64) for l in free]
+    if not isinstance(kept, Kept):  # per-layer tuples (e.g. a caller's): as the mask fixing makes
+        m = _Padded.of(problem, kept)
+        kept = m.kept(m.valid)
+    sizes = kept.counts  # read as arrays (the layers' tuples are never built)
+    if not sizes.all():  # a layer with no option left: nothing reaches the target (it lies above the bound)
+        return CoreResult(pre.incumbent, 1, value=pre.incumbent_value)
+    choice = kept.first().tolist()
+    fixed, free = np.flatnonzero(sizes == 1).tolist(), np.flatnonzero(sizes > 1).tolist()
+    opt_idx = kept.arrays(free)
     cost, gain, price = problem.option_cost, problem.option_gain, pre.price
     # the frontiers' key: none, the set of methods used (bitmask, OR), or the capped counts used (mixed radix, +)
     key_inc, combine, base_key, room = None, None, 0, None

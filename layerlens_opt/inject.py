@@ -103,9 +103,14 @@ class PrefixSelfAttention(nn.Module):
                     f"prefix needs BERT-family self-attention (query/key/value projections); {type(attn).__name__} has no {attr!r}"
                 )
         self.wrapped = attn
-        width = attn.value.out_features if isinstance(attn.value, nn.Linear) else _dims(attn.value)[1]
+        value = getattr(attn.value, "wrapped", attn.value)  # through a wrapper of ours (the probe wraps the projections first)
+        width = value.out_features if isinstance(value, nn.Linear) else _dims(value)[1]
         self.prefix_key = nn.Parameter(torch.randn(length, width) * 0.02)
         self.prefix_value = nn.Parameter(torch.randn(length, width) * 0.02)
+
+    def prefix_offset(self):
+        """What is added to the attention scores of the prefix positions (None: nothing; the probe gates them here)."""
+        return None
 
     def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
         a = self.wrapped
@@ -124,6 +129,9 @@ class PrefixSelfAttention(nn.Module):
 
         q, k, v = split(q), split(k), split(v)
         scores = q @ k.transpose(-1, -2) / math.sqrt(head)
+        offset = self.prefix_offset()
+        if offset is not None:
+            scores = torch.cat([scores[..., :p] + offset, scores[..., p:]], -1)
         if attention_mask is not None:
             mask = attention_mask
             if mask.dtype == torch.bool:
@@ -229,6 +237,7 @@ def inject(model: nn.Module, choices, alpha_ratio: float = 2.0, freeze: bool = T
             raise LayerlensError(f"layer {name!r}: no injector for method {method!r}; register one with "
                                  "layerlens_opt.inject.register_injector")
         full, new = injector(model, full, base, rank, alpha_ratio, modules)
+        new.peft_method = method  # what param_groups reads to give each method its own learning rate
         for pname, p in new.named_parameters():
             if not pname.startswith("wrapped."):  # only the new module's own parameters
                 p.requires_grad_(True)
@@ -236,6 +245,32 @@ def inject(model: nn.Module, choices, alpha_ratio: float = 2.0, freeze: bool = T
         modules = dict(model.named_modules())
         added.append(new)
     return sum(p.numel() for m in added for n, p in m.named_parameters() if not n.startswith("wrapped."))
+
+
+def param_groups(model: nn.Module, lr: float, lrs: Mapping[str, float] | None = None) -> list[dict]:
+    """AdamW parameter groups for ``model``'s trainable parameters: the parameters each injected method added, at
+    ``lrs[method]`` (default: the catalog's :attr:`~layerlens_opt.methods.MethodSpec.lr`, else ``lr``); every other
+    trainable parameter (a head) at ``lr``. Groups in the catalog's order, empty ones left out."""
+    lrs = dict(lrs or {})
+    owner: dict[int, str] = {}
+    for module in model.modules():
+        method = getattr(module, "peft_method", None)
+        if method is not None:
+            for pname, p in module.named_parameters():
+                if not pname.startswith("wrapped."):
+                    owner[id(p)] = method
+    by_method: dict[str | None, list] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            by_method.setdefault(owner.get(id(p)), []).append(p)
+
+    def rate(method):
+        if method is None:
+            return lr
+        return lrs.get(method, METHODS[method].lr if METHODS[method].lr is not None else lr)
+
+    order = [m for m in METHODS if m in by_method] + ([None] if None in by_method else [])
+    return [{"params": by_method[m], "lr": rate(m), "method": m or "other"} for m in order]
 
 
 def trainable_parameters(model: nn.Module) -> int:

@@ -28,7 +28,7 @@ The efficiencies are priors, not measurements: a profiled manifest's
 Adding a method
 ---------------
 One :class:`MethodSpec` passed to :func:`register_method` (its exact cost, rank
-cap, default curve, the layer kinds it fits) and, to train it, one injector
+cap, default curve, the layer kinds it fits, the learning rate it trains at) and, to train it, one injector
 passed to :func:`layerlens_opt.inject.register_injector`. Nothing else in the
 package compares method names: solvers, reports, validation and export read
 this catalog (tests/test_method_catalog.py adds a toy method this way and
@@ -78,6 +78,9 @@ class MethodSpec:
     one_per_block: bool = False
     peft_lora: bool = False
     color: str = "#cccccc"
+    #: AdamW learning rate this method trains at (the probe and the training benchmark), chosen on the
+    #: development tasks only (docs/benchmarks.md, "Learning rates"); None: the caller's rate
+    lr: float | None = None
 
     @property
     def is_none(self) -> bool:
@@ -108,14 +111,15 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 for _spec in (
     MethodSpec("none", 0.0, None, frozenset(KINDS), ranked=False, fixed_rank=0, color="#eeeeee"),
     MethodSpec("ia3", 0.25, None, frozenset({"attention", "mlp", "linear"}), ranked=False,
-               cost=lambda r, d_in, d_out: d_out, color="#b3de69"),
+               cost=lambda r, d_in, d_out: d_out, color="#b3de69", lr=3e-2),
     MethodSpec("prefix", 0.60, 4.0, frozenset({"attention", "block"}), ranked=True,
-               cost=lambda r, d_in, d_out: 2 * r * d_out, one_per_block=True, color="#80b1d3"),
+               cost=lambda r, d_in, d_out: 2 * r * d_out, one_per_block=True, color="#80b1d3", lr=3e-2),
     MethodSpec("adapter", 0.90, 6.0, frozenset({"attention", "mlp", "block"}), ranked=True,
-               cost=lambda r, d_in, d_out: 2 * d_out * r + r + d_out, rank_cap=lambda d_in, d_out: d_out, color="#fdb462"),
+               cost=lambda r, d_in, d_out: 2 * d_out * r + r + d_out, rank_cap=lambda d_in, d_out: d_out, color="#fdb462",
+               lr=3e-3),
     MethodSpec("lora", 1.00, 8.0, frozenset({"attention", "mlp", "linear", "block"}), ranked=True,
                cost=lambda r, d_in, d_out: r * (d_in + d_out), rank_cap=lambda d_in, d_out: min(d_in, d_out), peft_lora=True,
-               color="#fb8072"),
+               color="#fb8072", lr=2e-3),
 ):
     register_method(_spec)
 

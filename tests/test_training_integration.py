@@ -107,6 +107,27 @@ def test_apply_trainable_count_equals_allocation(methods):
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
 
 
+def test_param_groups_give_each_method_its_own_rate():
+    from layerlens_opt.inject import param_groups
+    from layerlens_opt.methods import METHODS
+
+    model = tiny_bert(layers=3)
+    alloc = alloc_for(model, 4000, ("lora", "adapter", "prefix", "ia3", "none"))
+    apply(model, alloc)
+    head = torch.nn.Linear(16, 2)
+    whole = torch.nn.ModuleDict({"encoder": model, "head": head})
+    groups = param_groups(whole, 1e-3, {"ia3": 0.5})
+    by = {g["method"]: g for g in groups}
+    used = {l["method"] for l in alloc["layers"]} - {"none"}
+    assert set(by) == used | {"other"}
+    for method in used:
+        assert by[method]["lr"] == (0.5 if method == "ia3" else METHODS[method].lr)
+    assert by["other"]["lr"] == 1e-3 and {id(p) for p in by["other"]["params"]} == {id(p) for p in head.parameters()}
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert len(grouped) == len(set(grouped)) == sum(1 for p in whole.parameters() if p.requires_grad)
+    torch.optim.AdamW(groups)  # what the benchmark and the probe build from them
+
+
 def test_apply_starts_at_the_base_model_for_lora_adapter_ia3():
     """LoRA (B=0), adapters (up=0) and IA3 (l=1) leave the model's function unchanged at initialisation."""
     model = tiny_bert(layers=2).eval()  # no dropout

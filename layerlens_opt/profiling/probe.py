@@ -89,17 +89,25 @@ class ProbeConfig:
 
 
 def train_steps(model, texts, labels, steps: int, batch_size: int, lr: float, seed: int, desc: str | None = None,
-                progress: bool = False, on_step=None) -> float:
-    """AdamW on the model's trainable parameters over random batches; returns seconds taken."""
+                progress: bool = False, on_step=None, lrs=None, groups=None) -> float:
+    """AdamW on the model's trainable parameters over random batches; returns seconds taken.
+
+    Each injected method's parameters train at their own rate (:func:`layerlens_opt.inject.param_groups`: ``lrs``,
+    else the catalog's), everything else at ``lr``; ``groups`` (AdamW parameter groups) replaces that split.
+    ``on_step(step)`` runs after each step; a true return stops."""
+    from ..inject import param_groups
+
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise LayerlensError("nothing to train: the model has no trainable parameters")
-    opt = torch.optim.AdamW(trainable, lr=lr)
+    if groups is None:
+        groups = [{k: v for k, v in g.items() if k != "method"} for g in param_groups(model, lr, lrs)]
+    opt = torch.optim.AdamW(groups, lr=lr)
     gen = torch.Generator().manual_seed(seed)
     y = torch.as_tensor(labels, device=next(model.parameters()).device)
     model.train()
     t0 = time.perf_counter()
-    for step in _progress(range(steps), progress, desc or "training"):
+    for step in _progress(range(steps), progress, desc or "training", unit="step"):
         idx = torch.randint(len(texts), (batch_size,), generator=gen).tolist()
         if world()[1] == 1:
             loss = nn.functional.cross_entropy(model([texts[i] for i in idx]), y[idx])
@@ -112,8 +120,8 @@ def train_steps(model, texts, labels, steps: int, batch_size: int, lr: float, se
         loss.backward()
         all_sum_grads(trainable)  # nothing to do with one process
         opt.step()
-        if on_step is not None:
-            on_step(step)
+        if on_step is not None and on_step(step):
+            break
     model.eval()
     return time.perf_counter() - t0
 
@@ -265,7 +273,7 @@ def probe(model_spec: str, data_path: str, config: ProbeConfig | None = None) ->
     without: dict[str, float] = {}
     truncated: dict[tuple[str, int], float] = {}
     pair_loss: dict[tuple[str, str], float] = {}
-    for job in _progress(jobs, config.progress, "probe ablations"):
+    for job in _progress(jobs, config.progress, "probe ablations", unit="pass"):
         if job[0] == "drop":
             without[job[1]] = loss(remove=[job[1]])
         elif job[0] == "rank":
@@ -313,7 +321,7 @@ def probe(model_spec: str, data_path: str, config: ProbeConfig | None = None) ->
             "num_parameters": int(sum(p.numel() for n_, p in run.model.encoder.named_parameters() if "lora_" not in n_)),
             "profiled_on": str(data_path),
             "classes": [str(c) for c in run.classes],
-            "signal": "probe",
+            "signal": "lora-probe",
             "seed": config.seed,
             "probe": {
                 "method": "lora", "rank": config.rank, "alpha": 2 * config.rank, "steps": config.steps, "lr": config.lr,

@@ -346,7 +346,7 @@ def profile(model_spec: str, data_path: str, config: ProfileConfig | None = None
     t0 = time.perf_counter()
     ranks = world()[1]
     try:
-        for idx in _progress(batches, config.progress, "profiling"):
+        for idx in _progress(batches, config.progress, "profiling", unit="batch"):
             model.zero_grad(set_to_none=True)
             if ranks == 1:
                 loss = loss_fn(model([texts[i] for i in idx]), y_all[idx])
@@ -472,7 +472,8 @@ def _proxy_drop(model, layer, direction, texts, y, loss_fn, base, step) -> float
     return max(0.0, base - after)
 
 
-def _progress(items, enabled: bool, desc: str):
+def _progress(items, enabled: bool, desc: str, unit: str = "layer"):
+    """A progress bar over ``items`` counting ``unit`` (steps, batches, layers, held-out passes) on stderr, rank 0 only."""
     from .dist import is_main
 
     if not enabled or not is_main():  # with several ranks, rank 0 shows the progress
@@ -481,4 +482,4 @@ def _progress(items, enabled: bool, desc: str):
         from tqdm import tqdm
     except ImportError:
         return items
-    return tqdm(items, desc=desc, unit="batch" if desc == "profiling" else "layer", file=sys.stderr, leave=False)
+    return tqdm(items, desc=desc, unit=unit, file=sys.stderr, leave=False)

@@ -475,7 +475,7 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
                     template[0].append(method_index[m])
                     template[1].append(r)
                     template[2].append(param_cost(m, r, d_in, d_out))
-                    template[3].append(spec.efficiency)
+                    template[3].append(1.0 if curve is not None else spec.efficiency)  # a measured curve is the whole value
                     template[4].append(measured_curve(curve, r) if curve is not None else default_curve(m, r))
             t = len(parts)
             parts.append(template)

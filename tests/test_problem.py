@@ -5,7 +5,7 @@ import pytest
 
 from layerlens_opt.errors import LayerlensError
 from layerlens_opt.manifest import parse_manifest
-from layerlens_opt.methods import default_curve, measured_curve, param_cost
+from layerlens_opt.methods import METHOD_NAMES, default_curve, measured_curve, param_cost
 from layerlens_opt.problem import Constraints, ModelOptions, build_problem, compute_utilities
 
 from conftest import layer, manifest
@@ -31,6 +31,22 @@ def test_default_curve_is_concave_increasing_and_measured_curve_wins():
     p = build_problem(m, Constraints(10_000), ModelOptions(methods=("lora",), ranks={"lora": (1,)}))
     assert p.option_gain[0] == pytest.approx(1.0 * 0.9)  # utility 1, efficiency 1, measured 0.9
     assert p.option_gain[1] == pytest.approx(1.0 * default_curve("lora", 1))
+
+
+def test_a_measured_curve_is_the_whole_value_and_the_prior_efficiency_scales_only_default_curves():
+    """A probe's curve already is the method's measured value (as a share of the layer's): multiplying it by the catalog's
+    prior efficiency (IA3 0.25) would price the measurement twice. A layer without curves keeps the prior."""
+    from layerlens_opt.methods import METHODS
+
+    curves = {"ia3": {"1": 0.8}, "lora": {"1": 0.5}}
+    m = parse_manifest(manifest([layer("a", kind="mlp", gain_curves=curves), layer("b", kind="mlp")]))
+    p = build_problem(m, Constraints(10_000), ModelOptions(methods=("ia3", "lora"), ranks={"lora": (1,)}))
+    gains = {(int(p.option_layer[o]), METHOD_NAMES[p.option_method[o]]): (int(p.option_rank[o]), float(p.option_gain[o]))
+             for o in range(len(p.option_gain))}
+    assert gains[0, "ia3"][1] == pytest.approx(0.8) and gains[0, "lora"][1] == pytest.approx(0.5)
+    r = gains[1, "ia3"][0]
+    assert gains[1, "ia3"][1] == pytest.approx(METHODS["ia3"].efficiency * default_curve("ia3", r))
+    assert gains[1, "lora"][1] == pytest.approx(METHODS["lora"].efficiency * default_curve("lora", 1))
 
 
 def test_utilities_normalised_once_and_weighted():

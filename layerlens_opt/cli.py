@@ -163,17 +163,31 @@ def validate(allocation, manifest, as_json):
 @click.option("--model", "-m", "model_spec", required=True, help="Hugging Face model directory, module:function returning an nn.Module, or minilm (all-MiniLM-L6-v2, shipped offline).")
 @click.option("--data", "-d", "data_path", required=True, type=click.Path(dir_okay=False), help="JSONL of {\"text\": ..., \"label\": ...}.")
 @click.option("--output", "-o", required=True, type=OutputPath("manifest"), help="Manifest file to write.")
-@click.option("--signal", "-S", type=click.Choice(["probe", "first-order"]), default="probe", show_default=True,
-              help="probe: short uniform-LoRA run + held-out ablations; first-order: gradient energy, Fisher, one-step proxy "
-                   "(under torchrun write -S: torchrun's own parser takes --signal for its --signals-to-handle).")
-@click.option("--probe-steps", type=click.IntRange(min=1), default=100, show_default=True, help="probe: training steps.")
-@click.option("--probe-rank", type=click.IntRange(min=1), default=4, show_default=True, help="probe: LoRA rank on every layer.")
-@click.option("--probe-lr", type=FiniteFloat(0, 10, lo_open=True), default=2e-3, show_default=True, help="probe: AdamW learning rate.")
-@click.option("--held-out", type=click.IntRange(min=1), default=512, show_default=True, help="probe: rows kept out of probe training to measure on.")
-@click.option("--no-interactions", is_flag=True, help="probe: measure no pairwise interactions inside blocks.")
+@click.option("--signal", "-S", type=click.Choice(["probe", "lora-probe", "first-order"]), default="probe", show_default=True,
+              help="probe: every method (LoRA, IA3, adapter, prefix) on every layer behind gates, trained once, priced per layer "
+                   "and method; lora-probe: short uniform-LoRA run + held-out ablations (LoRA only); first-order: gradient energy, "
+                   "Fisher, one-step proxy (under torchrun write -S: torchrun's own parser takes --signal for its --signals-to-handle).")
+@click.option("--probe-steps", type=click.IntRange(min=1), default=None,
+              help="probe: most training steps (it stops earlier when the held-out loss stops improving) [default: 200]; "
+                   "lora-probe: training steps [default: 100].")
+@click.option("--probe-rank", type=click.IntRange(min=1), default=4, show_default=True,
+              help="probe: LoRA rank, adapter width and prefix length on every layer (lora-probe: LoRA rank).")
+@click.option("--probe-lr", type=FiniteFloat(0, 10, lo_open=True), default=2e-3, show_default=True,
+              help="probe: the head's AdamW learning rate (each method trains at its own, see --method-lr); lora-probe: the rate.")
+@click.option("--method-lr", "method_lrs", multiple=True, metavar="METHOD=LR",
+              help="probe: a method's learning rate instead of its catalog rate (lora 2e-3, ia3 3e-2, adapter 3e-3, prefix 3e-2); repeatable.")
+@click.option("--probe-methods", metavar="LIST", help="probe: the methods to measure, comma-separated [default: lora,ia3,adapter,prefix].")
+@click.option("--probe-estimate", type=click.Choice(["gradient", "exact"]), default="gradient", show_default=True,
+              help="probe: a (layer, method) value from the gates' gradients (one backward pass per held-out batch) or from "
+                   "two held-out passes each.")
+@click.option("--probe-fidelity", is_flag=True, help="probe: measure both estimates and report their rank correlation in the manifest.")
+@click.option("--held-out", type=click.IntRange(min=1), default=None,
+              help="rows kept out of probe training to measure on [default: probe a fifth of the rows, 100 to 512; lora-probe 512].")
+@click.option("--interactions/--no-interactions", default=None,
+              help="measure pairwise interactions inside blocks [default: probe no, lora-probe yes].")
 @click.option("--probe-values", type=click.Choice(["leave-one-out", "masks"]), default="leave-one-out", show_default=True,
-              help="probe: a layer's value with all others present, or by regression over random subsets (--probe-masks).")
-@click.option("--probe-masks", type=click.IntRange(min=16), default=256, show_default=True, help="probe: random subsets measured with --probe-values masks.")
+              help="lora-probe: a layer's value with all others present, or by regression over random subsets (--probe-masks).")
+@click.option("--probe-masks", type=click.IntRange(min=16), default=256, show_default=True, help="lora-probe: random subsets measured with --probe-values masks.")
 @click.option("--batches", type=click.IntRange(min=1), default=8, show_default=True, help="first-order: batches.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -182,19 +196,25 @@ def validate(allocation, manifest, as_json):
 @click.option("--kind-pattern", multiple=True, help="REGEX=KIND overriding the inferred kind (repeatable).")
 @click.option("--block-pattern", help="REGEX with one group capturing the block number.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def profile(model_spec, data_path, output, signal, probe_steps, probe_rank, probe_lr, held_out, no_interactions, probe_values, probe_masks, batches, batch_size,
-            seed, device, head_steps, kind_pattern, block_pattern, quiet):
+def profile(model_spec, data_path, output, signal, probe_steps, probe_rank, probe_lr, method_lrs, probe_methods, probe_estimate, probe_fidelity,
+            held_out, interactions, probe_values, probe_masks, batches, batch_size, seed, device, head_steps, kind_pattern, block_pattern, quiet):
     """Profile a torch model on labelled text into a manifest (needs the torch extra)."""
     from .manifest import save_manifest
-    from .profiling import is_main, profile_manifest, summary
+    from .profiling import is_main, parse_method_lrs, parse_methods, profile_manifest, summary
 
     refuse_inputs([output], [data_path])
+    lrs = parse_method_lrs(method_lrs)
+    methods = parse_methods(probe_methods) if probe_methods is not None else None
     manifest = profile_manifest(model_spec, data_path, signal, kind_pattern=kind_pattern, block_pattern=block_pattern, progress=not quiet,
-                                probe_steps=probe_steps, probe_rank=probe_rank, probe_lr=probe_lr, held_out=held_out,
-                                interactions=not no_interactions, probe_values=probe_values, probe_masks=probe_masks, batches=batches,
+                                probe_steps=probe_steps, probe_rank=probe_rank, probe_lr=probe_lr, method_lrs=lrs, probe_methods=methods,
+                                probe_estimate=probe_estimate, probe_fidelity=probe_fidelity, held_out=held_out,
+                                interactions=interactions, probe_values=probe_values, probe_masks=probe_masks, batches=batches,
                                 batch_size=batch_size, seed=seed, device=device, head_steps=head_steps)
     if is_main():  # under torchrun every rank holds the same manifest; rank 0 writes it
         save_manifest(manifest, output, [data_path])
+        warning = manifest.model.get("probe", {}).get("warning")
+        if warning:
+            click.echo(f"warning: {warning}", err=True)
         click.echo(f"{summary(manifest, signal)}; wrote {output}")
     if manifest.model.get("processes", 1) > 1:
         # under torchrun, once the process group is torn down and the manifest written: leave without the

@@ -46,7 +46,7 @@ def run(*args):
 def test_probe_manifest_on_tiny_model(data_file):
     m = probe(TINY, str(data_file), _config())
     manifest = parse_manifest(m)
-    assert m["schema_version"] == 2 and m["model"]["signal"] == "probe"
+    assert m["schema_version"] == 2 and m["model"]["signal"] == "lora-probe"
     assert len(manifest.layers) == 12
     assert manifest.metric_weights == {PROBE_METRIC: 1.0}
     for layer in manifest.layers:
@@ -126,10 +126,10 @@ def test_probe_is_deterministic_for_a_seed(data_file):
 
 def test_cli_probe_then_solve_uses_interactions(data_file, tmp_path):
     out = tmp_path / "m.json"
-    r = run("profile", "--model", TINY, "--data", data_file, "-o", out, "--probe-steps", 20, "--held-out", 120,
-            "--batch-size", 16, "--quiet")
+    r = run("profile", "--model", TINY, "--data", data_file, "-o", out, "--signal", "lora-probe", "--probe-steps", 20,
+            "--held-out", 120, "--batch-size", 16, "--quiet")
     assert r.exit_code == 0, r.output
-    assert "(probe)" in r.output
+    assert "(lora-probe)" in r.output
     budget = 12 * 32 * 4  # room for about half the layers at rank 4
     r = run("solve", out, "--budget", budget, "--json")
     assert r.exit_code == 0, r.output
@@ -146,18 +146,19 @@ def test_cli_probe_then_solve_uses_interactions(data_file, tmp_path):
     assert r.exit_code == 0 and "w_0" in lp.read_text() and "pair_0_0" in lp.read_text()
 
 
+@pytest.mark.parametrize("signal", ["probe", "lora-probe"])
 @pytest.mark.parametrize("content, extra, fragment", [
     ("one-class", (), "single label"),
     ("small", (), "too few"),
     ("ok", ("--held-out", 10), "too few to measure"),
 ])
-def test_cli_probe_bad_data(tmp_path, content, extra, fragment):
+def test_cli_probe_bad_data(tmp_path, content, extra, fragment, signal):
     p = tmp_path / "d.jsonl"
     rng = random.Random(1)
     n = 60 if content == "small" else 300
     words = ["".join(rng.choice("abcdefghij") for _ in range(5)) for _ in range(n)]
     p.write_text("".join(json.dumps({"text": w, "label": 1 if content == "one-class" else int("a" in w)}) + "\n" for w in words))
-    r = run("profile", "--model", TINY, "--data", p, "-o", tmp_path / "m.json", "--quiet", *extra)
+    r = run("profile", "--model", TINY, "--data", p, "-o", tmp_path / "m.json", "--quiet", "--signal", signal, *extra)
     assert r.exit_code == 1, r.output
     assert fragment in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1
@@ -176,8 +177,8 @@ def test_probe_real_minilm(tmp_path):
     data = tmp_path / "emotion.jsonl"
     assert run("data", "emotion", "-o", data).exit_code == 0
     out = tmp_path / "minilm.json"
-    r = run("profile", "--model", "minilm", "--data", data, "-o", out, "--probe-steps", 5, "--probe-rank", 2,
-            "--held-out", 128, "--no-interactions", "--quiet")
+    r = run("profile", "--model", "minilm", "--data", data, "-o", out, "--signal", "lora-probe", "--probe-steps", 5,
+            "--probe-rank", 2, "--held-out", 128, "--no-interactions", "--quiet")
     assert r.exit_code == 0, r.output
     m = json.loads(out.read_text())
     assert len(m["layers"]) == 36 and m["model"]["skipped_layers"] == ["pooler.dense"]

@@ -87,3 +87,71 @@ class TinyGPT2(nn.Module):
 
 def tiny_gpt2():
     return TinyGPT2()
+
+
+# ----------------------------------------------------------------------------- toy layers with a known best method
+# Each reads a text of D numbers ("0.12 -1.30 ...") as its input vector and has one adaptable layer, mlp.up_proj,
+# whose frozen weight is built so that one kind of update is what the task needs (tests/test_method_probe.py).
+
+TOY_DIM = 16
+
+
+def parse_vectors(texts):
+    """Each text's numbers; a text that is not D numbers (the loader's shape probe) reads as zeros."""
+    rows = []
+    for t in texts:
+        try:
+            row = [float(v) for v in t.split()]
+        except ValueError:
+            row = []
+        rows.append(row if len(row) == TOY_DIM else [0.0] * TOY_DIM)
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+class ToyLayer(nn.Module):
+    def __init__(self, weight, after=None):
+        super().__init__()
+        self.mlp = nn.Module()
+        self.mlp.up_proj = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        self.mlp.up_proj.weight.data = weight.clone()
+        self.after = after
+
+    def forward(self, texts):
+        y = self.mlp.up_proj(parse_vectors(texts))
+        return (self.after(y) if self.after else y)[:, None, :]
+
+
+def toy_direction():
+    """The input direction the LoRA toy's label depends on."""
+    v = torch.zeros(TOY_DIM)
+    v[0] = 1.0
+    return v
+
+
+def toy_low_rank():
+    """The layer drops the one input direction the label depends on: only an update that reads the input (LoRA) can bring
+    it back; a scaling or an adapter acts on the output, where it is gone."""
+    v = toy_direction()
+    return ToyLayer(torch.eye(TOY_DIM) - torch.outer(v, v))
+
+
+def toy_scaling():
+    """The layer shrinks every output 2.5-fold before a fixed even threshold (softplus(4 (y^2 - 1)) / 4, about
+    relu(y^2 - 1)) that the label's evidence (the input's squared norm) must pass on every coordinate: one scaling vector
+    (IA3) restores them all; a rank-4 update or a width-4 adapter only a few."""
+    return ToyLayer(torch.eye(TOY_DIM) * 0.4, after=lambda y: nn.functional.softplus(4 * (y * y - 1)) / 4)
+
+
+def toy_rows(kind: str, n: int, seed: int = 0) -> list[dict]:
+    """Rows for the toy layers: ``low-rank``: the label is the sign of the input's first coordinate; ``scaling``: whether
+    its squared norm is above the median."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, TOY_DIM, generator=g)
+    score = x[:, 0] if kind == "low-rank" else (x * x).sum(1)
+    labels = (score > score.median()).long().tolist()
+    return [{"text": " ".join(f"{v:.3f}" for v in row), "label": y} for row, y in zip(x.tolist(), labels)]
+
+
+def tiny4():
+    """The tiny encoder with four blocks (twice the layers)."""
+    return TinyEncoder(blocks=4)

@@ -1,17 +1,27 @@
-"""Profiling a torch model into a manifest: the probe gain model (``probe.py``, the default) and the
-first-order signals (``profiler.py``). Needs the torch extra; the solve path never imports this package."""
+"""Profiling a torch model into a manifest, one file per signal: the all-method probe (``method_probe.py``, the
+default ``probe``), the LoRA-only probe (``probe.py``, ``lora-probe``) and the first-order signals (``profiler.py``).
+Needs the torch extra; the solve path never imports this package."""
 
 from __future__ import annotations
 
 from ..errors import LayerlensError
 
 
+SIGNALS = ("probe", "lora-probe", "first-order")
+
+
 def profile_manifest(model_spec: str, data_path: str, signal: str = "probe", *, kind_pattern=(), block_pattern=None, progress=True,
-                     probe_steps=100, probe_rank=4, probe_lr=2e-3, held_out=512, interactions=True, probe_values="leave-one-out",
+                     probe_steps=None, probe_rank=4, probe_lr=2e-3, method_lrs=None, probe_methods=None, probe_estimate="gradient",
+                     probe_fidelity=False, held_out=None, interactions=None, probe_values="leave-one-out",
                      probe_masks=256, batches=8, batch_size=32, seed=0, device="cpu", head_steps=100):
     """The :class:`~layerlens_opt.manifest.Manifest` of ``profile --signal SIGNAL`` (what is written must read back:
-    it is parsed once, here; :func:`layerlens_opt.manifest.save_manifest` writes it)."""
+    it is parsed once, here; :func:`layerlens_opt.manifest.save_manifest` writes it).
+
+    ``probe_steps``, ``held_out`` and ``interactions`` left None take each signal's default: the all-method probe
+    trains until its held-out loss stops improving within 200 steps, holds out a fifth of the rows (100 to 512) and
+    measures no pair terms; the LoRA-only probe trains 100 steps, holds out 512 rows and measures pair terms."""
     try:
+        from .method_probe import MethodProbeConfig, method_probe
         from .probe import ProbeConfig, probe
         from .profiler import ProfileConfig, profile
     except ImportError as exc:
@@ -25,20 +35,56 @@ def profile_manifest(model_spec: str, data_path: str, signal: str = "probe", *, 
     if size > 1 and batch_size < size:
         raise LayerlensError(f"--batch-size {batch_size} is smaller than the {size} processes sharing each batch; raise it")
 
+    if signal != "probe" and (method_lrs or probe_methods):
+        raise LayerlensError(f"--method-lr and --probe-methods set only the default --signal probe, not --signal {signal}; "
+                             "drop them or use --signal probe")
     naming = dict(kind_patterns=parse_kind_patterns(kind_pattern), block_pattern=parse_block_pattern(block_pattern), progress=progress)
     if signal == "probe":
-        config = ProbeConfig(steps=probe_steps, rank=probe_rank, lr=probe_lr, batch_size=batch_size, held_out=held_out,
-                             interactions=interactions, values=probe_values, masks=probe_masks, seed=seed, device=device, **naming)
+        extra = {"methods": tuple(probe_methods)} if probe_methods else {}
+        config = MethodProbeConfig(max_steps=probe_steps or MethodProbeConfig.max_steps, rank=probe_rank, lr=probe_lr,
+                                   lrs=dict(method_lrs or {}), batch_size=batch_size, held_out=held_out, estimate=probe_estimate,
+                                   fidelity=probe_fidelity, interactions=bool(interactions), seed=seed, device=device, **extra, **naming)
+        manifest = method_probe(model_spec, data_path, config)
+    elif signal == "lora-probe":
+        config = ProbeConfig(steps=probe_steps or 100, rank=probe_rank, lr=probe_lr, batch_size=batch_size,
+                             held_out=held_out or 512, interactions=interactions is not False, values=probe_values,
+                             masks=probe_masks, seed=seed, device=device, **naming)
         manifest = probe(model_spec, data_path, config)
     elif signal == "first-order":
         config = ProfileConfig(batches=batches, batch_size=batch_size, seed=seed, device=device, head_steps=head_steps, **naming)
         manifest = profile(model_spec, data_path, config)
     else:
-        raise LayerlensError(f"unknown signal {signal!r}; use probe or first-order")
+        raise LayerlensError(f"unknown signal {signal!r}; use one of {', '.join(SIGNALS)}")
     if size > 1:
         manifest["model"]["processes"] = size
         finish()
     return parse_manifest(manifest, source="profiled manifest")
+
+
+def parse_method_lrs(items) -> dict[str, float]:
+    """``("ia3=0.03", "prefix=1e-2")`` -> ``{"ia3": 0.03, "prefix": 0.01}``; a malformed item names itself and the form."""
+    import math
+
+    out: dict[str, float] = {}
+    for item in items or ():
+        method, sep, value = str(item).partition("=")
+        method = method.strip()
+        try:
+            lr = float(value) if sep else float("nan")
+        except ValueError:
+            lr = float("nan")
+        if not method or not (math.isfinite(lr) and lr > 0):
+            raise LayerlensError(f"--method-lr {item!r}: write METHOD=LR with a positive rate, e.g. --method-lr ia3=0.03")
+        out[method] = lr
+    return out
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """``"lora, ia3"`` -> ``("lora", "ia3")`` (the probe checks that it can measure them)."""
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not methods:
+        raise LayerlensError(f"--probe-methods {text!r}: name at least one method, e.g. --probe-methods lora,ia3")
+    return methods
 
 
 def is_main() -> bool:

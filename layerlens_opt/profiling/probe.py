@@ -233,7 +233,8 @@ def train_probe(model_spec: str, data_path: str, config: ProbeConfig | None = No
             raise LayerlensError(f"probe: layer {name!r} was not wrapped")
         modules[name] = m
     seconds = train_steps(model, [texts[i] for i in train], [labels[i] for i in train], config.steps, config.batch_size,
-                          config.lr, config.seed, "probe training", config.progress)
+                          config.lr, config.seed, "probe training", config.progress,
+                          lrs={"lora": config.lr})  # --probe-lr is the LoRA probe's one rate
     # a layer whose update never received a gradient takes no part in the loss (e.g. an unused pooler)
     skipped = [n for n in ranks if modules[n].lora_B.grad is None]
     if len(skipped) == len(ranks):

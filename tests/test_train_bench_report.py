@@ -40,7 +40,7 @@ def test_fidelity_is_spearman_of_prediction_against_accuracy():
     # accuracies 0.85, 0.70, 0.86: probe predictions 0.5, 0.2, 0.9 order them exactly; first-order 0.1, 0.9, 0.3 does not
     assert fid["pairs"]["probe"] == pytest.approx(1.0)
     assert fid["pairs"]["first-order"] == pytest.approx(spearman([0.1, 0.9, 0.3], [0.85, 0.70, 0.86]))
-    assert fid["pairs"]["probe masks"] is None  # not evaluated for every contender: no number
+    assert fid["pairs"]["lora-probe"] is None  # not evaluated for every contender: no number
     assert spearman([1, 2], [1, 2]) is None  # too few points
 
 
@@ -58,3 +58,50 @@ def test_replot_merges_result_folders(tmp_path):
     assert "| 9,216 | ILP (probe, separable) | 9,000 | 70.0% ± 0.0 | -15.0 (-10.0, -20.0) | 10 |" in md
     assert "| pairs | -0.50 | +1.00 |" in md
     assert (tmp_path / "out" / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def minilm_like_dims():
+    """MiniLM's 36 adaptable layers by name, with their (in, out) shapes (hidden 384, FFN 1536, 6 blocks)."""
+    dims = {}
+    for i in range(6):
+        p = f"encoder.layer.{i}."
+        for n in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
+            dims[p + n] = (384, 384)
+        dims[p + "intermediate.dense"] = (384, 1536)
+        dims[p + "output.dense"] = (1536, 384)
+    return dims
+
+
+def test_uniform_baselines_cost_what_each_method_costs_and_fit_the_window():
+    from layerlens_opt.train_bench import BUDGETS, uniform_baselines
+
+    dims = minilm_like_dims()
+    cost = {label: plan["total_params"] for label, plan in uniform_baselines(dims)}
+    assert cost["uniform IA3 v"] == 2304 and cost["uniform IA3 ffn_out"] == 2304
+    assert cost["uniform IA3 q,k,v,o"] == 9216 and cost["uniform IA3 all linear"] == 20736
+    assert cost["uniform IA3 k,v,ffn_out (peft default)"] == 6912
+    assert cost["uniform LoRA q,v r=1"] == 9216 and cost["uniform LoRA all linear r=1"] == 41472
+    assert cost["uniform prefix p=2"] == 9216  # 2 positions x (key + value) x 384, on 6 blocks
+    assert cost["uniform adapter attn out r=1"] == 6 * (2 * 384 + 1 + 384) and cost["uniform adapter ffn out r=4"] == 20760
+    fitting = {b: dict(uniform_baselines(dims, b)) for b in BUDGETS}
+    for b, plans in fitting.items():
+        assert plans and all(0.9 * b <= p["total_params"] <= b for p in plans.values())
+    assert set(fitting[2304]) == {"uniform IA3 v", "uniform IA3 ffn_out"}
+    assert set(fitting[20736]) == {"uniform IA3 all linear"}  # adapters at width 4 cost 20,760: 24 over
+    assert {"uniform LoRA all linear r=1", "uniform adapter attn out r=8", "uniform prefix p=9"} <= set(fitting[41472])
+
+
+def test_goal_table_averages_paired_differences_per_cell():
+    from layerlens_opt.train_bench import goal_table, versus_best_uniform
+
+    results = []
+    for task, budget, method, accs in [("pairs", 100, "uniform a", [0.50, 0.60]), ("pairs", 100, "uniform b", [0.70, 0.50]),
+                                       ("pairs", 100, "ILP (probe)", [0.72, 0.56]), ("frequency", 100, "uniform a", [0.40, 0.40]),
+                                       ("frequency", 100, "ILP (probe)", [0.38, 0.40])]:
+        for seed, acc in enumerate(accs):
+            results.append({"task": task, "budget": budget, "method": method, "seed": seed, "accuracy": acc, "params": 1, "seconds": 1})
+    diffs = versus_best_uniform(summarize(results))
+    # pairs: best uniform is b (mean 0.60 > 0.55); ILP - b per seed: +2, +6 -> +4; frequency: -2, 0 -> -1
+    assert diffs == {("pairs", 100, "ILP (probe)"): pytest.approx(4.0), ("frequency", 100, "ILP (probe)"): pytest.approx(-1.0)}
+    md = "\n".join(goal_table(summarize(results)))
+    assert "| ILP (probe) | 2 | +1.50 | -1.00 (frequency 100) | -1.00 |" in md

@@ -253,13 +253,16 @@ def export(allocation, fmt, output, module_prefix, alpha_ratio):
 
     data = _sound_allocation(allocation)
     if fmt == "peft":
-        path = ex.write_peft(data, output, alpha_ratio=alpha_ratio, prefix=module_prefix)
-        n = len(ex.lora_config(data)["target_modules"])
-        click.echo(f"wrote {path}: LoRA on {n} modules")
         others = ex.others_than_lora(data)
-        if others:
-            click.echo("not in the peft config (peft cannot mix them with LoRA; use layerlens_opt.apply): "
-                       + ", ".join(f"{m} x{c}" for m, c in sorted(others.items())), err=True)
+        n = len(ex.lora_config(data)["target_modules"])  # refuses an allocation with no LoRA layer before writing
+        if others:  # first, before anything is written: the config does not carry the whole allocation
+            dropped = sum(others.values())
+            click.echo(f"warning: the peft config drops {dropped} of {dropped + n} adapted layers ("
+                       + ", ".join(f"{m} x{c}" for m, c in sorted(others.items()))
+                       + "): peft's LoraConfig cannot mix them with LoRA; train the whole allocation with layerlens_opt.apply", err=True)
+        path = ex.write_peft(data, output, alpha_ratio=alpha_ratio, prefix=module_prefix)
+        click.echo(f"wrote {path}: LoRA on {n} modules; load it with peft.LoraConfig.from_pretrained({str(output)!r}) "
+                   "and peft.get_peft_model(model, config)")
     else:
         _write(output, ex.to_csv(data) if fmt == "csv" else ex.to_markdown(data), [allocation], fmt)
         click.echo(f"wrote {output}")
@@ -280,7 +283,7 @@ def plot(allocation, output):
 @main.command()
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
 @click.option("--budgets", required=True, help="START:STOP[:POINTS] (e.g. 10k:200k) or a list 10k,20k,50k.")
-@click.option("--methods", default=",".join(DEFAULT_METHODS), show_default=True)
+@click.option("--methods", default=None, help=f"As solve's [default: {','.join(DEFAULT_METHODS)}, plus the manifest's measured methods].")
 @click.option("--min-utilization", type=FiniteFloat(0, 1), default=DEFAULT_WINDOW[0], show_default=True)
 @click.option("--max-utilization", type=FiniteFloat(0, 1), default=DEFAULT_WINDOW[1], show_default=True)
 @click.option("--output", "-o", type=OutputPath("plot", image=True), help="Plot of objective vs budget (needs matplotlib).")
@@ -294,7 +297,7 @@ def frontier(manifest, budgets, methods, min_utilization, max_utilization, outpu
 
     refuse_inputs([output], [manifest])
     man = load_manifest(manifest)
-    options = ModelOptions(methods=parse_methods(methods))
+    options = ModelOptions(methods=parse_methods(methods) if methods is not None else None)
     budgets = parse_budgets(budgets)
 
     def bar(items):

@@ -187,7 +187,7 @@ def build_from_options(kw):
     _collector_for_the_command()
     t0 = time.perf_counter()
     manifest = load_manifest(kw["manifest"])
-    methods = parse_methods(kw["methods"])
+    methods = parse_methods(kw["methods"]) if kw["methods"] is not None else None
     ranks = _pairs(kw["ranks"], "--ranks", _ranks, r"[;\s]+", "give positive whole ranks, e.g. lora=1,2,4,8")
     weights = _pairs([kw["weights"]], "--weights", _weight, hint="a weight is a finite number >= 0") if kw.get("weights") else None
     caps = _pairs(kw["method_cap"], "--method-cap", _cap, hint="a cap is a whole number of layers >= 0")
@@ -237,7 +237,8 @@ problem_options = _stack(  # every command that builds a problem from a manifest
         click.option("--budget", "-b", type=CountType(), required=True, help="Trainable-parameter budget: 50000, 50k, 1.2M."),
         click.option("--min-utilization", type=FiniteFloat(0, 1), default=DEFAULT_WINDOW[0], show_default=True, help="Floor of the budget window."),
         click.option("--max-utilization", type=FiniteFloat(0, 1), default=DEFAULT_WINDOW[1], show_default=True, help="Cap of the budget window."),
-        click.option("--methods", default=",".join(DEFAULT_METHODS), show_default=True, help="Comma-separated methods to offer (ia3 available); 'none' is implied, '-none' forbids it."),
+        click.option("--methods", default=None, help="Comma-separated methods to offer; 'none' is implied, '-none' forbids it "
+                     f"[default: {','.join(DEFAULT_METHODS)}, plus every method the manifest measured (a profile's ia3)]."),
         click.option("--ranks", multiple=True, help="Candidate ranks per method, e.g. --ranks lora=1,2,4,8 (repeatable)."),
         click.option("--max-rank", type=click.IntRange(min=1), help="Largest rank/prefix length offered on any layer."),
         click.option("--weights", help="Metric weights, e.g. gradient_energy=0.5,fisher=0.3,proxy_eval=0.2 (default: the manifest's)."),

@@ -134,7 +134,9 @@ class Constraints:
 class ModelOptions:
     """How options and gains are generated from a manifest."""
 
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    #: the methods offered; None: the catalog's defaults plus every method the manifest measured (a gain curve on some
+    #: layer), so a profile that measured IA3 offers it without a --methods
+    methods: tuple[str, ...] | None = None
     ranks: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     metric_weights: Mapping[str, float] | None = None
     normalization: str = "max"
@@ -145,9 +147,9 @@ class ModelOptions:
     interactions: bool = True
 
     def __post_init__(self) -> None:
-        if not self.methods:
+        if self.methods is not None and not self.methods:
             raise LayerlensError("the method set is empty; give at least one of " + ", ".join(METHOD_NAMES))
-        for m in self.methods:
+        for m in self.methods or ():
             check_method(m, "method set")
         for m, ranks in self.ranks.items():
             check_method(m, "ranks")
@@ -424,9 +426,17 @@ def _concat_templates(parts):
     return columns, np.concatenate(([0], np.cumsum([len(p[0]) for p in parts]))).astype(np.int64)
 
 
+def resolve_methods(manifest: Manifest, options: ModelOptions) -> ModelOptions:
+    """``options`` with its methods decided: as given, else the catalog's defaults plus the methods the manifest measured."""
+    if options.methods is not None:
+        return options
+    measured = {m for curves in manifest.column("gain_curves") if curves for m in curves}
+    return replace(options, methods=tuple(m for m in METHOD_NAMES if m in DEFAULT_METHODS or m in measured))
+
+
 def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOptions | None = None) -> Problem:
     """Build the problem: options per layer with exact cost and gain, compatibility applied."""
-    options = options or ModelOptions()
+    options = resolve_methods(manifest, options or ModelOptions())
     utility = compute_utilities(manifest, options.metric_weights, options.normalization)
     if options.shrink:
         utility = (1.0 - options.shrink) * utility + options.shrink * utility.mean()

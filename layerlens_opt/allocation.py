@@ -301,8 +301,12 @@ LAYER_REQUIRED = ("name", "method", "rank", "params")
 def load_allocation(path: str | Path) -> Allocation:
     """Read an allocation JSON file (``solve --json -o``) as an :class:`Allocation`, every field checked."""
     path = Path(path)
+    from .io import DuplicateKey, strict_json
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = strict_json(path.read_text(encoding="utf-8"))
+    except DuplicateKey as exc:
+        raise AllocationError(f"{path}: the key {exc.key!r} appears twice in one object; give each key once") from None
     except FileNotFoundError:
         raise AllocationError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -311,6 +315,8 @@ def load_allocation(path: str | Path) -> Allocation:
         raise AllocationError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except RecursionError:
         raise AllocationError(f"{path}: the JSON is nested too deeply to be an allocation") from None
+    except ValueError as exc:  # NaN / Infinity
+        raise AllocationError(f"{path}: not valid JSON: {exc} (write a finite number)") from None
     return _from_dict(data, str(path))
 
 

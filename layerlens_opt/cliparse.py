@@ -113,6 +113,8 @@ def _pairs(values, what: str, convert, separators: str = r"[,;\s]+", hint: str =
             if "=" not in part:
                 raise LayerlensError(f"{what} {part!r} must look like NAME=VALUE (pairs separated by commas)")
             key, val = part.split("=", 1)
+            if key.strip() in out:
+                raise LayerlensError(f"{what} names {key.strip()!r} twice; give each once (e.g. {key.strip()}=...)")
             try:
                 out[key.strip()] = convert(val)
             except (ValueError, OverflowError):

@@ -19,6 +19,33 @@ from typing import Any, Callable, Iterable
 from .errors import LayerlensError
 
 
+class DuplicateKey(ValueError):
+    """A JSON object that names a key twice (Python's json keeps the last silently)."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(text: str):
+    """``json.loads`` that refuses what strict JSON refuses and Python's reader lets through: a key named twice in one
+    object (raises :class:`DuplicateKey`) and NaN / Infinity (raises ``json.JSONDecodeError``-compatible ValueError)."""
+    return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+
+
 def _same(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)

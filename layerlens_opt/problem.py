@@ -479,7 +479,7 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
                 spec = METHODS[m]
                 ranks = default_ranks(m, d_in, d_out, rank_sets[m])
                 if spec.ranked and options.max_rank is not None:
-                    ranks = tuple(r for r in ranks if r <= options.max_rank) or (min(ranks),)
+                    ranks = tuple(r for r in ranks if r <= options.max_rank)  # none under the cap: not offered here
                 curve = dict(gain_curves[m]) if m in gain_curves else None
                 for r in ranks:
                     template[0].append(method_index[m])
@@ -487,6 +487,9 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
                     template[2].append(param_cost(m, r, d_in, d_out))
                     template[3].append(1.0 if curve is not None else spec.efficiency)  # a measured curve is the whole value
                     template[4].append(measured_curve(curve, r) if curve is not None else default_curve(m, r))
+            if not template[0]:
+                raise LayerlensError(f"layer {names[l]!r}: none of its methods ({', '.join(methods)}) has a rank at most "
+                                     f"--max-rank {options.max_rank}; raise --max-rank, offer smaller --ranks, or allow none")
             t = len(parts)
             parts.append(template)
             if not gain_curves:

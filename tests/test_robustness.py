@@ -318,3 +318,49 @@ def test_fuzz_allocation_files(tmp_path, choice, value):
 def test_fuzz_cli_values(budget, weights, extra):
     r = run("solve", SCENARIO, "--budget", budget, "--weights", weights, *extra)
     assert_clean(r)
+
+
+# ----------------------------------------------------------------------------- reliability round 3 (issue 31), first classes
+
+
+def test_duplicate_json_keys_are_refused_naming_the_key(tmp_path):
+    from click.testing import CliRunner
+
+    from layerlens_opt.cli import main
+
+    p = tmp_path / "m.json"
+    p.write_text('{"schema_version": 1, "layers": [{"name": "a", "kind": "mlp", "in_features": 64, "in_features": 100000, '
+                 '"out_features": 64, "metrics": {"gradient_energy": 1}}]}')
+    r = CliRunner().invoke(main, ["solve", str(p), "--budget", "1000"])
+    assert r.exit_code == 1 and "'in_features' appears twice" in r.output and len(r.output.strip().splitlines()) == 1
+    a = tmp_path / "a.json"
+    a.write_text('{"schema_version": 1, "schema_version": 1}')
+    r = CliRunner().invoke(main, ["validate", str(a)])
+    assert r.exit_code == 1 and "'schema_version' appears twice" in r.output and "Traceback" not in r.output
+    a.write_text('{"schema_version": NaN}')
+    r = CliRunner().invoke(main, ["validate", str(a)])
+    assert r.exit_code == 1 and "NaN is not JSON" in r.output and "Traceback" not in r.output
+
+
+def test_a_method_named_twice_in_ranks_is_refused():
+    from click.testing import CliRunner
+
+    from layerlens_opt.cli import main
+
+    r = CliRunner().invoke(main, ["solve", str(SCENARIO), "--budget", "50k", "--ranks", "lora=1;lora=64"])
+    assert r.exit_code == 1 and "names 'lora' twice" in r.output
+
+
+def test_max_rank_below_every_offered_rank_offers_no_larger_rank():
+    from click.testing import CliRunner
+
+    from layerlens_opt.cli import main
+
+    r = CliRunner().invoke(main, ["solve", str(SCENARIO), "--budget", "50k", "--methods", "lora", "--ranks", "lora=8,16",
+                                  "--max-rank", "2", "--min-utilization", "0", "--json"])
+    assert r.exit_code in (0, 3), r.output
+    if r.exit_code == 0:
+        assert all(l["rank"] <= 2 for l in json.loads(r.output)["layers"] if l["method"] != "none")
+    r = CliRunner().invoke(main, ["solve", str(SCENARIO), "--budget", "50k", "--methods", "lora,-none", "--ranks", "lora=8,16",
+                                  "--max-rank", "2"])
+    assert r.exit_code == 1 and "has a rank at most --max-rank 2" in r.output and "Traceback" not in r.output

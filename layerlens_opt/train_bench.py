@@ -13,7 +13,8 @@ learning rates were chosen on them), wordfreq ``frequency`` is held out. Per tas
 1. gain models, measured on the training split only: the default all-method
    probe (``profile``, with its pair terms measured too: ``--interactions``;
    ``--fidelity-tasks`` adds the exact ablations the gradient estimate is
-   checked against), the LoRA-only probe (``--signal lora-probe``) and the
+   checked against), the LoRA-only probe (``--signal lora-probe
+   --no-interactions``) and the
    first-order profile; their wall time is recorded;
 2. at each budget (default 2,304, 9,216, 20,736 and 41,472: exact costs of
    uniform IA3 on the values, of uniform LoRA on q,v at r=1, of uniform IA3 on
@@ -22,8 +23,10 @@ learning rates were chosen on them), wordfreq ``frequency`` is held out. Per tas
      of the budget (:func:`uniform_baselines`); "best uniform" is the best of
      them on the task;
    - the ILP on the all-method probe without and with its pair terms, the ILP
-     on the LoRA-only probe (LoRA only, with its pair terms) and the threshold
-     heuristic on the first-order profile; ours spend the window [0.98, 1.0];
+     on the LoRA-only probe (LoRA only, separable) and the threshold
+     heuristic on the first-order profile; ours spend the same window
+     [0.9, 1.0] (every solve within 30 s; CBC, which pair terms need, may stop
+     at a gap: status and gap are recorded);
    every run trains 300 AdamW steps of batch 32, the head at ``--lr`` and each
    method at its catalog rate (:attr:`layerlens_opt.methods.MethodSpec.lr`), on
    paired seeds;
@@ -50,8 +53,8 @@ from pathlib import Path
 TASKS = ("pairs", "emotion", "frequency")
 HELD_OUT_TASK = "frequency"
 BUDGETS = (2304, 9216, 20736, 41472)
-WINDOW = (0.98, 1.0)  # ours
 UNIFORM_WINDOW = (0.9, 1.0)  # a uniform baseline counts at a budget when it spends this share of it
+WINDOW = UNIFORM_WINDOW  # ours spend the same window (a floor of 98% binds on probe manifests and leaves CBC at a gap)
 #: gain models: name -> (manifest file stem, methods solved, pair terms)
 MODELS = {"first-order": ("first-order", None, False), "probe": ("probe", None, False), "probe+pairs": ("probe", None, True),
           "lora-probe": ("lora-probe", ("lora", "none"), False), "lora-probe+pairs": ("lora-probe", ("lora", "none"), True)}
@@ -126,13 +129,22 @@ def _problem(manifest_path: Path, budget: int, interactions: bool, methods=None,
                          options)
 
 
-def solved(manifest_path: Path, budget: int, solver: str, interactions: bool = True, methods=None) -> dict:
-    from .solvers import solve
+#: a solve's limit: problems with pair terms leave the exact fast path for CBC, which may not prove them soon
+TIME_LIMIT = 30.0
 
-    alloc = solve(_problem(manifest_path, budget, interactions, methods), solver)
+
+def solved(manifest_path: Path, budget: int, solver: str, interactions: bool = True, methods=None) -> dict:
+    """The allocation as ``apply`` reads it, with the solve's status and gap (within :data:`TIME_LIMIT`: a problem with
+    pair terms is CBC's, and its answer may be feasible, not proven)."""
+    from .solvers import SolverOptions, solve
+
+    problem = _problem(manifest_path, budget, interactions, methods)
+    alloc = solve(problem, solver, SolverOptions(time_limit=TIME_LIMIT))
     if not alloc.layers:
         raise RuntimeError(f"{solver} found no allocation at {budget} on {manifest_path}: {alloc.message}")
-    return _plan([{"name": l.name, "method": l.method, "rank": l.rank, "params": l.params} for l in alloc.layers], solver)
+    plan = _plan([{"name": l.name, "method": l.method, "rank": l.rank, "params": l.params} for l in alloc.layers], solver)
+    plan["status"], plan["gap"] = alloc.status.value, alloc.gap
+    return plan
 
 
 def predicted(manifest_path: Path, allocation: dict, interactions: bool) -> float:
@@ -366,7 +378,8 @@ def gain_models(task: str, out: Path, args) -> dict:
             manifest = method_probe("minilm", str(data), MethodProbeConfig(device=args.device, progress=not args.quiet, interactions=True,
                                                                          fidelity=fidelity, lr=args.lr))
         elif stem == "lora-probe":
-            manifest = probe("minilm", str(data), ProbeConfig(device=args.device, progress=not args.quiet))
+            # separable: its ILP is solved without pair terms here, so they are not measured
+            manifest = probe("minilm", str(data), ProbeConfig(device=args.device, progress=not args.quiet, interactions=False))
         else:
             manifest = profile("minilm", str(data), ProfileConfig(device=args.device, progress=not args.quiet))
         manifest["model"]["wall_seconds"] = round(time.perf_counter() - t0, 2)
@@ -388,7 +401,7 @@ def contenders(task: str, budget: int, models: dict, dims: dict, anchors: bool =
     paths = models["paths"]
     out.append(("ILP (probe)", solved(paths["probe"], budget, "auto", interactions=False)))
     out.append(("ILP (probe + pairs)", solved(paths["probe+pairs"], budget, "auto", interactions=True)))
-    out.append(("ILP (lora-probe + pairs, LoRA only)", solved(paths["lora-probe"], budget, "auto", interactions=True, methods=("lora", "none"))))
+    out.append(("ILP (lora-probe, LoRA only)", solved(paths["lora-probe"], budget, "auto", interactions=False, methods=("lora", "none"))))
     out.append(("heuristic (first-order)", solved(paths["first-order"], budget, "heuristic")))
     if anchors:  # peft's EVA and AdaLoRA at the rank budget of the uniform LoRA that fits (their ranks move during training)
         for target, roles in (("all linear", "all"), ("q,v", "q,v")):
@@ -469,6 +482,7 @@ def main(argv=None) -> None:
                 signature = json.dumps(sorted((l["name"], l["method"], l["rank"]) for l in allocation["layers"] if l["method"] != "none"))
                 pred = {name: predicted(models["paths"][name], allocation, pairs) for name, (_, _, pairs) in MODELS.items()}
                 models_out.append({"task": task, "budget": budget, "method": label, "params": allocation["total_params"],
+                                   "status": allocation.get("status"), "gap": allocation.get("gap"),
                                    "predicted": pred, "signature": signature, "profile_seconds": models["seconds"], "probe": models["probe"],
                                    "allocation": [f"{l['name']}:{l['method']}{l['rank']}" for l in allocation["layers"] if l["method"] != "none"]})
                 if only and not any(k in label for k in only):

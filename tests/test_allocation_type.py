@@ -17,7 +17,7 @@ from layerlens_opt.solvers import solve
 
 from conftest import ROOT
 
-SHIPPED = sorted((ROOT / "problems" / "scenarios").glob("*.json")) + [ROOT / "problems" / "profiled" / "minilm-pairs-probe.json"]
+SHIPPED = sorted((ROOT / "problems" / "scenarios").glob("*.json")) + [ROOT / "problems" / "profiled" / "minilm-pairs-probe.json", ROOT / "problems" / "profiled" / "minilm-pairs-lora-probe.json"]
 
 
 @settings(max_examples=25, deadline=None)

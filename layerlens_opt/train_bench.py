@@ -143,7 +143,7 @@ def solved(manifest_path: Path, budget: int, solver: str, interactions: bool = T
     if not alloc.layers:
         raise RuntimeError(f"{solver} found no allocation at {budget} on {manifest_path}: {alloc.message}")
     plan = _plan([{"name": l.name, "method": l.method, "rank": l.rank, "params": l.params} for l in alloc.layers], solver)
-    plan["status"], plan["gap"] = alloc.status.value, alloc.gap
+    plan["solve_status"], plan["gap"] = alloc.status.value, alloc.gap  # the plan's own status stays 'feasible': it is trained as is
     return plan
 
 
@@ -482,7 +482,7 @@ def main(argv=None) -> None:
                 signature = json.dumps(sorted((l["name"], l["method"], l["rank"]) for l in allocation["layers"] if l["method"] != "none"))
                 pred = {name: predicted(models["paths"][name], allocation, pairs) for name, (_, _, pairs) in MODELS.items()}
                 models_out.append({"task": task, "budget": budget, "method": label, "params": allocation["total_params"],
-                                   "status": allocation.get("status"), "gap": allocation.get("gap"),
+                                   "status": allocation.get("solve_status"), "gap": allocation.get("gap"),
                                    "predicted": pred, "signature": signature, "profile_seconds": models["seconds"], "probe": models["probe"],
                                    "allocation": [f"{l['name']}:{l['method']}{l['rank']}" for l in allocation["layers"] if l["method"] != "none"]})
                 if only and not any(k in label for k in only):

@@ -301,7 +301,7 @@ LAYER_REQUIRED = ("name", "method", "rank", "params")
 def load_allocation(path: str | Path) -> Allocation:
     """Read an allocation JSON file (``solve --json -o``) as an :class:`Allocation`, every field checked."""
     path = Path(path)
-    from .io import DuplicateKey, strict_json
+    from .io import DuplicateKey, NotFinite, strict_json
 
     try:
         data = strict_json(path.read_text(encoding="utf-8"))
@@ -315,8 +315,8 @@ def load_allocation(path: str | Path) -> Allocation:
         raise AllocationError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except RecursionError:
         raise AllocationError(f"{path}: the JSON is nested too deeply to be an allocation") from None
-    except ValueError as exc:  # NaN / Infinity
-        raise AllocationError(f"{path}: not valid JSON: {exc} (write a finite number)") from None
+    except NotFinite as exc:
+        raise AllocationError(f"{path}: {exc}") from None
     return _from_dict(data, str(path))
 
 

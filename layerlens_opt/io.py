@@ -36,14 +36,41 @@ def _unique_keys(pairs):
     return out
 
 
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
+class NotFinite(ValueError):
+    """A NaN or Infinity in a JSON file; ``field`` is where it sits (``metadata.gradient_norms.q``)."""
+
+    def __init__(self, constant: str, field: str):
+        super().__init__(f"{field or 'the top level'} is {constant}, which is not JSON; write a finite number")
+        self.constant, self.field = constant, field
+
+
+class _Constant:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+def _find_constant(value, path: str = "") -> tuple[str, str] | None:
+    if isinstance(value, _Constant):
+        return value.name, path
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        hit = _find_constant(item, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key))
+        if hit:
+            return hit
+    return None
 
 
 def strict_json(text: str):
     """``json.loads`` that refuses what strict JSON refuses and Python's reader lets through: a key named twice in one
-    object (raises :class:`DuplicateKey`) and NaN / Infinity (raises ``json.JSONDecodeError``-compatible ValueError)."""
-    return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    object (raises :class:`DuplicateKey`) and NaN / Infinity (raises :class:`NotFinite`, naming the field)."""
+    data = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_Constant)
+    if "NaN" in text or "Infinity" in text:
+        hit = _find_constant(data)
+        if hit:
+            raise NotFinite(*hit)
+    return data
 
 
 def _same(a: Path, b: Path) -> bool:

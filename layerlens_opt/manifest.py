@@ -134,7 +134,7 @@ def load_manifest(path: str | Path) -> Manifest:
         raise ManifestError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: cannot read it ({exc})") from None
-    from .io import DuplicateKey, strict_json
+    from .io import DuplicateKey, NotFinite, strict_json
 
     try:
         data = strict_json(text)
@@ -144,8 +144,8 @@ def load_manifest(path: str | Path) -> Manifest:
         ) from None
     except DuplicateKey as exc:
         raise ManifestError(f"{path}: the key {exc.key!r} appears twice in one object; give each key once") from None
-    except ValueError as exc:
-        raise ManifestError(f"{path}: not valid JSON: {exc} (write a finite number)") from None
+    except NotFinite as exc:
+        raise ManifestError(f"{path}: {exc}") from None
     except RecursionError:
         raise ManifestError(f"{path}: the JSON is nested too deeply to be a manifest") from None
     return parse_manifest(data, source=str(path))

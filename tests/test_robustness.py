@@ -94,7 +94,7 @@ def test_huge_weights_do_not_overflow(manifest):
 
 @pytest.mark.parametrize("edit, fragment", [
     (lambda d: d["layers"][0].update(in_features=10**30), "largest dimension"),
-    (lambda d: d.update(metadata={"gradient_norms": {d["layers"][0]["name"]: float("nan")}}), "finite numbers"),
+    (lambda d: d.update(metadata={"gradient_norms": {d["layers"][0]["name"]: float("nan")}}), "metadata.gradient_norms."),
 ])
 def test_bad_manifests_get_one_line(manifest, edit, fragment):
     data = json.loads(manifest.read_text())
@@ -339,7 +339,8 @@ def test_duplicate_json_keys_are_refused_naming_the_key(tmp_path):
     assert r.exit_code == 1 and "'schema_version' appears twice" in r.output and "Traceback" not in r.output
     a.write_text('{"schema_version": NaN}')
     r = CliRunner().invoke(main, ["validate", str(a)])
-    assert r.exit_code == 1 and "NaN is not JSON" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 1 and "schema_version is NaN, which is not JSON; write a finite number" in r.output
+    assert "Traceback" not in r.output
 
 
 def test_a_method_named_twice_in_ranks_is_refused():
@@ -364,3 +365,11 @@ def test_max_rank_below_every_offered_rank_offers_no_larger_rank():
     r = CliRunner().invoke(main, ["solve", str(SCENARIO), "--budget", "50k", "--methods", "lora,-none", "--ranks", "lora=8,16",
                                   "--max-rank", "2"])
     assert r.exit_code == 1 and "has a rank at most --max-rank 2" in r.output and "Traceback" not in r.output
+
+
+def test_a_nan_anywhere_is_named_by_its_path(tmp_path):
+    from layerlens_opt.io import NotFinite, strict_json
+
+    with pytest.raises(NotFinite, match=r"^layers\[1\]\.metrics\.fisher is -Infinity, which is not JSON; write a finite number$"):
+        strict_json('{"layers": [{"metrics": {}}, {"metrics": {"fisher": -Infinity}}]}')
+    assert strict_json('{"name": "NaN Infinity"}') == {"name": "NaN Infinity"}  # inside a string it is text

@@ -243,19 +243,23 @@ def large(sizes, time_limit: float):
     return table(("problem", "build s", "answered by", "solve s", "status", "gap", "why CBC"), rows, "lrlrlrl")
 
 
-def synthetic_with_pairs(n_layers: int, seed: int = 0) -> dict:
+def synthetic_with_pairs(n_layers: int, seed: int = 0, every_layer: bool = False) -> dict:
     """:func:`synthetic` plus an ``either`` pair term between every two attention projections of a
-    block (mostly redundant: values ~ N(-0.3, 0.3) x the smaller layer's metric, as the probe measures)."""
+    block (mostly redundant: values ~ N(-0.3, 0.3) x the smaller layer's metric, as the probe measures).
+    ``every_layer``: shaped like the probe's manifests instead -- every two of a block's 7 projections (21 pairs a
+    block) and the methods the probe measures on a decoder (lora, ia3, adapter, none)."""
     import itertools
     import random
 
     data = synthetic(n_layers, seed)
-    rng = random.Random(f"pairs:{n_layers}:{seed}")
+    rng = random.Random(f"pairs:{n_layers}:{seed}:{every_layer}")
     metric = next(iter(data["layers"][0]["metrics"]))
     by_block: dict = {}
     for layer in data["layers"]:
-        if layer["kind"] == "attention":
+        if every_layer or layer["kind"] == "attention":
             by_block.setdefault(layer.get("block"), []).append(layer)
+        if every_layer:
+            layer["allowed_methods"] = ["lora", "ia3", "adapter", "none"]
     pairs = [{"layers": [a["name"], b["name"]], "value": rng.gauss(-0.3, 0.3) * min(a["metrics"][metric], b["metrics"][metric]),
               "when": "either"} for members in by_block.values() for a, b in itertools.combinations(members, 2)]
     data["schema_version"] = 2
@@ -263,22 +267,40 @@ def synthetic_with_pairs(n_layers: int, seed: int = 0) -> dict:
     return data
 
 
-def with_pairs(time_limit: float):
-    """Problems with pair terms: wall time of auto (CBC on the full model) and the answer's status."""
+def with_pairs(time_limit: float, repeats: int = 3):
+    """Problems with pair terms: auto (each block of layers joined by pairs one choice among its Pareto points) against
+    CBC on the full model, in process; then the whole `solve` process on probe-shaped decoders of 80 and 126 blocks."""
     problems = []
     probe = Path(__file__).resolve().parent.parent / "problems" / "profiled" / "minilm-emotion-probe.json"
     if probe.exists():
         for budget in (9216, 41472):
-            problems.append((f"MiniLM probe, {budget:,}", build_problem(load_manifest(probe), Constraints(budget, 0.98, 1.0))))
+            problems.append((f"MiniLM probe, {budget:,}", build_problem(load_manifest(probe), Constraints(budget, 0.9, 1.0))))
     for n in (224, 560):
         data = synthetic_with_pairs(n)
-        problems.append((f"synthetic {n} + pairs", build_problem(parse_manifest(data), Constraints(data["model"]["suggested_budget"]))))
+        problems.append((f"synthetic {n} + attention pairs", build_problem(parse_manifest(data), Constraints(data["model"]["suggested_budget"]))))
+    for blocks in (24, 80, 126):
+        data = synthetic_with_pairs(7 * blocks, every_layer=True)
+        problems.append((f"probe-shaped {blocks} blocks", build_problem(parse_manifest(data), Constraints(data["model"]["suggested_budget"]))))
     rows = []
     for label, problem in problems:
-        alloc, wall = _run(problem, "auto", {"time_limit": time_limit})
-        rows.append((label, f"{problem.n_layers}", f"{len(problem.pairs)}", f"{wall:.2f}", alloc.status.value,
-                     f"{alloc.gap:.1e}" if alloc.gap is not None else "-", alloc.solver))
-    return table(("problem", "layers", "pair terms", "wall s", "status", "gap", "solver"), rows, "lrrrlrl")
+        fast, wall = _run(problem, "auto", {"time_limit": time_limit})
+        cbc, cbc_wall = _run(problem, "cbc", {"time_limit": time_limit})
+        same = fast.objective is not None and cbc.objective is not None and \
+            abs(fast.objective - cbc.objective) <= 1e-7 * max(1.0, abs(cbc.objective))
+        rows.append((label, f"{problem.n_layers}", f"{len(problem.pairs)}", f"{wall:.2f}", fast.status.value, fast.solver,
+                     f"{cbc_wall:.2f}", cbc.status.value, f"{cbc_wall / wall:.0f}x" if wall > 0 else "-",
+                     "yes" if same else ("-" if cbc.status.value != "optimal" else "NO")))
+    body = table(("problem", "layers", "pair terms", "auto s", "status", "answered by", "CBC s", "CBC status", "CBC / auto",
+                  "same objective"), rows, "lrrrllrlrl")
+    tmp = Path(tempfile.mkdtemp(prefix="layerlens-bench-pairs-"))
+    files = []
+    for blocks in (80, 126):
+        data = synthetic_with_pairs(7 * blocks, every_layer=True)
+        path = tmp / f"probe-shaped-{blocks}.json"
+        path.write_text(json.dumps(data))
+        files.append((f"probe-shaped {blocks} blocks, auto", path, data["model"]["suggested_budget"]))
+        files.append((f"probe-shaped {blocks} blocks, --time-limit 1", path, data["model"]["suggested_budget"], "--time-limit", "1"))
+    return body + f"\n\nwhole `layerlens-opt solve` process, {repeats} runs each:\n\n" + process_times(files, repeats)
 
 
 def moe(time_limit: float):
@@ -366,7 +388,7 @@ def main(argv=None) -> None:
         "side": (f"side constraints: auto (knapsack path; CBC where it cannot prove) against CBC (limit {limit:g} s)",
                  lambda: side_constrained([(f"synthetic {n}", _generated(n)[1]) for n in (560, 2000) if n in sizes], limit)),
         "large": (f"large generated problems, auto only (limit {limit:g} s)", lambda: large([10_000, 50_000], limit)),
-        "pairs": ("pairwise interaction terms (auto hands these to CBC: the gains are not separable)", lambda: with_pairs(limit)),
+        "pairs": (f"pairwise interaction terms: auto against CBC (limit {limit:g} s)", lambda: with_pairs(limit, min(args.repeats, 3))),
         "moe": (f"mixture-of-experts manifests (generated; time limit {limit:g} s)", lambda: moe(limit)),
         "scale": (f"whole `layerlens-opt solve` process at scale, {min(args.repeats, 3)} runs each (time limit 60 s)",
                   lambda: scale(min(args.repeats, 3), 60.0)),

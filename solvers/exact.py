@@ -26,12 +26,12 @@ from .race import solve_deepening_raced
 def solve_auto(problem: Problem, options: SolverOptions) -> Allocation:
     c = problem.constraints
     t0 = time.perf_counter()
-    if problem.pairs:
-        return _fallback(problem, options, t0, f"{len(problem.pairs)} pairwise interaction terms make the gains non-separable, "
-                         "so CBC solved the full ILP with them")
     deadline = None if options.time_limit is None else t0 + options.time_limit
-    if c.method_caps or c.tie_blocks:
+    if c.method_caps or c.tie_blocks or problem.pairs:
         if c.min_methods:
+            if problem.pairs:
+                return _fallback(problem, options, t0, f"min-methods together with {len(problem.pairs)} pairwise interaction "
+                                 "terms is not on the knapsack path, so CBC solved the full ILP with them")
             return _fallback(problem, options, t0, "min-methods together with method caps / tied blocks is not on the knapsack "
                              "path, so CBC solved the full ILP")
         return _side(problem, options, t0, deadline)
@@ -65,7 +65,7 @@ SIDE_SHARE = 0.5
 
 
 def _side(problem: Problem, options: SolverOptions, t0: float, deadline: float | None) -> Allocation:
-    """Method caps / tied blocks on the knapsack path (:mod:`side`); CBC where it cannot prove the answer."""
+    """Method caps / tied blocks / pair terms on the knapsack path (:mod:`side`); CBC where it cannot prove the answer."""
     from .side import solve_side
 
     # the knapsack path may take half of the time limit: where its DP cannot finish (two binding caps can
@@ -73,7 +73,7 @@ def _side(problem: Problem, options: SolverOptions, t0: float, deadline: float |
     side_deadline = None if deadline is None else t0 + SIDE_SHARE * (deadline - t0)
     result = solve_side(problem, side_deadline)
     if result.choice is None:
-        alloc = _fallback(problem, options, t0, f"method caps / tied blocks: {result.reason}; CBC solved the full ILP",
+        alloc = _fallback(problem, options, t0, f"{_what(problem)}: {result.reason}; CBC solved the full ILP",
                           start=result.incumbent)
         return _kept_incumbent(problem, alloc, result, t0) or alloc
     floor = _below_floor(problem, result.choice, "the cap and the side constraints")
@@ -84,6 +84,12 @@ def _side(problem: Problem, options: SolverOptions, t0: float, deadline: float |
         return _fallback(problem, options, t0, f"the knapsack path's answer breaks a constraint ({broken[0]}); CBC solved the full ILP")
     seconds = {"build": result.presolve_seconds, "solve": time.perf_counter() - t0 - result.presolve_seconds}
     return make_allocation(problem, result.choice, solver="auto", status=Status.OPTIMAL, seconds=seconds, notes=[result.note])
+
+
+def _what(problem: Problem) -> str:
+    c = problem.constraints
+    return " / ".join(w for w, on in (("method caps", c.method_caps), ("tied blocks", c.tie_blocks),
+                                       ("pair terms", problem.pairs)) if on)
 
 
 def _below_floor(problem: Problem, choice, under: str) -> str | None:
@@ -113,7 +119,7 @@ def _kept_incumbent(problem: Problem, alloc: Allocation, result, t0: float) -> A
     bound = result.bound if alloc.bound is None or not alloc.ok else min(result.bound, alloc.bound)
     why = alloc.message or alloc.status.value
     return _unproven(problem, start, max(bound, value), {"solve": time.perf_counter() - t0},
-                     f"auto: method caps / tied blocks: {result.reason}; CBC found no better allocation ({why}), so the "
+                     f"auto: {_what(problem)}: {result.reason}; CBC found no better allocation ({why}), so the "
                      "knapsack path's allocation that meets them is reported with its Lagrangian bound", "the search stopped")
 
 

@@ -102,117 +102,225 @@ class _TooLarge(Exception):
     """A block's frontier outgrew the entries left, or the deadline passed while it was built."""
 
 
+#: layers of one block whose pair terms are open at once in :func:`_frontier` (the state keys them as bits)
+MAX_OPEN_LAYERS = 24
+
+
+def _open_slots(n: int, pairs) -> tuple[list[int], list[int]]:
+    """Per position of a unit: the bit that carries whether it is adapted while a pair with a later position is still
+    to be added (-1: none is), and after which position that bit is freed."""
+    last = list(range(n))
+    for a, b, _, _ in pairs:
+        last[min(a, b)] = max(last[min(a, b)], max(a, b))
+    slot, free, busy = [-1] * n, list(range(MAX_OPEN_LAYERS - 1, -1, -1)), {}
+    for j in range(n):
+        for a in [a for a, end in busy.items() if end < j]:  # freed once its last partner is added
+            free.append(slot[a])
+            del busy[a]
+        if last[j] > j:
+            if not free:
+                raise _TooLarge(f"a block's pair terms keep more than {MAX_OPEN_LAYERS} of its layers open at once")
+            slot[j] = free.pop()
+            busy[j] = last[j]
+    return slot, last
+
+
 def _frontier(layer_opts: list[np.ndarray], cost, gain, count_of, cap: int, room: int | None = None,
-              deadline: float | None = None):
+              deadline: float | None = None, adapted=None, pairs=()):
     """Pareto frontier (per count) of choosing one option per layer: the options its points choose
-    (points x layers). Raises :class:`_TooLarge` when the points kept for backtracking, or
-    the points times the layers of the answer, pass ``room`` entries, or when ``deadline`` passes."""
+    (points x layers) and each point's value (its options' gains plus its active ``pairs``).
+
+    ``pairs``: (position a, position b, value, both) inside the unit, where ``adapted[o]`` says whether option ``o``
+    adapts its layer; the value counts when either (``both``: both) of the two positions is adapted. The DP's state
+    carries, besides cost and count, whether each layer with a pair still to be added is adapted (one bit each, at
+    most :data:`MAX_OPEN_LAYERS` at once), so each pair is added exactly when its second layer is chosen and the
+    frontier is exact. Raises :class:`_TooLarge` when the points kept for backtracking, or the points times the
+    layers of the answer, pass ``room`` entries, or when ``deadline`` passes."""
+    n_layers = len(layer_opts)
+    slot, last = _open_slots(n_layers, pairs) if pairs else ([-1] * n_layers, list(range(n_layers)))
+    later = [[] for _ in range(n_layers)]  # per position: (earlier position, value, both) of the pairs added there
+    for a, b, v, both in pairs:
+        later[max(a, b)].append((min(a, b), v, both))
     s_cost, s_gain, s_cnt = np.zeros(1, dtype=np.int64), np.zeros(1), np.zeros(1, dtype=np.int64)
+    s_bits = np.zeros(1, dtype=np.int64)
     parents, picks = [], []
     stored = 0
-    for idx in layer_opts:
+    for j, idx in enumerate(layer_opts):
         if deadline is not None and time.perf_counter() > deadline:
-            raise _TooLarge("the time limit passed while the tied blocks' frontiers were built")
+            raise _TooLarge("the time limit passed while the tied blocks' and pair units' frontiers were built")
         n = len(idx)
         c = (s_cost[:, None] + cost[idx][None, :]).ravel()
-        g = (s_gain[:, None] + gain[idx][None, :]).ravel()
+        g = s_gain[:, None] + gain[idx][None, :]
         k = (s_cnt[:, None] + count_of[idx][None, :]).ravel()
+        bits = np.repeat(s_bits, n)
+        if later[j] or slot[j] >= 0:
+            here = adapted[idx].astype(bool)[None, :]
+            for a, v, both in later[j]:
+                there = here if a == j else ((s_bits >> slot[a]) & 1).astype(bool)[:, None]
+                g = g + v * ((there & here) if both else (there | here))
+            if slot[j] >= 0:
+                bits = bits | np.tile(here[0].astype(np.int64) << slot[j], len(s_cost))
+            for a in range(j + 1):  # bits whose last pair was added here are free again
+                if slot[a] >= 0 and last[a] == j:
+                    bits = bits & ~(1 << slot[a])
+        g = g.ravel()
         parent = np.repeat(np.arange(len(s_cost)), n)
         pick = np.tile(np.arange(n), len(s_cost))
         ok = c <= cap
-        s_cost, s_gain, s_cnt, parent, pick = mckp.pareto(c[ok], g[ok], k[ok], parent[ok], pick[ok])
+        key = (k[ok] << MAX_OPEN_LAYERS) | bits[ok] if pairs else k[ok]
+        s_cost, s_gain, key, parent, pick = mckp.pareto(c[ok], g[ok], key, parent[ok], pick[ok])
+        if pairs:
+            s_cnt, s_bits = key >> MAX_OPEN_LAYERS, key & ((1 << MAX_OPEN_LAYERS) - 1)
+        else:
+            s_cnt, s_bits = key, np.zeros(len(s_cost), dtype=np.int64)
         parents.append(parent)
         picks.append(pick)
         stored += len(s_cost)
         if room is not None and max(stored, len(s_cost) * len(layer_opts)) > room:
-            raise _TooLarge(f"a tied block of {len(layer_opts):,} layers has more Pareto points than the knapsack path holds "
+            raise _TooLarge(f"a block of {len(layer_opts):,} layers has more Pareto points than the knapsack path holds "
                             f"({len(s_cost):,} after {len(parents):,} of its layers)")
     chosen = np.empty((len(s_cost), len(layer_opts)), dtype=np.int64)
     state = np.arange(len(s_cost))
     for j in range(len(layer_opts) - 1, -1, -1):
         chosen[:, j] = layer_opts[j][picks[j][state]]
         state = parents[j][state]
-    return chosen
+    return chosen, s_gain
 
 
 def _units(problem: Problem) -> list[list[int]]:
-    """The choices of the knapsack: with tied blocks each block's problem layers (in order), else every layer alone."""
-    if not problem.constraints.tie_blocks:
-        return [[l] for l in range(problem.n_layers)]
-    by_block: dict = {}
-    units = []
-    for l, info in enumerate(problem.layers):
-        if info.block is None:
-            units.append([l])
-        else:
-            if info.block not in by_block:
-                by_block[info.block] = []
-                units.append(by_block[info.block])
-            by_block[info.block].append(l)
-    return units
+    """The choices of the knapsack: with tied blocks each block's problem layers (in order), else every layer alone;
+    layers joined by pair terms are one choice too (the pair graph's components, merged with the blocks)."""
+    unit_of = list(range(problem.n_layers))
+    if problem.constraints.tie_blocks:
+        first: dict = {}
+        for l, info in enumerate(problem.layers):
+            if info.block is not None:
+                unit_of[l] = first.setdefault(info.block, l)
+    if problem.pairs:
+        def find(x):
+            while unit_of[x] != x:
+                unit_of[x] = unit_of[unit_of[x]]
+                x = unit_of[x]
+            return x
+        for l in range(problem.n_layers):
+            unit_of[l] = find(unit_of[l])
+        for p in problem.pairs:
+            a, b = find(p.i), find(p.j)
+            if a != b:
+                unit_of[max(a, b)] = min(a, b)
+        unit_of = [find(l) for l in range(problem.n_layers)]
+    by_root: dict = {}
+    for l in range(problem.n_layers):
+        by_root.setdefault(unit_of[l], []).append(l)
+    return sorted(by_root.values(), key=lambda u: u[0])
+
+
+def _cross_blocks(problem: Problem) -> str | None:
+    """Why pair terms keep tied blocks off the knapsack path (a pair that leaves its block), or None."""
+    if not (problem.pairs and problem.constraints.tie_blocks):
+        return None
+    block = problem.layer_column("block")
+    for p in problem.pairs:
+        if p.i != p.j and (block[p.i] is None or block[p.i] != block[p.j]):
+            return (f"a pair term joins {problem.layers[p.i].name} and {problem.layers[p.j].name}, which are not in one tied "
+                    "block")
+    return None
 
 
 def build_knapsack(problem: Problem, capped: list[int], weight: np.ndarray, deadline: float | None = None) -> Knapsack | str:
     """The knapsack whose choices are exactly the allocations meeting the tie (or the problem itself), or why not
     (also when ``deadline``, a ``time.perf_counter()`` time, passes while the blocks' frontiers are built: they
-    check it before every layer)."""
+    check it before every layer). A unit of layers joined by pair terms is one choice among its Pareto points, its
+    pairs' values in their gains."""
     c = problem.constraints
+    cross = _cross_blocks(problem)
+    if cross:
+        return cross
     cost, gain, method = problem.option_cost, problem.option_gain, problem.option_method
+    adapted = method != NONE
     starts = problem.layer_start
     k = len(capped)
     opt_counts = np.zeros((problem.n_options, k), dtype=np.int64)
     for j, m in enumerate(capped):
         opt_counts[:, j] = np.where(method == m, weight, 0)
     units = _units(problem)
-    pieces = []  # per choice: (rows: options x layers of problem options, method per option, counts per option)
+    pairs_of: dict[int, list] = {}
+    if problem.pairs:
+        position = {}
+        for u, unit in enumerate(units):
+            for pos, l in enumerate(unit):
+                position[l] = (u, pos)
+        for p in problem.pairs:
+            (u, a), (_, b) = position[p.i], position[p.j]
+            pairs_of.setdefault(u, []).append((a, b, float(p.value), p.when == "both"))
+    if k > 1:  # the frontiers are kept per count: one integer per count vector
+        radix = int(opt_counts.max()) * max(map(len, units)) + 1
+        flat_count = opt_counts @ (radix ** np.arange(k, dtype=np.int64))
+        if radix ** k >= 2**38:
+            return f"{k} method caps over blocks of {max(map(len, units))} layers count past what the frontiers key"
+    else:
+        flat_count = opt_counts[:, 0] if k else np.zeros(problem.n_options, dtype=np.int64)
+    pieces = []  # per choice: (rows: options x layers of problem options, value, method per option, counts per option)
     held = 0  # entries of the blocks' frontiers so far (bounded by MAX_BLOCK_ENTRIES: memory)
-    for unit in units:
-        if len(unit) == 1:
+    tied = c.tie_blocks
+    for u, unit in enumerate(units):
+        pairs = pairs_of.get(u, [])
+        if len(unit) == 1 and not pairs:
             l = unit[0]
             span = np.arange(starts[l], starts[l + 1])
-            pieces.append((unit, span[:, None], method[span], opt_counts[span]))
+            pieces.append((unit, span[:, None], gain[span], method[span], opt_counts[span]))
             continue
-        methods = sorted({int(method[o]) for l in unit for o in range(starts[l], starts[l + 1])} - {NONE})
         none_opt = []
         for l in unit:
             o_none = [o for o in range(starts[l], starts[l + 1]) if method[o] == NONE]
             none_opt.append(o_none[0] if o_none else None)
-        rows, meths, cnts = [], [], []
-        if all(o is not None for o in none_opt):
+        is_block = tied and problem.layers[unit[0]].block is not None
+        if is_block:  # one method (or none) across the block: a frontier per method
+            methods = sorted({int(method[o]) for l in unit for o in range(starts[l], starts[l + 1])} - {NONE})
+            menus = []
+            for m in methods:
+                layer_opts = []
+                for l, o_none in zip(unit, none_opt):
+                    opts = [o for o in range(starts[l], starts[l + 1]) if method[o] == m] + ([o_none] if o_none is not None else [])
+                    if not opts:
+                        break
+                    layer_opts.append(np.array(opts, dtype=np.int64))
+                else:
+                    menus.append((m, layer_opts))
+        else:
+            menus = [(None, [np.arange(starts[l], starts[l + 1]) for l in unit])]
+        rows, values, meths, cnts = [], [], [], []
+        if is_block and all(o is not None for o in none_opt):
             rows.append(np.array([none_opt], dtype=np.int64))
+            values.append(np.array([float(gain[none_opt].sum())]))
             meths.append(np.array([NONE]))
             cnts.append(np.zeros((1, k), dtype=np.int64))
-        for m in methods:
-            layer_opts = []
-            for l, o_none in zip(unit, none_opt):
-                opts = [o for o in range(starts[l], starts[l + 1]) if method[o] == m] + ([o_none] if o_none is not None else [])
-                if not opts:
-                    break
-                layer_opts.append(np.array(opts, dtype=np.int64))
-            else:
-                j = capped.index(m) if m in capped else None
-                count_of = opt_counts[:, j] if j is not None else np.zeros(problem.n_options, dtype=np.int64)
-                try:
-                    chosen = _frontier(layer_opts, cost, gain, count_of, c.hi, MAX_BLOCK_ENTRIES - held, deadline)
-                except _TooLarge as exc:
-                    return str(exc)
-                held += chosen.size
-                chosen = chosen[(method[chosen] == m).any(axis=1)]  # all-none is the one option above
-                rows.append(chosen)
+        for m, layer_opts in menus:
+            try:
+                chosen, value = _frontier(layer_opts, cost, gain, flat_count, c.hi, MAX_BLOCK_ENTRIES - held, deadline,
+                                          adapted, pairs)
+            except _TooLarge as exc:
+                return str(exc)
+            held += chosen.size
+            if m is not None:
+                keep = (method[chosen] == m).any(axis=1)  # all-none is the one option above
+                chosen, value = chosen[keep], value[keep]
                 meths.append(np.full(len(chosen), m))
-                row = np.zeros((len(chosen), k), dtype=np.int64)
-                if j is not None:
-                    row[:, j] = count_of[chosen].sum(axis=1)
-                cnts.append(row)
+            else:  # a unit of pairs: its option's method is the first one it adapts a layer with (or none)
+                first = np.where(adapted[chosen].any(axis=1), method[chosen][np.arange(len(chosen)), adapted[chosen].argmax(axis=1)], NONE)
+                meths.append(first)
+            rows.append(chosen)
+            values.append(value)
+            cnts.append(opt_counts[chosen].sum(axis=1))
         if not sum(len(r) for r in rows):
             return f"block {problem.layers[unit[0]].block}'s layers accept no common method and cannot all stay as they are"
-        pieces.append((unit, np.concatenate(rows), np.concatenate(meths), np.concatenate(cnts)))
-    sizes = [len(r) for _, r, _, _ in pieces]
-    k_cost = np.concatenate([cost[r].sum(axis=1) for _, r, _, _ in pieces]).astype(np.int64)
-    k_gain = np.concatenate([gain[r].sum(axis=1) for _, r, _, _ in pieces])
-    return Knapsack(k_cost, k_gain, np.concatenate([m for _, _, m, _ in pieces]).astype(np.int64),
+        pieces.append((unit, np.concatenate(rows), np.concatenate(values), np.concatenate(meths), np.concatenate(cnts)))
+    sizes = [len(r) for _, r, _, _, _ in pieces]
+    k_cost = np.concatenate([cost[r].sum(axis=1) for _, r, _, _, _ in pieces]).astype(np.int64)
+    k_gain = np.concatenate([v for _, _, v, _, _ in pieces])
+    return Knapsack(k_cost, k_gain, np.concatenate([m for _, _, _, m, _ in pieces]).astype(np.int64),
                     np.concatenate(([0], np.cumsum(sizes))).astype(np.int64), SimpleNamespace(hi=c.hi),
-                    [(u, r) for u, r, _, _ in pieces], np.concatenate([x for _, _, _, x in pieces], axis=0))
+                    [(u, r) for u, r, _, _, _ in pieces], np.concatenate([x for _, _, _, _, x in pieces], axis=0))
 
 
 def _golden_min(f, lo: float, hi: float, iters: int) -> tuple[float, float]:
@@ -495,7 +603,7 @@ def solve_side(problem: Problem, deadline: float | None = None, max_states: int 
     t0 = time.perf_counter()
     capped, caps, weight = _capped(problem)
     lagrangian = SideResult(None)  # what the Lagrangian method choice found before handing over to the frontiers
-    if problem.constraints.tie_blocks and not capped:
+    if problem.constraints.tie_blocks and not capped and not problem.pairs:
         units = _units(problem)
         lagrangian = solve_block_methods(problem, units, deadline, max_states)
         if lagrangian.choice is not None or max(map(len, units)) > BIG_BLOCK:
@@ -532,10 +640,15 @@ def solve_side(problem: Problem, deadline: float | None = None, max_states: int 
     bound = pre.bound + float(mu @ caps)
     if core.choice is None:  # the best allocation known that meets the caps and ties: a round may have improved ``start``
         return stopped(core.reason, knap.expand(pre.incumbent, problem.n_layers), bound)
-    what = " and ".join(w for w, on in (("method caps", len(caps) > 0), ("tied blocks", problem.constraints.tie_blocks)) if on) \
+    what = " and ".join(w for w, on in (("method caps", len(caps) > 0), ("tied blocks", problem.constraints.tie_blocks),
+                                        (f"{len(problem.pairs):,} pair terms", bool(problem.pairs))) if on) \
         or "method caps that cannot bind"
+    joined = [u for u, _ in knap.units if len(u) > 1] if knap.units else []
     note = (f"{what} on the knapsack path: {knap.n_layers:,} choices ({len(knap.option_cost):,} options"
-            + (", blocks as one choice each" if problem.constraints.tie_blocks else "")
+            + (", blocks as one choice each" + (" with their pair terms" if problem.pairs else "")
+               if problem.constraints.tie_blocks else
+               f", {len(joined):,} units of layers joined by pair terms (the largest {max(map(len, joined)):,} layers) as one "
+               "choice each among their Pareto points" if joined else "")
             + f"), bound {bound:.6g}" + (f" with cap multipliers {', '.join(f'{x:.3g}' for x in mu)}" if len(caps) else "")
             + f", {pre.core_layers} choices in the core (DP peak {core.max_states:,} states)")
     return SideResult(knap.expand(core.choice, problem.n_layers), note=note, presolve_seconds=presolve_seconds)

@@ -5,10 +5,12 @@
 optimum of the whole problem when its cost meets the utilization floor. A
 ``min_methods`` constraint stays on the fast path: the DP then keeps one
 frontier per set of methods used (at most 2^4), against an incumbent repaired
-to use enough methods; so do method caps and tied blocks (:mod:`side`). It hands
-the problem to CBC (and says so in the notes) for pairwise interaction terms,
-min-methods combined with caps or tied blocks, when the floor binds, or when the
-core search hits its limits.
+to use enough methods; so do method caps, tied blocks and pair terms (:mod:`side`:
+layers joined by pairs are one choice among their Pareto points, priced with their
+pairs). It hands the problem to CBC (and says so in the notes) for min-methods
+combined with caps, tied blocks or pairs, pairs that cross tied blocks, a block of
+pairs too large to enumerate, when the floor binds, or when the core search hits
+its limits.
 """
 
 from __future__ import annotations

@@ -1,6 +1,16 @@
-"""Method caps and tied blocks on the exact fast path (no LP library).
+"""Method caps, tied blocks and pair terms on the exact fast path (no LP library).
 
-Both constraints keep the knapsack structure once it is looked at the right way:
+All three keep the knapsack structure once it is looked at the right way:
+
+* **Pair terms** (an objective term for two layers, counted when either or both
+  are adapted). The layers joined by pairs (the pair graph's components: a
+  block's projections, as the probe writes them) become one choice: its options
+  are the Pareto frontier (cost, gain with the pairs' values) of one option per
+  layer, found by a DP whose state also carries whether each layer with a pair
+  still to add is adapted (so every pair is added exactly once, when its second
+  layer is chosen). States of different open layers are compared through bounds
+  on what the open pairs can still add. Exact: a point off the frontier is beaten
+  by one on it at no higher cost.
 
 * **Tied blocks** ("a block uses one method besides none"). A block's layers
   become one choice: for each method m the block can take, the Pareto frontier
@@ -21,8 +31,9 @@ An incumbent that meets the constraints (repaired from the relaxed one) gives
 the target to prune against. The answer is proven optimal for the cap-only
 window; as on the plain fast path, the caller checks the floor and hands the
 problem to CBC where it binds, where a limit stops the DP, or where the
-constraints are combined in a way this module does not take (caps or ties with
-min-methods, ties with pair terms).
+constraints are combined in a way this module does not take (caps, ties or pairs
+with min-methods; pairs across tied blocks; more than :data:`MAX_OPEN_LAYERS`
+layers of one unit open at once).
 """
 
 from __future__ import annotations
@@ -125,6 +136,35 @@ def _open_slots(n: int, pairs) -> tuple[list[int], list[int]]:
     return slot, last
 
 
+def _across_keys(s_cost, s_gain, s_cnt, s_bits, ahead, *rest):
+    """The states no other of the same count beats whatever the layers still to come choose (the per-key frontiers
+    only compare states whose open layers are adapted alike).
+
+    ``ahead``: (bit of an open layer, later position, value, both) of the pairs still to add. Given the open bits, such
+    a pair adds its value for sure ("either" with the open layer adapted), never ("both" with it not adapted) or exactly
+    when the later layer is adapted. So a state's future pair value is a known part plus, per later layer, a weight that
+    counts if that layer is adapted; its value plus the known part plus the sum of the negative (positive) weights is a
+    floor ``lo`` (ceiling ``hi``) on what it can reach over any state of the same later choices. A state is dropped when
+    an earlier one of its count (by cost, then key) costs no more and has ``lo`` at least its ``hi``: exact."""
+    later = sorted({f for _, f, _, _ in ahead})
+    weight = np.zeros((len(s_cost), len(later)))
+    known = np.zeros(len(s_cost))
+    for bit, f, v, both in ahead:
+        on = ((s_bits >> bit) & 1).astype(bool)
+        if both:
+            weight[:, later.index(f)] += np.where(on, v, 0.0)
+        else:
+            known += np.where(on, v, 0.0)
+            weight[:, later.index(f)] += np.where(on, 0.0, v)
+    lo = s_gain + known + np.minimum(weight, 0.0).sum(axis=1)
+    hi = s_gain + known + np.maximum(weight, 0.0).sum(axis=1)
+    order = np.lexsort((s_cost, s_cnt))
+    beaten = np.empty(len(order), dtype=bool)
+    beaten[order] = mckp._prior_max(mckp._segments(s_cnt[order]), lo[order]) >= hi[order]
+    keep = np.flatnonzero(~beaten)
+    return (s_cost[keep], s_gain[keep], s_cnt[keep], s_bits[keep], *(r[keep] for r in rest))
+
+
 def _frontier(layer_opts: list[np.ndarray], cost, gain, count_of, cap: int, room: int | None = None,
               deadline: float | None = None, adapted=None, pairs=()):
     """Pareto frontier (per count) of choosing one option per layer: the options its points choose
@@ -171,6 +211,10 @@ def _frontier(layer_opts: list[np.ndarray], cost, gain, count_of, cap: int, room
         s_cost, s_gain, key, parent, pick = mckp.pareto(c[ok], g[ok], key, parent[ok], pick[ok])
         if pairs:
             s_cnt, s_bits = key >> MAX_OPEN_LAYERS, key & ((1 << MAX_OPEN_LAYERS) - 1)
+            ahead = [(slot[a], f, v, both) for f in range(j + 1, n_layers) for a, v, both in later[f] if a <= j]
+            if ahead:
+                s_cost, s_gain, s_cnt, s_bits, parent, pick = _across_keys(s_cost, s_gain, s_cnt, s_bits, ahead,
+                                                                           parent, pick)
         else:
             s_cnt, s_bits = key, np.zeros(len(s_cost), dtype=np.int64)
         parents.append(parent)

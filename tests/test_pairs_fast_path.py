@@ -46,7 +46,8 @@ def _brute(problem):
 def _problem(seed):
     rng = random.Random(seed)
     experts = rng.random() < 0.3
-    data = _manifest(rng, rng.randint(1, 2), rng.randint(1, 3), cross=rng.random() < 0.2, experts=experts)
+    per_block = rng.randint(1, 5)  # up to 5 layers of one block, or two blocks of up to 3
+    data = _manifest(rng, 1 if per_block > 3 else rng.randint(1, 2), per_block, cross=rng.random() < 0.2, experts=experts)
     opts = ModelOptions(methods=tuple(METHODS), ranks={"lora": (1, 2), "adapter": (1,)})
     top = build_problem(parse_manifest(data), Constraints(budget=10**6), opts).cost_range()[1]
     side = {}
@@ -136,3 +137,17 @@ def test_time_limit_while_pair_units_are_built_is_honoured(monkeypatch):
     alloc = solve(problem, "auto", SolverOptions(time_limit=20))
     assert any("time limit passed while the tied blocks' and pair units' frontiers" in n for n in alloc.notes), alloc.notes
     assert alloc.status in (Status.OPTIMAL, Status.FEASIBLE) and not alloc.violations
+
+
+def test_a_block_with_too_many_open_layers_goes_to_cbc_and_says_why():
+    rng = random.Random(3)
+    layers = [{"name": f"l{i}", "kind": "attention", "block": 0, "in_features": 4, "out_features": 4,
+               "metrics": {"m": rng.random()}, "allowed_methods": ["lora", "none"]} for i in range(26)]
+    pairs = [{"layers": [f"l{a}", f"l{b}"], "value": rng.uniform(-0.2, 0.1), "when": "either"}
+             for a, b in itertools.combinations(range(26), 2)]
+    data = {"schema_version": 2, "layers": layers, "metric_weights": {"m": 1}, "interactions": {"metric": "m", "pairs": pairs}}
+    problem = build_problem(parse_manifest(data), Constraints(budget=100, min_utilization=0.0, max_utilization=1.0),
+                            ModelOptions(ranks={"lora": (1,)}))
+    alloc = solve(problem, "auto")
+    assert alloc.solver == "auto/cbc" and alloc.status == Status.OPTIMAL
+    assert any("keep more than 24 of its layers open" in n for n in alloc.notes), alloc.notes

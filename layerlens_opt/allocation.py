@@ -157,7 +157,9 @@ class Allocation:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1)
+        from .io import json_text
+
+        return json_text(self.to_dict(), "allocation").rstrip("\n")
 
 
 def choice_violations(problem: Problem, choice: Sequence[int]) -> list[str]:

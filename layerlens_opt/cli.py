@@ -7,7 +7,6 @@ no allocation within the limits, 5 ``validate`` found a FAIL.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from .cliparse import (
 __all__ = ["main", "parse_count"]
 from .errors import LayerlensError
 from .integrity import sound_allocation as _sound_allocation
-from .io import write_atomic as _write
+from .io import json_text, write_atomic as _write
 from .methods import DEFAULT_METHODS, DEFAULT_WINDOW
 
 EXIT_INFEASIBLE = 3
@@ -115,7 +114,7 @@ def compare(as_json, max_rows, **kw):
     exact = _solve(problem, build_seconds, kw, solver)
     heur = _solve(problem, build_seconds, kw, "heuristic")
     if as_json:
-        click.echo(json.dumps({"exact": exact.to_dict(), "heuristic": heur.to_dict()}, indent=1))
+        click.echo(json_text({"exact": exact.to_dict(), "heuristic": heur.to_dict()}, "comparison"), nl=False)
     else:
         from .report import compare_text
 
@@ -144,7 +143,7 @@ def validate(allocation, manifest, as_json):
     failures, metrics, checks = validate_allocation(data, man)
     n_fail = sum(v == FAIL for v in checks.values()) + len(failures)
     if as_json:
-        click.echo(json.dumps({"failures": failures, "metrics": metrics, "checks": checks}, indent=1))
+        click.echo(json_text({"failures": failures, "metrics": metrics, "checks": checks}, "validation report"), nl=False)
     else:
         for line in failures[:20]:
             click.echo(f"FAIL  {line}")
@@ -253,7 +252,7 @@ def export(allocation, fmt, output, module_prefix, alpha_ratio):
 
     data = _sound_allocation(allocation)
     if fmt == "peft":
-        path = ex.write_peft(data, output, alpha_ratio=alpha_ratio, prefix=module_prefix)
+        path = ex.write_peft(data, output, inputs=[allocation], alpha_ratio=alpha_ratio, prefix=module_prefix)
         n = len(ex.lora_config(data)["target_modules"])
         others = ex.others_than_lora(data)
         if others:  # the first line: the config does not carry the whole allocation
@@ -306,7 +305,7 @@ def frontier(manifest, budgets, methods, min_utilization, max_utilization, outpu
 
     points = frontier_points(man, budgets, options, (min_utilization, max_utilization), bar)
     if as_json:
-        click.echo(json.dumps(points, indent=1))
+        click.echo(json_text(points, "frontier"), nl=False)
     else:
         rows = [(p["budget"], p["exact"], p["exact_status"], p["heuristic"], p["heuristic_status"]) for p in points]
         click.echo(table(("budget", "exact objective", "status", "heuristic objective", "status"), rows, "rrlrl"))

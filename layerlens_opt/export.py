@@ -108,19 +108,25 @@ def others_than_lora(allocation: Allocation) -> dict[str, int]:
     return {m: n for m, n in allocation.method_counts().items() if not METHODS[m].peft_lora and not METHODS[m].is_none}
 
 
-def write_peft(allocation: Allocation, out_dir: str | Path, **kwargs) -> Path:
-    """Write ``adapter_config.json`` (loadable by ``LoraConfig.from_pretrained``) into ``out_dir``."""
+def write_peft(allocation: Allocation, out_dir: str | Path, inputs=(), **kwargs) -> Path:
+    """Write ``adapter_config.json`` (loadable by ``LoraConfig.from_pretrained``) into ``out_dir``; ``inputs`` (the
+    command's input files) are never written over."""
     out_dir = Path(out_dir)
     config = lora_config(allocation, **kwargs)
     if out_dir.exists() and not out_dir.is_dir():
         raise LayerlensError(f"{out_dir} is a file; --format peft writes a folder (adapter_config.json inside), give a folder path")
+    target = out_dir / "adapter_config.json"
+    for source in inputs:
+        if Path(source).resolve() == target.resolve():
+            raise LayerlensError(f"refusing to write {target}: it is the input allocation of this command; "
+                                 "export into another folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LayerlensError(f"cannot create folder {out_dir}: {exc.strerror}") from None
     from .io import json_text, write_atomic
 
-    return write_atomic(out_dir / "adapter_config.json", json_text(config, "peft config"), (), "peft config")
+    return write_atomic(target, json_text(config, "peft config"), inputs, "peft config")
 
 
 COLUMNS = ("name", "kind", "block", "method", "rank", "params", "utility", "gain")
@@ -135,13 +141,18 @@ def to_csv(allocation: Allocation) -> str:
     return buf.getvalue()
 
 
+def _cell(text: str) -> str:
+    """A Markdown table cell: a '|' escaped, line breaks and backslashes kept from breaking the row."""
+    return " ".join(text.replace("\\", "\\\\").replace("|", "\\|").splitlines()) if text else text
+
+
 def to_markdown(allocation: Allocation) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for l in allocation.layers:
         cells = []
         for c in COLUMNS:
             v = getattr(l, c)
-            cells.append("" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)))
+            cells.append("" if v is None else (f"{v:.4g}" if isinstance(v, float) else _cell(str(v))))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Total: {allocation.total_params:,} of {allocation.budget:,} parameters "

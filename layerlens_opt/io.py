@@ -4,7 +4,8 @@ Guarantees (tested): the output is written to a temporary file in the same
 folder and moved into place with ``os.replace`` (a reader sees the old file or
 the whole new one, never half of one; concurrent writers leave one complete
 file); a path that is also an input of the same command is refused; a write
-that fails leaves the old file as it was; JSON is written with
+that fails leaves the old file as it was; a symbolic link is written through (its target
+replaced, the link kept) and a device, pipe or socket refused; JSON is written with
 ``allow_nan=False`` (NaN is not JSON, other tools reject it).
 """
 
@@ -81,10 +82,15 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def check_output(path: str | Path, inputs: Iterable[str | Path] = (), what: str = "output") -> Path:
-    """The output path, after refusing a missing folder, a folder in the way and any input of the command."""
+    """The output path (a symbolic link's target), after refusing a missing folder, a folder or another non-regular file in
+    the way and any input of the command."""
     p = Path(path)
+    if p.is_symlink():  # written through: the link's target gets the new content, the link stays a link
+        p = Path(os.path.realpath(p))
     if p.exists() and p.is_dir():
         raise LayerlensError(f"cannot write {what} {path}: it is a folder; give a file name")
+    if p.exists() and not p.is_file():
+        raise LayerlensError(f"cannot write {what} {path}: it is not a regular file (a device, pipe or socket); give a file name")
     if not p.resolve().parent.is_dir():
         raise LayerlensError(f"cannot write {what} {path}: folder {p.parent} does not exist")
     for source in inputs:

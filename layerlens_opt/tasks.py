@@ -122,4 +122,4 @@ def examples(task: str, split: str, seed: int = 0, n_pairs: int = 6000) -> list[
 def write_jsonl(rows: list[dict], path: str | Path) -> None:
     from .io import write_atomic
 
-    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows), (), "data")
+    write_atomic(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows), (), "data")

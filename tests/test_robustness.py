@@ -373,3 +373,61 @@ def test_a_nan_anywhere_is_named_by_its_path(tmp_path):
     with pytest.raises(NotFinite, match=r"^layers\[1\]\.metrics\.fisher is -Infinity, which is not JSON; write a finite number$"):
         strict_json('{"layers": [{"metrics": {}}, {"metrics": {"fisher": -Infinity}}]}')
     assert strict_json('{"name": "NaN Infinity"}') == {"name": "NaN Infinity"}  # inside a string it is text
+
+
+def test_output_through_a_symlink_writes_its_target(manifest, tmp_path):
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    r = run("solve", manifest, "--budget", "50k", "-o", link)
+    assert_clean(r, {0})
+    assert link.is_symlink() and json.loads(target.read_text())["status"] == "optimal"
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(tmp_path / "not-yet.json")
+    assert run("solve", manifest, "--budget", "50k", "-o", dangling).exit_code == 0
+    assert dangling.is_symlink() and (tmp_path / "not-yet.json").is_file()
+
+
+def test_a_non_regular_output_is_refused(manifest, tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    r = run("solve", manifest, "--budget", "50k", "-o", fifo)
+    assert_clean(r, {1, 2})
+    assert "not a regular file" in r.output and fifo.exists() and not fifo.is_file()
+
+
+def test_peft_export_never_writes_over_its_input(allocation, tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    inside = folder / "adapter_config.json"
+    inside.write_bytes(allocation.read_bytes())
+    before = digest(inside)
+    r = run("export", inside, "--format", "peft", "-o", folder)
+    assert_clean(r, {1, 2})
+    assert "input allocation" in r.output and digest(inside) == before
+
+
+def test_markdown_cells_with_pipes_and_newlines_keep_the_table(tmp_path):
+    from layerlens_opt.export import to_markdown
+    from layerlens_opt.manifest import parse_manifest
+    from layerlens_opt.problem import Constraints, build_problem
+    from layerlens_opt.solvers import solve
+
+    layers = [{"name": name, "kind": "attention", "in_features": 8, "out_features": 8, "metrics": {"m": 1.0}}
+              for name in ("a|b", "c\nd", "e\\|f")]
+    problem = build_problem(parse_manifest({"schema_version": 1, "layers": layers, "metric_weights": {"m": 1}}),
+                            Constraints(budget=100, min_utilization=0.0, max_utilization=1.0))
+    rows = to_markdown(solve(problem)).splitlines()[2:5]
+    assert [r.count("|") - r.count("\\|") for r in rows] == [9, 9, 9]
+    assert rows[0].startswith("| a\\|b |") and rows[1].startswith("| c d |") and rows[2].startswith("| e\\\\\\|f |")
+
+
+def test_json_printed_to_the_console_is_strict(manifest, monkeypatch):
+    from layerlens_opt.allocation import Allocation
+
+    monkeypatch.setattr(Allocation, "to_dict", lambda self: {"objective": float("nan")})
+    r = run("compare", manifest, "--budget", "50k", "--json")
+    assert_clean(r, {1})
+    assert r.output.startswith("Error: the comparison holds a NaN or infinite number, which JSON cannot carry")
+    assert len(r.output.strip().splitlines()) == 1

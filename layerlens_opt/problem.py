@@ -690,4 +690,16 @@ def _pair_terms(manifest: Manifest, options: ModelOptions) -> tuple[PairTerm, ..
     top = max(metrics[metric] for metrics in manifest.column("metrics"))
     scale = share / top * (1.0 - options.shrink) if top > 0 else 0.0
     index = dict(zip(manifest.column("name"), range(len(manifest.layers))))
+    for t in manifest.interactions:
+        scaled = t.value * scale
+        if not math.isfinite(scaled) or abs(scaled) > MAX_PAIR_GAIN:
+            raise LayerlensError(
+                f"the interaction between {t.a!r} and {t.b!r} has value {t.value:.6g}, {abs(t.value) / top if top else math.inf:.3g} "
+                f"times the largest {metric!r} of a layer ({top:.6g}); pair values are in units of that metric and must stay "
+                f"within {MAX_PAIR_GAIN:.0e} times it: check the pair's value or solve with --no-interactions")
     return tuple(PairTerm(index[t.a], index[t.b], t.value * scale, t.when) for t in manifest.interactions if t.value * scale != 0)
+
+
+#: the largest pair value, in gain units (a layer's gain is at most 1): beyond it the objective is nonsense and CBC's
+#: tolerances lose the layers' gains
+MAX_PAIR_GAIN = 1e9

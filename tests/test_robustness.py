@@ -431,3 +431,18 @@ def test_json_printed_to_the_console_is_strict(manifest, monkeypatch):
     assert_clean(r, {1})
     assert r.output.startswith("Error: the comparison holds a NaN or infinite number, which JSON cannot carry")
     assert len(r.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("value", [1e300, -1e300, 5e12])
+def test_a_pair_value_past_the_gain_scale_is_an_input_error_naming_the_pair(tmp_path, value):
+    layers = [{"name": n, "kind": "attention", "in_features": 8, "out_features": 8, "metrics": {"m": 0.5}} for n in ("a", "b")]
+    data = {"schema_version": 2, "layers": layers, "metric_weights": {"m": 1},
+            "interactions": {"metric": "m", "pairs": [{"layers": ["a", "b"], "value": value}]}}
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps(data))
+    r = run("solve", p, "--budget", "100", "--min-utilization", "0")
+    assert_clean(r, {1})
+    assert "the interaction between 'a' and 'b'" in r.output and "--no-interactions" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    ok = run("solve", p, "--budget", "100", "--min-utilization", "0", "--no-interactions")
+    assert ok.exit_code == 0, ok.output

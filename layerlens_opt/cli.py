@@ -160,7 +160,7 @@ def validate(allocation, manifest, as_json):
 
 @main.command()
 @click.option("--model", "-m", "model_spec", required=True, help="Hugging Face model directory, module:function returning an nn.Module, or minilm (all-MiniLM-L6-v2, shipped offline).")
-@click.option("--data", "-d", "data_path", required=True, type=click.Path(dir_okay=False), help="JSONL of {\"text\": ..., \"label\": ...}.")
+@click.option("--data", "-d", "data_path", required=True, type=click.Path(exists=True, dir_okay=False), help="JSONL of {\"text\": ..., \"label\": ...}.")
 @click.option("--output", "-o", required=True, type=OutputPath("manifest"), help="Manifest file to write.")
 @click.option("--signal", "-S", type=click.Choice(["probe", "lora-probe", "first-order"]), default="probe", show_default=True,
               help="probe: every method (LoRA, IA3, adapter, prefix) on every layer behind gates, trained once, priced per layer "
@@ -287,7 +287,8 @@ def plot(allocation, output):
 @click.option("--max-utilization", type=FiniteFloat(0, 1), default=DEFAULT_WINDOW[1], show_default=True)
 @click.option("--output", "-o", type=OutputPath("plot", image=True), help="Plot of objective vs budget (needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print the sweep as JSON.")
-def frontier(manifest, budgets, methods, min_utilization, max_utilization, output, as_json):
+@click.option("--time-limit", type=FiniteFloat(0, 1e7, lo_open=True), help="Seconds for each budget's exact solve (as solve's).")
+def frontier(manifest, budgets, methods, min_utilization, max_utilization, output, as_json, time_limit):
     """Solve a sweep of budgets with the exact solver and the heuristic; objective vs budget."""
     from .manifest import load_manifest
     from .problem import ModelOptions
@@ -303,7 +304,7 @@ def frontier(manifest, budgets, methods, min_utilization, max_utilization, outpu
         with click.progressbar(items, label="solving budgets", file=sys.stderr) as shown:
             yield from shown
 
-    points = frontier_points(man, budgets, options, (min_utilization, max_utilization), bar)
+    points = frontier_points(man, budgets, options, (min_utilization, max_utilization), bar, time_limit=time_limit)
     if as_json:
         click.echo(json_text(points, "frontier"), nl=False)
     else:
@@ -314,6 +315,11 @@ def frontier(manifest, budgets, methods, min_utilization, max_utilization, outpu
 
         plot_frontier(points, output, title=Path(manifest).stem)
         click.echo(f"wrote {output}", err=as_json)
+    if not any(p["exact_status"] in ("optimal", "feasible") for p in points):  # nothing to show: the exit says why
+        statuses = sorted({p["exact_status"] for p in points})
+        click.echo(f"no budget of the sweep has an allocation ({', '.join(statuses)}); widen the window or change the budgets",
+                   err=True)
+        sys.exit(EXIT_INFEASIBLE if statuses == ["infeasible"] else EXIT_ERROR)
 
 
 @main.command()
@@ -321,13 +327,18 @@ def frontier(manifest, budgets, methods, min_utilization, max_utilization, outpu
 @click.option("--layer", "layer_name", help="Explain one layer only.")
 @click.option("--cross-check/--no-cross-check", default=None,
               help="Solve the LP with cvxpy too and compare (default: up to 50,000 options, where cvxpy is installed).")
+@click.option("--time-limit", type=FiniteFloat(0, 1e7, lo_open=True), help="Seconds before the solver stops (as solve's).")
 @_max_rows
 def explain(layer_name, cross_check, max_rows, **kw):
     """Why each layer got what it got: the budget's shadow price (exact LP, cross-checked by cvxpy) and marginal gains."""
     from .explain import explain as run_explain
 
-    problem, _ = _build(kw)
-    click.echo(run_explain(problem, layer_name, cross_check=cross_check, max_rows=max_rows))
+    problem, build_seconds = _build(kw)
+    alloc = _solve(problem, build_seconds, dict(kw, threads=None, no_warm_start=False, no_presolve=False), solver="auto")
+    if not alloc.ok:
+        _exit_for(alloc.status.value, alloc.message, True)
+        raise LayerlensError(f"nothing to explain: {alloc.status.value} - {alloc.message}")
+    click.echo(run_explain(problem, layer_name, cross_check=cross_check, max_rows=max_rows, alloc=alloc))
 
 
 if __name__ == "__main__":  # pragma: no cover

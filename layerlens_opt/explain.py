@@ -108,17 +108,18 @@ def _find(problem: Problem, name: str) -> int | None:
 
 
 def explain(problem: Problem, layer_name: str | None = None, *, cross_check: bool | None = None,
-            max_rows: int = 0) -> str:
+            max_rows: int = 0, alloc=None) -> str:
     """The LP's prices, the integer optimum, and one row per layer (``layer_name``: that layer, or its tied group, only; past
     ``max_rows`` layers, 0 for no limit, the first and last :data:`~layerlens_opt.report.TABLE_ENDS` rows).
     ``cross_check``: solve the LP with cvxpy too (None: where it has at most :data:`CROSS_CHECK_MAX_OPTIONS`
-    options and cvxpy is installed)."""
+    options and cvxpy is installed). ``alloc``: the problem's allocation where the caller solved it already (``auto``,
+    e.g. under a time limit)."""
     from .solvers import mckp, solve
 
     asked = _find(problem, layer_name) if layer_name else None
     if layer_name and asked is None:
         raise LayerlensError(f"no layer named {layer_name!r} in the manifest")
-    alloc = solve(problem, "auto")
+    alloc = alloc if alloc is not None else solve(problem, "auto")
     if not alloc.ok:
         raise LayerlensError(f"nothing to explain: {alloc.status.value} — {alloc.message}")
     lp = mckp.window_lp(problem)  # (an allocation in the window exists, so its LP is feasible)
@@ -130,7 +131,8 @@ def explain(problem: Problem, layer_name: str | None = None, *, cross_check: boo
         f"LP relaxation: bound {lp.bound:.6f}; the budget's shadow price {_per_1k(lp.cap_price)} gain per 1,000 parameters"
         + (f"; the floor's {_per_1k(lp.floor_price)} (the floor binds)" if lp.floor_price > 0 else ""),
         _cross_check(problem, lp.bound, cross_check),
-        f"integer optimum {alloc.objective:.6f} ({alloc.total_params:,} params, gap to the LP bound "
+        ("integer optimum" if alloc.status.value == "optimal" else f"best allocation found (status {alloc.status.value}: "
+         f"{alloc.message})") + f" {alloc.objective:.6f} ({alloc.total_params:,} params, gap to the LP bound "
         f"{(lp.bound - alloc.objective) / max(abs(lp.bound), 1e-12):.1e})",
         "",
         *([f"note: the {len(problem.pairs)} pairwise interaction terms are not in this LP; prices and steps below are for the "

@@ -446,3 +446,37 @@ def test_a_pair_value_past_the_gain_scale_is_an_input_error_naming_the_pair(tmp_
     assert len(r.output.strip().splitlines()) == 1
     ok = run("solve", p, "--budget", "100", "--min-utilization", "0", "--no-interactions")
     assert ok.exit_code == 0, ok.output
+
+
+def test_an_infeasible_budget_exits_3_from_every_command_that_solves(manifest):
+    args = ["--min-utilization", "0.9", "--max-utilization", "0.9"]
+    for command in (["solve", manifest, "--budget", "100"], ["compare", manifest, "--budget", "100"],
+                    ["explain", manifest, "--budget", "100"]):
+        r = run(*command, *args)
+        assert_clean(r, {3})
+        assert "infeasible" in r.output, command
+    r = run("frontier", manifest, "--budgets", "100,200", *args)
+    assert_clean(r, {3})
+    assert "no budget of the sweep has an allocation (infeasible)" in r.output
+
+
+def test_explain_and_frontier_take_a_time_limit(manifest):
+    r = run("explain", manifest, "--budget", "50k", "--time-limit", "5")
+    assert_clean(r, {0})
+    assert "integer optimum" in r.output
+    r = run("frontier", manifest, "--budgets", "20k,50k", "--time-limit", "5", "--json")
+    assert_clean(r, {0})
+    assert [p["exact_status"] for p in json.loads(r.stdout)] == ["optimal", "optimal"]
+    for command in (["explain", manifest, "--budget", "50k"], ["frontier", manifest, "--budgets", "50k"]):
+        r = run(*command, "--time-limit", "-1")
+        assert_clean(r, {2})
+
+
+def test_a_missing_input_file_is_a_usage_error_from_every_command(tmp_path):
+    missing = tmp_path / "missing.json"
+    for command in (["solve", missing, "--budget", "5"], ["validate", missing], ["export", missing, "-o", tmp_path / "o.csv"],
+                    ["profile", "--model", "minilm", "--data", missing, "-o", tmp_path / "m.json"],
+                    ["frontier", missing, "--budgets", "5"]):
+        r = run(*command)
+        assert_clean(r, {2})
+        assert "does not exist" in r.output, command

@@ -298,6 +298,10 @@ def _check_layer_fields(path, layer: dict) -> None:
 
 REQUIRED_KEYS = ("schema_version", "solver", "status", "budget", "layers")
 LAYER_REQUIRED = ("name", "method", "rank", "params")
+#: every key an allocation object may hold (what :meth:`Allocation.to_dict` writes); any other is refused
+KNOWN_KEYS = ("schema_version", "solver", "status", "message", "objective", "bound", "gap", "budget", "total_params",
+              "utilization", "utilization_window", "seconds", "warm_start", "constraints", "notes", "layers", "metrics", "checks")
+LAYER_KEYS = ("name", "kind", "block", "in_features", "out_features", "method", "rank", "params", "gain", "utility", "group")
 
 
 def load_allocation(path: str | Path) -> Allocation:
@@ -336,6 +340,10 @@ def _from_dict(data: Any, path: str) -> Allocation:
     for key in REQUIRED_KEYS:
         if key not in data:
             raise AllocationError(f"{path}: missing required key {key!r}; is this an allocation written by `solve --json -o`?")
+    unknown = [k for k in data if k not in KNOWN_KEYS]
+    if unknown:
+        raise AllocationError(f"{path}: unknown key {unknown[0]!r} (an allocation has {', '.join(KNOWN_KEYS)}); remove it or "
+                              "check its spelling")
     if data["schema_version"] != SCHEMA_VERSION:
         raise AllocationError(f"{path}: allocation schema_version {data['schema_version']!r}; this version reads {SCHEMA_VERSION}")
     if not isinstance(data["layers"], list):
@@ -349,6 +357,10 @@ def _from_dict(data: Any, path: str) -> Allocation:
         for key in LAYER_REQUIRED:
             if key not in layer:
                 raise AllocationError(f"{path}: layers[{i}] ({layer.get('name', '?')}) lacks field {key!r}")
+        odd = [k for k in layer if k not in LAYER_KEYS]
+        if odd:
+            raise AllocationError(f"{path}: layer {layer['name']!r} has unknown field {odd[0]!r} (a layer has "
+                                  f"{', '.join(LAYER_KEYS)}); remove it or check its spelling")
         for key in ("rank", "params"):
             value = layer[key]
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -16,7 +16,10 @@ what the layers add up to; with a manifest, every manifest layer appears
 exactly once, no other layer appears, and each method is one the layer accepts;
 the layers of a tied group (the manifest's ``group`` fields and the allocation's
 ``constraints.tie_groups`` regex when a manifest is given, else the layers' own
-``group`` fields) share one method and rank.
+``group`` fields) share one method and rank; the objective, bound and gap agree
+with each other, a 'none' layer gains nothing, and with a manifest without pair
+terms the objective is what the layers' gains add up to; with a manifest, each
+layer's block is the manifest's (so tied blocks are checked on the manifest's).
 """
 
 from __future__ import annotations
@@ -121,6 +124,39 @@ def integrity_failures(allocation: Allocation, manifest=None, accepted: dict[str
             out.append(f"layer {name!r}: method {method} is not one the layer accepts ({', '.join(sorted(allowed[name]))})")
     out += _group_failures(allocation, layers, manifest)
     out += _total_failures(allocation)
+    out += _claim_failures(allocation, manifest)
+    if manifest is not None:
+        blocks = {l.name: l.block for l in manifest.layers}
+        for l in layers:
+            if l.name in blocks and l.block != blocks[l.name]:
+                out.append(f"layer {l.name!r}: block {l.block!r} in the allocation but {blocks[l.name]!r} in the manifest")
+    return out
+
+
+def _claim_failures(allocation: Allocation, manifest) -> list[str]:
+    """The objective, bound and gap against each other and (with a manifest without pair terms, whose objective is the
+    layers' gains alone) against the layers' gains; a 'none' layer gains nothing."""
+    import math
+
+    out = []
+    for l in allocation.layers:
+        if l.method == "none" and l.gain != 0:
+            out.append(f"layer {l.name!r}: gain {l.gain!r} with method none (a layer left as it is gains 0)")
+    objective, bound, gap = allocation.objective, allocation.bound, allocation.gap
+    tol = 1e-9
+    if objective is not None and bound is not None:
+        if bound < objective - tol * max(1.0, abs(objective)):
+            out.append(f"bound {bound!r} is below the objective {objective!r} (a bound is at least the allocation's objective)")
+        elif gap is not None and math.isfinite(gap):
+            from .allocation import gap_of
+
+            want = gap_of(objective, bound)
+            if abs(gap - want) > 1e-6 * max(1.0, abs(want)):
+                out.append(f"gap {gap!r} but bound {bound!r} and objective {objective!r} give {want:.6g}")
+    if objective is not None and manifest is not None and not manifest.interactions and allocation.layers:
+        total = math.fsum(l.gain for l in allocation.layers)
+        if abs(objective - total) > 1e-7 * max(1.0, abs(total)):
+            out.append(f"objective {objective!r} but the layers' gains add up to {total:.9g} (the manifest has no pair terms)")
     return out
 
 

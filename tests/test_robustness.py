@@ -480,3 +480,54 @@ def test_a_missing_input_file_is_a_usage_error_from_every_command(tmp_path):
         r = run(*command)
         assert_clean(r, {2})
         assert "does not exist" in r.output, command
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda d: d["layers"][0].update(block=99), "in the allocation but"),
+    (lambda d: d.update(objective=d["objective"] + 1.0, bound=d["objective"] + 1.0), "the layers' gains add up to"),
+    (lambda d: d.update(bound=d["objective"] - 1.0), "is below the objective"),
+    (lambda d: next(l for l in d["layers"] if l["method"] == "none").update(gain=0.5), "with method none"),
+])
+def test_validate_with_the_manifest_recomputes_what_the_allocation_claims(allocation, manifest, edit, fragment):
+    data = json.loads(allocation.read_text())
+    edit(data)
+    allocation.write_text(json.dumps(data))
+    r = run("validate", allocation, "--manifest", manifest)
+    assert_clean(r, {5})
+    assert fragment in r.output
+
+
+def test_validate_refuses_unknown_keys(allocation):
+    data = json.loads(allocation.read_text())
+    data["objectve"] = 1.0
+    allocation.write_text(json.dumps(data))
+    r = run("validate", allocation)
+    assert_clean(r, {1})
+    assert "unknown key 'objectve'" in r.output
+    del data["objectve"]
+    data["layers"][0]["rnak"] = 4
+    allocation.write_text(json.dumps(data))
+    r = run("validate", allocation)
+    assert_clean(r, {1})
+    assert "unknown field 'rnak'" in r.output
+
+
+def test_a_block_edit_cannot_hide_a_mixed_tied_block(tmp_path):
+    """Tied blocks are checked on the manifest's blocks: an allocation that mixes methods in a block fails even after
+    one layer's block field is edited to put it apart."""
+    from conftest import layer, manifest as make
+
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps(make([layer(f"l{i}", "attention", 16, 16, block=i // 2) for i in range(4)])))
+    a = tmp_path / "a.json"
+    assert run("solve", m, "--budget", "200", "--tie-blocks", "--min-utilization", "0", "-o", a).exit_code == 0
+    data = json.loads(a.read_text())
+    data["layers"][0].update(method="ia3", rank=1, params=16) if data["layers"][1]["method"] != "ia3" else \
+        data["layers"][0].update(method="lora", rank=1, params=32)
+    data["layers"][0]["block"] = 7
+    data["total_params"] = sum(l["params"] for l in data["layers"])
+    data["utilization"] = data["total_params"] / data["budget"]
+    a.write_text(json.dumps(data))
+    r = run("validate", a, "--manifest", m)
+    assert_clean(r, {5})
+    assert "block 7 in the allocation but 0 in the manifest" in r.output

@@ -531,3 +531,11 @@ def test_a_block_edit_cannot_hide_a_mixed_tied_block(tmp_path):
     r = run("validate", a, "--manifest", m)
     assert_clean(r, {5})
     assert "block 7 in the allocation but 0 in the manifest" in r.output
+
+
+def test_an_exact_window_no_total_reaches_is_proven_infeasible_up_front():
+    path = ROOT / "problems" / "architectures" / "bert-base.json"
+    r = run("solve", path, "--budget", "100000", "--min-utilization", "0.9", "--max-utilization", "0.9", "--time-limit", "5")
+    assert_clean(r, {3})
+    assert "no choice of one option per layer totals between 90,000 and 90,000" in r.output
+    assert "--min-utilization 0.8991 reaches it" in r.output

@@ -107,6 +107,14 @@ def _find(problem: Problem, name: str) -> int | None:
     return None
 
 
+def _side(problem: Problem) -> str:
+    c = problem.constraints
+    parts = [f"--method-cap {','.join(f'{m}={k}' for m, k in c.method_caps)}" if c.method_caps else "",
+             "--tie-blocks" if c.tie_blocks else "", f"--min-methods {c.min_methods}" if c.min_methods else ""]
+    parts = [p for p in parts if p]
+    return " and ".join(parts) + (" are" if len(parts) > 1 else " is")
+
+
 def explain(problem: Problem, layer_name: str | None = None, *, cross_check: bool | None = None,
             max_rows: int = 0, alloc=None) -> str:
     """The LP's prices, the integer optimum, and one row per layer (``layer_name``: that layer, or its tied group, only; past
@@ -137,6 +145,8 @@ def explain(problem: Problem, layer_name: str | None = None, *, cross_check: boo
         "",
         *([f"note: the {len(problem.pairs)} pairwise interaction terms are not in this LP; prices and steps below are for the "
            "separable gains (the integer optimum above includes the pairs)", ""] if problem.pairs else []),
+        *([f"note: {_side(problem)} not in this LP: its bound and the prices below are those of the budget window alone "
+           "(the integer optimum above meets them)", ""] if problem.constraints.has_side_constraints else []),
         "A layer moves up a rank when that step's gain per 1,000 parameters beats the price, and keeps a rank",
         "when giving it up would lose more than the price returns. Steps are within the layer's method.",
         "",

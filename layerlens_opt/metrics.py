@@ -32,6 +32,8 @@ rank_utility_consistency
 
 from __future__ import annotations
 
+import math
+
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Collection, Iterable, Mapping, Sequence
@@ -234,6 +236,9 @@ def compute_metrics(
     if not len(cols):
         return {name: None for name in THRESHOLDS}
     utility, rank = cols.utility, cols.rank
+    top = float(np.max(np.abs(utility))) if len(utility) else 0.0
+    if top > 0 and math.isfinite(top):  # the statistics are scale-free: computed on [0, 1] they cannot overflow
+        utility = utility / top
     mean = utility.mean()
     if allowed is None:
         ok = [m in METHODS and k in METHODS[m].fits for m, k in zip(cols.method, cols.kind)]

@@ -1,6 +1,7 @@
 """`explain`: the exact LP of the budget window (against HiGHS), its cvxpy cross-check, and its table at scale."""
 
 import json
+from pathlib import Path
 import sys
 
 import numpy as np
@@ -144,3 +145,16 @@ def test_explain_a_tied_layer_shows_its_group(tmp_path):
     assert "model.layers.1.mlp.experts.2.up_proj is one of the 3 layers of tied group" in one.output
     group_row = [" ".join(r.split()) for r in rows if r.startswith("group 1/up_proj")]
     assert [" ".join(one.output.split("\n\n")[-1].splitlines()[-1].split())] == group_row
+
+
+def test_explain_says_when_side_constraints_are_not_in_its_lp():
+    from click.testing import CliRunner
+
+    from layerlens_opt.cli import main
+
+    path = str(Path(__file__).resolve().parent.parent / "problems" / "scenarios" / "early-sensitive.json")
+    r = CliRunner().invoke(main, ["explain", path, "--budget", "50k", "--method-cap", "adapter=0", "--tie-blocks"])
+    assert r.exit_code == 0, r.output
+    assert "note: --method-cap adapter=0 and --tie-blocks are not in this LP" in r.output
+    plain = CliRunner().invoke(main, ["explain", path, "--budget", "50k"])
+    assert "not in this LP" not in plain.output

@@ -539,3 +539,14 @@ def test_an_exact_window_no_total_reaches_is_proven_infeasible_up_front():
     assert_clean(r, {3})
     assert "no choice of one option per layer totals between 90,000 and 90,000" in r.output
     assert "--min-utilization 0.8991 reaches it" in r.output
+
+
+def test_validate_json_stays_strict_with_utilities_near_the_float_limit(allocation):
+    data = json.loads(allocation.read_text())
+    for l in data["layers"]:
+        l["utility"] = 1.7e308
+    allocation.write_text(json.dumps(data))
+    r = run("validate", allocation, "--json")
+    assert_clean(r, {0, 5})
+    report = json.loads(r.stdout, parse_constant=lambda name: pytest.fail(f"{name} in validate --json"))
+    assert report["metrics"]["utility_cv"] == pytest.approx(0.0, abs=1e-12)

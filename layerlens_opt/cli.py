@@ -47,6 +47,17 @@ class _Group(click.Group):
 @click.version_option(package_name="layerlens-opt")
 def main():
     """Allocate PEFT methods and ranks across layers under a trainable-parameter budget."""
+    import signal
+    import threading
+
+    # SIGTERM ends the command as Ctrl-C does: through the cleanup (CBC and the raced search killed, temporary files
+    # removed, no half-written output) instead of dying on the spot
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 @main.command()

@@ -227,7 +227,32 @@ def _status_table():
 PREPROCESS_MIN_VARIABLES = 5_000
 
 
-def _backend(name: str, options: SolverOptions, warm: bool, log_path: str | None = None, preprocess: bool = True):
+def _kill_solver_children() -> None:
+    """Kill and reap this process's CBC children (Linux: found through /proc; elsewhere nothing is done)."""
+    import signal
+
+    me = os.getpid()
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != me:
+                continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"cbc" not in f.read().lower():
+                    continue
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (OSError, ValueError, IndexError, ChildProcessError):
+            continue
+
+
+def _backend(name: str, options: SolverOptions, warm: bool, log_path: str | None = None, preprocess: bool = True,
+             work: str | None = None):
     import warnings
 
     import pulp
@@ -235,13 +260,16 @@ def _backend(name: str, options: SolverOptions, warm: bool, log_path: str | None
     if name == "cbc":
         with warnings.catch_warnings():  # PuLP 3.3 warns that PuLP 4 drops the bundled CBC; we pin < 4
             warnings.simplefilter("ignore", DeprecationWarning)
-            return pulp.PULP_CBC_CMD(
+            solver = pulp.PULP_CBC_CMD(
                 msg=False, timeLimit=options.time_limit, threads=options.threads, warmStart=warm, gapRel=0, gapAbs=0,
                 logPath=log_path,
                 # CBC derives a cutoff increment and prunes nodes that cannot beat the incumbent by
                 # that much: warm-started, it then called an answer 7e-6 below the optimum "optimal"
                 options=["increment 0"] + ([] if preprocess else ["preprocess off"]),
             )
+            if work:
+                solver.tmpDir = work
+            return solver
     if name == "highs":
         try:
             import highspy  # noqa: F401
@@ -284,30 +312,36 @@ def _run(problem: Problem, backend: str, options: SolverOptions, keep=None, floo
     t1 = time.perf_counter()
     if deadline is not None:
         options = replace(options, time_limit=max(1.0, deadline - t1))
-    log_path = None
+    log_path = work = None
     if backend == "cbc":
         import tempfile
 
-        fd, log_path = tempfile.mkstemp(prefix="layerlens-cbc-", suffix=".log")
-        os.close(fd)
+        work = tempfile.mkdtemp(prefix="layerlens-cbc-")  # CBC's model, solution and log files: removed whatever happens
+        log_path = os.path.join(work, "cbc.log")
     small = n_vars < PREPROCESS_MIN_VARIABLES
     try:
-        prob.solve(_backend(backend, options, warm, log_path, preprocess=preprocess and not small))
+        prob.solve(_backend(backend, options, warm, log_path, preprocess=preprocess and not small, work=work))
     except pulp.PulpSolverError as exc:
         if backend == "cbc" and preprocess and small:
             # CBC without preprocessing stops on an infeasible model without a solution file; with it, it says so
             try:
-                prob.solve(_backend(backend, options, warm, log_path, preprocess=True))
+                prob.solve(_backend(backend, options, warm, log_path, preprocess=True, work=work))
             except pulp.PulpSolverError as again:
                 exc = again
             else:
                 exc = None
         if exc is not None:
             return Status.ERROR, None, None, t1 - t0, time.perf_counter() - t1, warm, f"{backend} failed: {exc}"
+    except BaseException:  # Ctrl-C, or SIGTERM (the CLI turns it into SystemExit): CBC must not outlive us
+        if backend == "cbc":
+            _kill_solver_children()
+        raise
     finally:
-        cbc_bound = _cbc_bound(log_path) if log_path else None
-        if log_path:
-            os.unlink(log_path)
+        cbc_bound = _cbc_bound(log_path) if log_path and os.path.exists(log_path) else None
+        if work:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
     t2 = time.perf_counter()
     status = _status_table().get((prob.status, prob.sol_status), Status.ERROR)
     if status == Status.INFEASIBLE and backend == "cbc" and options.time_limit is not None and t2 - t1 >= options.time_limit:

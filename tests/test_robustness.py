@@ -550,3 +550,46 @@ def test_validate_json_stays_strict_with_utilities_near_the_float_limit(allocati
     assert_clean(r, {0, 5})
     report = json.loads(r.stdout, parse_constant=lambda name: pytest.fail(f"{name} in validate --json"))
     assert report["metrics"]["utility_cv"] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the solver's children through /proc (Linux)")
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_during_a_cbc_solve_leaves_no_solver_and_no_files(tmp_path, sig):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from layerlens_opt.bench import synthetic_with_pairs
+
+    data = synthetic_with_pairs(7 * 126, every_layer=True)  # CBC takes minutes on it
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(data))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "layerlens_opt.cli", "solve", str(path), "--budget",
+                             str(data["model"]["suggested_budget"]), "--solver", "cbc", "-o", str(tmp_path / "a.json")],
+                            env=dict(os.environ, TMPDIR=str(scratch)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def children():
+        out = []
+        for d in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == proc.pid:
+                        out.append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+        return out
+
+    deadline = time.time() + 60
+    while not children() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    solver = children()
+    assert solver, "CBC never started"
+    time.sleep(0.5)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and b"Traceback" not in err
+    assert not [pid for pid in solver if os.path.exists(f"/proc/{pid}")], "CBC outlived the command"
+    assert os.listdir(scratch) == [] and not (tmp_path / "a.json").exists()

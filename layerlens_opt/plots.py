@@ -52,8 +52,16 @@ def _row_label(name: str, block: int | None) -> str:
     return m.group(1) if m else name
 
 
+#: past this many rows or block columns the heatmap aggregates: each cell is the most common method of a tile of layers
+MAX_ROWS, MAX_COLS = 80, 160
+
+
 def plot_allocation(allocation: Allocation, path: str) -> None:
-    """Heatmap: columns are blocks, rows are modules; colour = method, text = rank."""
+    """Heatmap: columns are blocks, rows are modules; colour = method, text = rank. Past :data:`MAX_ROWS` rows or
+    :data:`MAX_COLS` blocks, tiles of layers are drawn as one cell in their most common method (no rank text), so a
+    model of any size gives a readable picture in about a second."""
+    import numpy as np
+
     plt = _pyplot()
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
@@ -61,34 +69,58 @@ def plot_allocation(allocation: Allocation, path: str) -> None:
     layers = allocation.layers
     if not layers:
         raise LayerlensError("the allocation has no layers to plot (was it infeasible?)")
-    rows: list[str] = []
     blocks = sorted({l.block for l in layers if l.block is not None})
     col = {b: i for i, b in enumerate(blocks)}
-    cells = {}
-    for i, l in enumerate(layers):
-        label = _row_label(l.name, l.block)
-        if label not in rows:
-            rows.append(label)
-        c = col[l.block] if l.block is not None else 0
-        cells[(rows.index(label), c)] = l
-    n_cols = max(1, len(blocks))
-    grid = [[0] * n_cols for _ in rows]
-    for (r, c), l in cells.items():
-        grid[r][c] = METHOD_NAMES.index(l.method)
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * n_cols + 3), max(2.5, 0.45 * len(rows) + 1.5)))
-    ax.imshow(grid, cmap=ListedColormap([METHODS[m].color for m in METHOD_NAMES]), vmin=0, vmax=len(METHOD_NAMES) - 1, aspect="auto")
-    for (r, c), l in cells.items():
-        if not METHODS[l.method].is_none:
-            ax.text(c, r, str(l.rank), ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(n_cols))
-    ax.set_xticklabels([str(b) for b in blocks] if blocks else [""])
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels(rows, fontsize=8)
-    ax.set_xlabel("block")
+    row_of: dict[str, int] = {}
+    r_idx, c_idx, m_idx, ranks = [], [], [], []
+    for l in layers:
+        r_idx.append(row_of.setdefault(_row_label(l.name, l.block), len(row_of)))
+        c_idx.append(col[l.block] if l.block is not None else 0)
+        m_idx.append(METHOD_NAMES.index(l.method))
+        ranks.append(l.rank)
+    rows = list(row_of)
+    n_rows, n_cols = len(rows), max(1, len(blocks))
+    r_idx, c_idx, m_idx = np.array(r_idx), np.array(c_idx), np.array(m_idx)
+    by_order = not blocks and n_rows > MAX_ROWS  # no blocks: the layers in order, wrapped into columns
+    if by_order:
+        order = np.arange(len(layers))
+        r_idx, c_idx = order % MAX_ROWS, order // MAX_ROWS
+        n_rows, n_cols = MAX_ROWS, int(c_idx.max()) + 1
+        blocks = [f"{i * MAX_ROWS:,}" for i in range(n_cols)]
+        rows = [f"+{i}" for i in range(MAX_ROWS)]
+    tile_r, tile_c = -(-n_rows // MAX_ROWS), -(-n_cols // MAX_COLS)
+    aggregated = tile_r > 1 or tile_c > 1
+    g_rows, g_cols = -(-n_rows // tile_r), -(-n_cols // tile_c)
+    counts = np.zeros((g_rows, g_cols, len(METHOD_NAMES)), dtype=np.int64)
+    np.add.at(counts, (r_idx // tile_r, c_idx // tile_c, m_idx), 1)
+    grid = np.ma.masked_array(counts.argmax(axis=2), mask=counts.sum(axis=2) == 0)
+    fig, ax = plt.subplots(figsize=(min(24, max(6, 0.5 * g_cols + 3)), min(18, max(2.5, 0.45 * g_rows + 1.5))))
+    ax.imshow(grid, cmap=ListedColormap([METHODS[m].color for m in METHOD_NAMES]), vmin=0, vmax=len(METHOD_NAMES) - 1,
+              aspect="auto", interpolation="nearest")
+    if not aggregated:
+        for r, c, m, k in zip(r_idx.tolist(), c_idx.tolist(), m_idx.tolist(), ranks):
+            if not METHODS[METHOD_NAMES[m]].is_none:
+                ax.text(c, r, str(k), ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(n_cols))
+        ax.set_xticklabels([str(b) for b in blocks] if blocks else [""])
+        ax.set_yticks(range(n_rows))
+        ax.set_yticklabels(rows, fontsize=8)
+        ax.set_xlabel("block")
+    else:
+        step_c = max(1, g_cols // 12)
+        ax.set_xticks(range(0, g_cols, step_c))
+        ax.set_xticklabels([str(blocks[min(i * tile_c, len(blocks) - 1)]) if blocks else "" for i in range(0, g_cols, step_c)])
+        step_r = max(1, g_rows // 30)
+        ax.set_yticks(range(0, g_rows, step_r))
+        ax.set_yticklabels([rows[i * tile_r] for i in range(0, g_rows, step_r)], fontsize=7)
+        ax.set_xlabel(f"layers in manifest order, {MAX_ROWS} a column (the first layer of each)" if by_order
+                      else f"block (each column {tile_c} blocks)" if tile_c > 1 else "block")
     used = [m for m in METHOD_NAMES if m in allocation.method_counts()]
     ax.legend(handles=[Patch(color=METHODS[m].color, label=m) for m in used], loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    what = (f"{len(layers):,} layers; each cell the most common method of {tile_r * tile_c if not by_order else tile_c} "
+            "layers" if aggregated else "numbers are ranks")
     ax.set_title(f"{allocation.solver} allocation: {allocation.total_params:,} of "
-                 f"{allocation.budget:,} params ({allocation.utilization:.0%}); numbers are ranks", fontsize=9)
+                 f"{allocation.budget:,} params ({allocation.utilization:.0%})\n{what}", fontsize=9)
     fig.tight_layout()
     _save(fig, path, plt)
 

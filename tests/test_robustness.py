@@ -593,3 +593,30 @@ def test_a_signal_during_a_cbc_solve_leaves_no_solver_and_no_files(tmp_path, sig
     assert proc.returncode != 0 and b"Traceback" not in err
     assert not [pid for pid in solver if os.path.exists(f"/proc/{pid}")], "CBC outlived the command"
     assert os.listdir(scratch) == [] and not (tmp_path / "a.json").exists()
+
+
+@pytest.mark.parametrize("with_blocks", [False, True])
+def test_a_plot_of_20000_layers_aggregates_into_tiles(monkeypatch, tmp_path, with_blocks):
+    pytest.importorskip("matplotlib")
+    from layerlens_opt import plots
+    from layerlens_opt.generate import synthetic
+    from layerlens_opt.manifest import parse_manifest
+    from layerlens_opt.problem import Constraints, build_problem
+    from layerlens_opt.solvers import solve
+
+    data = synthetic(20_000)
+    if not with_blocks:
+        for l in data["layers"]:
+            l.pop("block", None)
+    alloc = solve(build_problem(parse_manifest(data), Constraints(data["model"]["suggested_budget"])))
+    seen = {}
+
+    def capture(fig, path, plt):
+        ax = fig.axes[0]
+        seen.update(title=ax.get_title(), shape=ax.images[0].get_array().shape, texts=len(ax.texts))
+        plt.close(fig)
+
+    monkeypatch.setattr(plots, "_save", capture)
+    plots.plot_allocation(alloc, str(tmp_path / "p.png"))
+    assert "20,000 layers; each cell the most common method of" in seen["title"]
+    assert seen["shape"][0] <= plots.MAX_ROWS and seen["shape"][1] <= plots.MAX_COLS and seen["texts"] == 0

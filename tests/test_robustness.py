@@ -620,3 +620,31 @@ def test_a_plot_of_20000_layers_aggregates_into_tiles(monkeypatch, tmp_path, wit
     plots.plot_allocation(alloc, str(tmp_path / "p.png"))
     assert "20,000 layers; each cell the most common method of" in seen["title"]
     assert seen["shape"][0] <= plots.MAX_ROWS and seen["shape"][1] <= plots.MAX_COLS and seen["texts"] == 0
+
+
+def _strict(text):
+    return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON output"))
+
+
+@_FUZZ
+@given(choice=st.integers(0, 10**6), value=_JSON,
+       command=st.sampled_from(["solve", "compare", "explain", "frontier"]))
+def test_fuzz_every_solving_command(tmp_path, choice, value, command):
+    """Over mutated manifests and every command that solves: no traceback, the documented exit code (3 exactly when the
+    answer is infeasible), strict JSON out, the input unchanged."""
+    data = _mutate(json.loads(SCENARIO.read_text()), choice, value)
+    m = tmp_path / "fuzz-any.json"
+    m.write_text(json.dumps(data))
+    before = digest(m)
+    args = {"solve": ["--budget", "50k", "--json"], "compare": ["--budget", "50k", "--json"], "explain": ["--budget", "50k"],
+            "frontier": ["--budgets", "20k,50k", "--json"]}[command]
+    r = run(command, m, *args)
+    assert_clean(r)
+    assert digest(m) == before
+    if r.exit_code in (0, 3, 4) and command != "explain":
+        out = _strict(r.stdout)
+        status = {"solve": lambda o: [o["status"]], "compare": lambda o: [o["exact"]["status"]],
+                  "frontier": lambda o: [p["exact_status"] for p in o]}[command](out)
+        if command != "frontier":
+            assert (status == ["infeasible"]) == (r.exit_code == 3)
+            assert (status == ["error"]) == (r.exit_code == 4)

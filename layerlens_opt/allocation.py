@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -327,7 +328,9 @@ def load_allocation(path: str | Path) -> Allocation:
 
 
 def as_allocation(allocation: Any, source: str = "allocation") -> Allocation:
-    """An :class:`Allocation` as it is, or a ``solve --json`` dict checked and converted."""
+    """An :class:`Allocation` as it is, a ``solve --json`` dict checked and converted, or a file path loaded."""
+    if isinstance(allocation, (str, os.PathLike)):
+        return load_allocation(allocation)
     return allocation if isinstance(allocation, Allocation) else _from_dict(allocation, source)
 
 

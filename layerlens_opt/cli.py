@@ -171,7 +171,15 @@ def validate(allocation, manifest, as_json):
 
 @main.command()
 @click.option("--model", "-m", "model_spec", required=True, help="Hugging Face model directory, module:function returning an nn.Module, or minilm (all-MiniLM-L6-v2, shipped offline).")
-@click.option("--data", "-d", "data_path", required=True, type=click.Path(exists=True, dir_okay=False), help="JSONL of {\"text\": ..., \"label\": ...}.")
+@click.option("--data", "-d", "data_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="JSONL: {\"text\", \"label\"} rows for a classifier; {\"text\"}, {\"prompt\", \"completion\"} or {\"messages\"} rows for a causal LM.")
+@click.option("--objective", type=click.Choice(["auto", "classification", "causal-lm"]), default="auto", show_default=True,
+              help="auto: a causal LM where the model's config names a *ForCausalLM / *LMHeadModel architecture (next-token "
+                   "loss on its own lm_head), else a classifier (mean pooling and a linear head).")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
+              help="the causal LM's weights (the adapters train in float32).")
+@click.option("--max-length", type=click.IntRange(min=2, max=1_000_000), default=None,
+              help="tokens kept per row [default: classification 64, causal LM 256].")
 @click.option("--output", "-o", required=True, type=OutputPath("manifest"), help="Manifest file to write.")
 @click.option("--signal", "-S", type=click.Choice(["probe", "lora-probe", "first-order"]), default="probe", show_default=True,
               help="probe: every method (LoRA, IA3, adapter, prefix) on every layer behind gates, trained once, priced per layer "
@@ -192,7 +200,7 @@ def validate(allocation, manifest, as_json):
                    "two held-out passes each.")
 @click.option("--probe-fidelity", is_flag=True, help="probe: measure both estimates and report their rank correlation in the manifest.")
 @click.option("--held-out", type=click.IntRange(min=1), default=None,
-              help="rows kept out of probe training to measure on [default: probe a fifth of the rows, 100 to 512; lora-probe 512].")
+              help="rows kept out of probe training to measure on [default: a fifth of the rows, at least 100 and at most 512].")
 @click.option("--interactions/--no-interactions", default=None,
               help="measure pairwise interactions inside blocks [default: probe no, lora-probe yes].")
 @click.option("--probe-values", type=click.Choice(["leave-one-out", "masks"]), default="leave-one-out", show_default=True,
@@ -206,9 +214,10 @@ def validate(allocation, manifest, as_json):
 @click.option("--kind-pattern", multiple=True, help="REGEX=KIND overriding the inferred kind (repeatable).")
 @click.option("--block-pattern", help="REGEX with one group capturing the block number.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def profile(model_spec, data_path, output, signal, probe_steps, probe_rank, probe_lr, method_lrs, probe_methods, probe_estimate, probe_fidelity,
+def profile(model_spec, data_path, objective, dtype, max_length, output, signal, probe_steps, probe_rank, probe_lr, method_lrs, probe_methods, probe_estimate, probe_fidelity,
             held_out, interactions, probe_values, probe_masks, batches, batch_size, seed, device, head_steps, kind_pattern, block_pattern, quiet):
-    """Profile a torch model on labelled text into a manifest (needs the torch extra)."""
+    """Profile a torch model on labelled text (a classifier) or text / SFT data (a causal LM) into a manifest (needs the
+    torch extra)."""
     from .manifest import save_manifest
     from .profiling import is_main, parse_method_lrs, parse_methods, profile_manifest, summary
 
@@ -219,7 +228,8 @@ def profile(model_spec, data_path, output, signal, probe_steps, probe_rank, prob
                                 probe_steps=probe_steps, probe_rank=probe_rank, probe_lr=probe_lr, method_lrs=lrs, probe_methods=methods,
                                 probe_estimate=probe_estimate, probe_fidelity=probe_fidelity, held_out=held_out,
                                 interactions=interactions, probe_values=probe_values, probe_masks=probe_masks, batches=batches,
-                                batch_size=batch_size, seed=seed, device=device, head_steps=head_steps)
+                                batch_size=batch_size, seed=seed, device=device, head_steps=head_steps, objective=objective,
+                                dtype=dtype, max_length=max_length)
     if is_main():  # under torchrun every rank holds the same manifest; rank 0 writes it
         save_manifest(manifest, output, [data_path])
         warning = manifest.model.get("probe", {}).get("warning")

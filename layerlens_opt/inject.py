@@ -63,7 +63,8 @@ class LoRALinear(nn.Module):
         self.scaling = alpha / rank
 
     def forward(self, x):
-        return self.wrapped(x) + (x @ self.lora_A.t() @ self.lora_B.t()) * self.scaling
+        y = self.wrapped(x)  # (a half-precision model: the update computes in float32 and is added in the model's dtype)
+        return y + ((x.float() @ self.lora_A.t() @ self.lora_B.t()) * self.scaling).to(y.dtype)
 
 
 class AdapterOut(nn.Module):
@@ -78,7 +79,7 @@ class AdapterOut(nn.Module):
 
     def forward(self, x):
         y = self.wrapped(x)
-        return y + self.up(nn.functional.gelu(self.down(y)))
+        return y + self.up(nn.functional.gelu(self.down(y.float()))).to(y.dtype)
 
 
 class IA3Out(nn.Module):
@@ -89,7 +90,8 @@ class IA3Out(nn.Module):
         self.scale = nn.Parameter(torch.ones(d_out))
 
     def forward(self, x):
-        return self.wrapped(x) * self.scale
+        y = self.wrapped(x)
+        return (y.float() * self.scale).to(y.dtype)
 
 
 class PrefixSelfAttention(nn.Module):
@@ -201,8 +203,8 @@ def register_injector(method: str, injector=None):
 def apply(model: nn.Module, allocation: Allocation | Mapping[str, Any], alpha_ratio: float = 2.0, freeze: bool = True) -> int:
     """Inject the allocation into ``model`` (in place) and return the trainable parameters added.
 
-    ``allocation`` is an :class:`~layerlens_opt.allocation.Allocation` (``solve``, ``load_allocation``)
-    or a ``solve --json`` dict, checked like a loaded file. Layer names may be relative to a submodule
+    ``allocation`` is an :class:`~layerlens_opt.allocation.Allocation` (``solve``, ``load_allocation``),
+    a ``solve --json`` dict, checked like a loaded file, or the path of such a file. Layer names may be relative to a submodule
     (e.g. the encoder inside a classifier). With ``freeze`` every other parameter is frozen first.
     Each layer's ``params`` must be what its method and rank cost on this model's module.
     """

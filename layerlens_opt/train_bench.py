@@ -281,7 +281,9 @@ def train_once(job: dict) -> dict:
     if job.get("anchor"):
         on_step, count = _anchor(model, job, train_x)
     else:
-        params = apply(model.encoder, job["allocation"])
+        from .allocation import KNOWN_KEYS
+
+        params = apply(model.encoder, {k: v for k, v in job["allocation"].items() if k in KNOWN_KEYS})  # not the solve's status
     for p in model.head.parameters():
         p.requires_grad_(True)
     seconds = train_steps(model, train_x, train_y, job["steps"], job["batch_size"], job["lr"], job["seed"], on_step=on_step,
@@ -379,7 +381,7 @@ def gain_models(task: str, out: Path, args) -> dict:
                                                                          fidelity=fidelity, lr=args.lr))
         elif stem == "lora-probe":
             # separable: its ILP is solved without pair terms here, so they are not measured
-            manifest = probe("minilm", str(data), ProbeConfig(device=args.device, progress=not args.quiet, interactions=False))
+            manifest = probe("minilm", str(data), ProbeConfig(device=args.device, progress=not args.quiet, interactions=False, held_out=512))
         else:
             manifest = profile("minilm", str(data), ProfileConfig(device=args.device, progress=not args.quiet))
         manifest["model"]["wall_seconds"] = round(time.perf_counter() - t0, 2)

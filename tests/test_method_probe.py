@@ -191,7 +191,7 @@ def test_interactions_opt_in(words, tmp_path):
     m = json.loads(out.read_text())
     assert len(m["interactions"]["pairs"]) == 2 * 15 and m["model"]["probe"]["pairs"] == 30
     r = run("solve", out, "--budget", 600, "--json")
-    assert r.exit_code == 0 and any("pairwise interaction" in n for n in json.loads(r.output)["notes"])
+    assert r.exit_code == 0 and any("30 pair terms" in n for n in json.loads(r.output)["notes"])
 
 
 def test_fidelity_reports_rank_correlation(words):

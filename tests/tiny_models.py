@@ -155,3 +155,76 @@ def toy_rows(kind: str, n: int, seed: int = 0) -> list[dict]:
 def tiny4():
     """The tiny encoder with four blocks (twice the layers)."""
     return TinyEncoder(blocks=4)
+
+
+# ----------------------------------------------------------------------------- tiny decoders saved as Hugging Face folders
+
+WORDS = ("the a cat dog bird sees likes eats runs sleeps big small red blue fast slow and then who what "
+         "question answer user assistant yes no").split()
+
+CHAT_TEMPLATE = ("{% for m in messages %}{{ '<s>' + m['role'] + ': ' + m['content'] + ' </s>' }}{% endfor %}")
+
+
+def word_tokenizer():
+    """A word-level fast tokenizer made in code (no download): the words above, <unk>, <pad>, <s>, </s>."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<pad>", "<unk>", "<s>", "</s>", ":", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def save_tiny_decoder(folder, arch: str = "llama"):
+    """A tiny LLaMA-style decoder (grouped-query attention: k and v narrower than q, biases on), Qwen2 (q/k/v biases, tied
+    embeddings) or GPT-2 (fused c_attn, Conv1D) with random weights and the word tokenizer, saved as a Hugging Face folder; returns the folder."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = word_tokenizer()
+    if arch == "llama":
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, attention_bias=True, max_position_embeddings=128,
+                             pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+        model = LlamaForCausalLM(config)
+    elif arch == "gpt2":
+        config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        model = GPT2LMHeadModel(config)
+    elif arch == "qwen2":
+        config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                             pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+        model = Qwen2ForCausalLM(config)
+    else:
+        raise ValueError(arch)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def lm_rows(kind: str, n: int, seed: int = 0) -> list[dict]:
+    """Rows of a tiny language: subject verb object (the verb decides the object's colour), as text, prompt/completion
+    or chat messages."""
+    import random
+
+    rng = random.Random(seed)
+    subjects, verbs = ["the cat", "a dog", "the bird", "a cat"], ["sees", "likes", "eats"]
+    colour = {"sees": "red", "likes": "blue", "eats": "big"}
+    rows = []
+    for _ in range(n):
+        s, v = rng.choice(subjects), rng.choice(verbs)
+        obj = f"{colour[v]} {rng.choice(['dog', 'bird', 'cat'])}"
+        if kind == "text":
+            rows.append({"text": f"{s} {v} the {obj} and then {s} {rng.choice(['runs', 'sleeps'])}"})
+        elif kind == "sft":
+            rows.append({"prompt": f"question what {s} {v}", "completion": f"answer the {obj}"})
+        else:
+            rows.append({"messages": [{"role": "user", "content": f"what {s} {v}"}, {"role": "assistant", "content": f"the {obj}"}]})
+    return rows

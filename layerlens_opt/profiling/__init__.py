@@ -9,11 +9,15 @@ from ..errors import LayerlensError
 
 SIGNALS = ("probe", "lora-probe", "first-order")
 
+#: tokens kept per row of a causal LM's data by default (a classifier keeps 64)
+CAUSAL_MAX_LENGTH = 256
+
 
 def profile_manifest(model_spec: str, data_path: str, signal: str = "probe", *, kind_pattern=(), block_pattern=None, progress=True,
                      probe_steps=None, probe_rank=4, probe_lr=2e-3, method_lrs=None, probe_methods=None, probe_estimate="gradient",
                      probe_fidelity=False, held_out=None, interactions=None, probe_values="leave-one-out",
-                     probe_masks=256, batches=8, batch_size=32, seed=0, device="cpu", head_steps=100):
+                     probe_masks=256, batches=8, batch_size=32, seed=0, device="cpu", head_steps=100, objective="auto",
+                     dtype="float32", max_length=None):
     """The :class:`~layerlens_opt.manifest.Manifest` of ``profile --signal SIGNAL`` (what is written must read back:
     it is parsed once, here; :func:`layerlens_opt.manifest.save_manifest` writes it).
 
@@ -39,19 +43,27 @@ def profile_manifest(model_spec: str, data_path: str, signal: str = "probe", *, 
         raise LayerlensError(f"--method-lr and --probe-methods set only the default --signal probe, not --signal {signal}; "
                              "drop them or use --signal probe")
     naming = dict(kind_patterns=parse_kind_patterns(kind_pattern), block_pattern=parse_block_pattern(block_pattern), progress=progress)
+    from .objective import is_causal
+
+    causal = is_causal(model_spec, objective)
+    shape = dict(objective=objective, dtype=dtype, max_length=max_length or (CAUSAL_MAX_LENGTH if causal else 64))
+    if dtype != "float32" and not causal:
+        raise LayerlensError(f"--dtype {dtype} is for causal language models; a classification profile runs in float32")
     if signal == "probe":
         extra = {"methods": tuple(probe_methods)} if probe_methods else {}
         config = MethodProbeConfig(max_steps=probe_steps or MethodProbeConfig.max_steps, rank=probe_rank, lr=probe_lr,
                                    lrs=dict(method_lrs or {}), batch_size=batch_size, held_out=held_out, estimate=probe_estimate,
-                                   fidelity=probe_fidelity, interactions=bool(interactions), seed=seed, device=device, **extra, **naming)
+                                   fidelity=probe_fidelity, interactions=bool(interactions), seed=seed, device=device, **extra, **naming,
+                                   **shape)
         manifest = method_probe(model_spec, data_path, config)
     elif signal == "lora-probe":
         config = ProbeConfig(steps=probe_steps or 100, rank=probe_rank, lr=probe_lr, batch_size=batch_size,
-                             held_out=held_out or 512, interactions=interactions is not False, values=probe_values,
-                             masks=probe_masks, seed=seed, device=device, **naming)
+                             held_out=held_out, interactions=interactions is not False, values=probe_values,
+                             masks=probe_masks, seed=seed, device=device, **naming, **shape)
         manifest = probe(model_spec, data_path, config)
     elif signal == "first-order":
-        config = ProfileConfig(batches=batches, batch_size=batch_size, seed=seed, device=device, head_steps=head_steps, **naming)
+        config = ProfileConfig(batches=batches, batch_size=batch_size, seed=seed, device=device, head_steps=head_steps,
+                               **shape, **naming)
         manifest = profile(model_spec, data_path, config)
     else:
         raise LayerlensError(f"unknown signal {signal!r}; use one of {', '.join(SIGNALS)}")

@@ -76,23 +76,13 @@ from ..inject import PrefixSelfAttention, _dims, _set
 from ..manifest import SCHEMA_VERSION
 from ..methods import DEFAULT_RANKS, METHODS
 from .dist import all_sum, share, world
-from .probe import PROBE_METRIC, held_out_loss, train_steps
-from .profiler import _progress, adaptable_layers, data_name, load_jsonl, load_model
+from .probe import MIN_HELD_OUT, PROBE_METRIC, held_out_loss, held_out_size, train_steps, trust_warning
+from .objective import load_task
+from .profiler import _progress, adaptable_layers, data_name
 
 #: the methods this probe can measure (each needs a gated branch below); prefix only on BERT-family attention
 PROBED = ("lora", "ia3", "adapter", "prefix")
 ESTIMATES = ("gradient", "exact")
-
-MIN_HELD_OUT = 100
-MAX_HELD_OUT = 512
-
-
-def held_out_size(rows: int, requested: int | None = None) -> int:
-    """The held-out split: ``requested``, else a fifth of the rows, at least 100 and at most 512."""
-    if requested is not None:
-        return requested
-    return max(MIN_HELD_OUT, min(MAX_HELD_OUT, rows // 5))
-
 
 @dataclass
 class MethodProbeConfig:
@@ -114,6 +104,8 @@ class MethodProbeConfig:
     seed: int = 0
     device: str = "cpu"
     max_length: int = 64
+    objective: str = "auto"
+    dtype: str = "float32"
     eval_batch: int = 128
     ranks: tuple[int, ...] = DEFAULT_RANKS
     kind_patterns: list = field(default_factory=list)
@@ -168,13 +160,15 @@ class GatedLinear(nn.Module, _Gates):
 
     def forward(self, x):
         y = self.wrapped(x)
+        dtype = y.dtype  # a bfloat16 / float16 model: the methods compute in float32, their output goes back in its dtype
+        x, y = x.float(), y.float()
         if "lora" in self.methods:
             y = y + ((x @ self.lora_A.t()) * self.h_lora) @ self.lora_B.t() * (self.scaling * self.g_lora)
         if "ia3" in self.methods:
             y = y * (1 + self.g_ia3 * (self.ia3 - 1))
         if "adapter" in self.methods:
             y = y + self.g_adapter * self.up(self.h_adapter * nn.functional.gelu(self.down(y)))
-        return y
+        return y.to(dtype)
 
     @torch.no_grad()
     def order_directions(self) -> None:
@@ -228,7 +222,7 @@ class GatedProbe:
     rank_of: dict[tuple[str, str], int]
     held_texts: list[str]
     held_y: Any
-    classes: list
+    task_info: dict
     model_name: str
     train_examples: int
     skipped: list[str]
@@ -315,7 +309,9 @@ def train_gated_probe(model_spec: str, data_path: str, config: MethodProbeConfig
     """Step 1: every method on every layer behind random gates, trained until the held-out loss stops improving."""
     config = config or MethodProbeConfig()
     _check(config)
-    texts, labels, classes = load_jsonl(data_path)
+    task = load_task(model_spec, data_path, config.objective, config.device, config.dtype, config.max_length,
+                     progress=config.progress)
+    texts, labels = task.examples, task.labels
     held_n = held_out_size(len(texts), config.held_out)
     if len(texts) < held_n + config.batch_size:
         least = MIN_HELD_OUT + config.batch_size
@@ -325,11 +321,11 @@ def train_gated_probe(model_spec: str, data_path: str, config: MethodProbeConfig
     order = list(range(len(texts)))
     random.Random(config.seed).shuffle(order)
     held, train = order[:held_n], order[held_n:]
-    if len({labels[i] for i in train}) < 2:
+    if task.objective == "classification" and len({labels[i] for i in train}) < 2:
         raise LayerlensError(f"{data_path}: the probe's training rows carry a single label; a probe needs at least two classes")
 
     torch.manual_seed(config.seed)
-    model, model_name = load_model(model_spec, len(classes), config.device, config.max_length)
+    model, model_name = task.model, task.model_name
     encoder = model.encoder
     found = adaptable_layers(model, config)  # a layer the loss never reaches (an unused pooler) is skipped after training
     wanted = set(config.methods)
@@ -373,7 +369,7 @@ def train_gated_probe(model_spec: str, data_path: str, config: MethodProbeConfig
 
     run = GatedProbe(model=model, units=units, layers=[l for l in found if l["name"] in units], rank_of=rank_of,
                      held_texts=[texts[i] for i in held], held_y=torch.tensor([labels[i] for i in held], device=config.device),
-                     classes=classes, model_name=model_name, train_examples=len(train), skipped=[], steps=0, seconds=0.0, curve=[],
+                     task_info=task.info, model_name=model_name, train_examples=len(train), skipped=[], steps=0, seconds=0.0, curve=[],
                      config=config, own_parameters=own_parameters)
     gen = torch.Generator().manual_seed(config.seed + 1)
     gates = [(module, method) for module in modules for method in module.methods]
@@ -472,13 +468,14 @@ def gradient_values(run: GatedProbe) -> tuple[dict, dict]:
                     t.grad = None
                     tensors.append(t)
     rows = share(list(range(len(run.held_texts))))
+    count = max(model.count(run.held_texts), 1)  # the held-out loss is a mean over rows or target tokens
     model.eval()
     try:
         with torch.enable_grad():
             for s in range(0, len(rows), config.eval_batch):
                 part = rows[s : s + config.eval_batch]
-                logits = model([run.held_texts[i] for i in part])
-                loss = nn.functional.cross_entropy(logits.double(), run.held_y[part], reduction="sum") / len(run.held_texts)
+                value, _ = model.loss_sum([run.held_texts[i] for i in part], run.held_y[part], precise=True)
+                loss = value / count
                 loss.backward()
                 run.passes += 1
         for t in tensors:
@@ -612,13 +609,7 @@ def method_probe(model_spec: str, data_path: str, config: MethodProbeConfig | No
         entry["gain_curves"] = curves
         manifest_layers.append(entry)
 
-    gain = (without - reference) / without if without > 0 else 0.0
-    warning = None
-    if gain < config.min_gain:
-        warning = (f"the probe learned too little to trust: its held-out loss {reference:.4f} is "
-                   + (f"worse than {without:.4f} without adapters" if reference >= without else
-                      f"only {100 * gain:.1f}% below {without:.4f} without adapters (at least {100 * config.min_gain:.0f}% is needed)")
-                   + "; give more data or more --probe-steps, or use --signal first-order")
+    warning = trust_warning(reference, without, config.min_gain)
     fidelity = None
     if grad_values is not None and exact is not None:
         keys = sorted(exact)
@@ -638,7 +629,7 @@ def method_probe(model_spec: str, data_path: str, config: MethodProbeConfig | No
             "name": run.model_name,
             "num_parameters": run.own_parameters,
             "profiled_on": data_name(data_path),
-            "classes": [str(c) for c in run.classes],
+            **run.task_info,
             "signal": "probe",
             "seed": config.seed,
             "probe": {

@@ -56,12 +56,14 @@ from ..errors import LayerlensError
 from ..manifest import SCHEMA_VERSION
 from ..methods import DEFAULT_RANKS
 from .dist import all_sum, all_sum_grads, one_process_dropout, share, world
-from .profiler import _progress, adaptable_layers, data_name, load_jsonl, load_model
+from .objective import load_task
+from .profiler import _progress, adaptable_layers, data_name
 
 #: the metric a probe manifest carries (raw held-out loss increase, clipped at 0)
 PROBE_METRIC = "probe_loss_drop"
 
 MIN_HELD_OUT = 100
+MAX_HELD_OUT = 512
 
 VALUE_MODES = ("leave-one-out", "masks")
 
@@ -72,8 +74,11 @@ class ProbeConfig:
     rank: int = 4
     lr: float = 2e-3
     batch_size: int = 32
-    held_out: int = 512
+    #: rows held out to measure on; None: a fifth of the rows, at least 100 and at most 512
+    held_out: int | None = None
     interactions: bool = True
+    #: the probe is trusted when its held-out loss is at least this much (relative) below the loss without adapters
+    min_gain: float = 0.02
     #: how layer values are measured: "leave-one-out" (all others present) or "masks" (random subsets, regression)
     values: str = "leave-one-out"
     masks: int = 256
@@ -81,6 +86,8 @@ class ProbeConfig:
     seed: int = 0
     device: str = "cpu"
     max_length: int = 64
+    objective: str = "auto"
+    dtype: str = "float32"
     eval_batch: int = 256
     ranks: tuple[int, ...] = DEFAULT_RANKS
     kind_patterns: list = field(default_factory=list)
@@ -109,13 +116,16 @@ def train_steps(model, texts, labels, steps: int, batch_size: int, lr: float, se
     t0 = time.perf_counter()
     for step in _progress(range(steps), progress, desc or "training", unit="step"):
         idx = torch.randint(len(texts), (batch_size,), generator=gen).tolist()
+        batch = [texts[i] for i in idx]
         if world()[1] == 1:
-            loss = nn.functional.cross_entropy(model([texts[i] for i in idx]), y[idx])
+            total, n = model.loss_sum(batch, y[idx])
+            loss = total / max(n, 1)  # the mean over the batch's rows (classification) or target tokens (causal LM)
         else:  # this rank's share of the batch (dropout masks as one process draws them); the summed gradients are the mean's
             rows = share(list(range(len(idx))))
             mine = [idx[r] for r in rows]
-            with one_process_dropout(model, [texts[i] for i in idx], rows):
-                loss = nn.functional.cross_entropy(model([texts[i] for i in mine]), y[mine], reduction="sum") / len(idx)
+            with one_process_dropout(model, batch, rows):
+                total, _ = model.loss_sum([texts[i] for i in mine], y[mine])
+                loss = total / max(model.count(batch), 1)
         opt.zero_grad()
         loss.backward()
         all_sum_grads(trainable)  # nothing to do with one process
@@ -126,16 +136,36 @@ def train_steps(model, texts, labels, steps: int, batch_size: int, lr: float, se
     return time.perf_counter() - t0
 
 
+def held_out_size(rows: int, requested: int | None = None) -> int:
+    """The held-out split: ``requested``, else a fifth of the rows, at least 100 and at most 512."""
+    if requested is not None:
+        return requested
+    return max(MIN_HELD_OUT, min(MAX_HELD_OUT, rows // 5))
+
+
+def trust_warning(reference: float, without: float, min_gain: float) -> str | None:
+    """Why a probe learned too little for its measurements to mean something: its held-out loss ``reference`` is not at
+    least ``min_gain`` (relative) below ``without`` adapters; None when it did."""
+    gain = (without - reference) / without if without > 0 else 0.0
+    if gain >= min_gain:
+        return None
+    return (f"the probe learned too little to trust: its held-out loss {reference:.4f} is "
+            + (f"worse than {without:.4f} without adapters" if reference >= without else
+               f"only {100 * gain:.1f}% below {without:.4f} without adapters (at least {100 * min_gain:.0f}% is needed)")
+            + "; give more data or more --probe-steps, or use --signal first-order")
+
+
 def held_out_loss(model, texts, y, chunk: int = 256) -> float:
-    """Mean cross-entropy over ``texts`` (no gradients, eval mode)."""
+    """Mean loss over ``texts`` (no gradients, eval mode): cross-entropy per row (classification) or per target token
+    (causal LM)."""
     total = 0.0
     rows = share(list(range(len(texts))))  # with several ranks, each evaluates its share; the sums are added
     with torch.no_grad():
         for s in range(0, len(rows), chunk):
             part = rows[s : s + chunk]
-            logits = model([texts[i] for i in part])
-            total += float(nn.functional.cross_entropy(logits.double(), y[part], reduction="sum"))  # float64: values are differences
-    return all_sum(total) / len(texts)
+            value, _ = model.loss_sum([texts[i] for i in part], y[part], precise=True)  # float64: values are differences
+            total += float(value)
+    return all_sum(total) / max(model.count(texts), 1)
 
 
 class _Ablation:
@@ -176,7 +206,7 @@ class TrainedProbe:
     ranks: dict[str, int]
     held_texts: list[str]
     held_y: Any
-    classes: list
+    task_info: dict
     model_name: str
     train_examples: int
     skipped: list[str]
@@ -202,25 +232,29 @@ def train_probe(model_spec: str, data_path: str, config: ProbeConfig | None = No
         raise LayerlensError(f"--probe-values {config.values!r}: choose {' or '.join(VALUE_MODES)}")
     if config.values == "masks" and (config.masks < 16 or not 0 < config.keep < 1):
         raise LayerlensError(f"--probe-masks must be at least 16 and the keep share in (0, 1), got {config.masks} and {config.keep}")
-    if config.held_out < MIN_HELD_OUT:
+    if config.held_out is not None and config.held_out < MIN_HELD_OUT:
         raise LayerlensError(f"--held-out {config.held_out} is too few to measure layer values (noise swamps them); use at least {MIN_HELD_OUT}, 512 or more is better")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise LayerlensError(f"--device {config.device}: CUDA is not available on this machine; use --device cpu")
-    texts, labels, classes = load_jsonl(data_path)
-    if len(texts) < config.held_out + config.batch_size:
+    task = load_task(model_spec, data_path, config.objective, config.device, config.dtype, config.max_length,
+                     progress=config.progress)
+    texts, labels = task.examples, task.labels
+    held_n = held_out_size(len(texts), config.held_out)
+    if len(texts) < held_n + config.batch_size:
         raise LayerlensError(
-            f"{data_path} has {len(texts)} examples: too few for {config.held_out} held-out plus at least {config.batch_size} to train the probe on; "
-            f"give more data or lower --held-out (at least {MIN_HELD_OUT})"
-        )
+            f"{data_path} has too few examples ({len(texts)}): the probe needs at least {MIN_HELD_OUT + config.batch_size} "
+            f"({MIN_HELD_OUT} held out to measure on plus {config.batch_size} to train on)"
+            + ("" if config.held_out is None else f"; --held-out {config.held_out} asks for more"))
     order = list(range(len(texts)))
     random.Random(config.seed).shuffle(order)
-    held, train = order[: config.held_out], order[config.held_out :]
+    held, train = order[:held_n], order[held_n:]
     train_labels = {labels[i] for i in train}
-    if len(train_labels) < 2:
-        raise LayerlensError(f"{data_path}: the probe's training rows carry a single label ({classes[next(iter(train_labels))]!r}); a probe needs at least two classes")
+    if task.objective == "classification" and len(train_labels) < 2:
+        label = task.info["classes"][next(iter(train_labels))]
+        raise LayerlensError(f"{data_path}: the probe's training rows carry a single label ({label!r}); a probe needs at least two classes")
 
     torch.manual_seed(config.seed)
-    model, model_name = load_model(model_spec, len(classes), config.device, config.max_length)
+    model, model_name = task.model, task.model_name
     found = adaptable_layers(model, _Naming(config))
     ranks = {l["name"]: min(config.rank, l["in_features"], l["out_features"]) for l in found}
     inject(model.encoder, [(n, "lora", r, None) for n, r in ranks.items()], alpha_ratio=2.0)
@@ -242,7 +276,7 @@ def train_probe(model_spec: str, data_path: str, config: ProbeConfig | None = No
     return TrainedProbe(
         model=model, modules=modules, layers=[l for l in found if l["name"] not in skipped], ranks=ranks,
         held_texts=[texts[i] for i in held], held_y=torch.tensor([labels[i] for i in held], device=config.device),
-        classes=classes, model_name=model_name, train_examples=len(train), skipped=skipped, seconds=seconds, config=config,
+        task_info=task.info, model_name=model_name, train_examples=len(train), skipped=skipped, seconds=seconds, config=config,
     )
 
 
@@ -315,19 +349,21 @@ def probe(model_spec: str, data_path: str, config: ProbeConfig | None = None) ->
         entry["gain_curves"] = {"lora": curve or {str(rank_of[n]): 1.0}}
         manifest_layers.append(entry)
 
+    warning = trust_warning(full, base, config.min_gain)
     manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "model": {
             "name": run.model_name,
             "num_parameters": int(sum(p.numel() for n_, p in run.model.encoder.named_parameters() if "lora_" not in n_)),
             "profiled_on": data_name(data_path),
-            "classes": [str(c) for c in run.classes],
+            **run.task_info,
             "signal": "lora-probe",
             "seed": config.seed,
             "probe": {
                 "method": "lora", "rank": config.rank, "alpha": 2 * config.rank, "steps": config.steps, "lr": config.lr,
                 "batch_size": config.batch_size, "train_examples": run.train_examples, "held_out_examples": len(run.held_texts),
                 "held_out_loss": full, "held_out_loss_without_adapters": base,
+                "trusted": warning is None, **({"warning": warning} if warning else {}),
                 "values": config.values, **({"masks": config.masks, "keep": config.keep} if masks is not None else {}),
                 "forward_passes": 2 + len(jobs), "pairs": len(pairs),
                 "seconds_training": round(run.seconds, 2), "seconds_measuring": round(measure_s, 2),

@@ -72,6 +72,8 @@ class ProfileConfig:
     head_steps: int = 100
     proxy_step: float = 0.02
     max_length: int = 64
+    objective: str = "auto"
+    dtype: str = "float32"
     ranks: tuple[int, ...] = DEFAULT_RANKS
     kind_patterns: list = field(default_factory=list)
     block_pattern: Any = None
@@ -144,11 +146,23 @@ class TextClassifier(nn.Module):
         self._encode = encode
         self.head = nn.Linear(dim, n_classes)
 
+    objective = "classification"
+    skip: tuple[str, ...] = ()
+
     def features(self, texts: list[str]) -> torch.Tensor:
         return self._encode(texts)
 
     def forward(self, texts: list[str]) -> torch.Tensor:
         return self.head(self.features(texts))
+
+    @staticmethod
+    def count(examples) -> int:
+        return len(examples)
+
+    def loss_sum(self, texts, y, precise: bool = False) -> tuple[torch.Tensor, int]:
+        """Summed cross-entropy of the texts' labels ``y`` (float64 logits with ``precise``) and how many rows."""
+        logits = self(texts)
+        return nn.functional.cross_entropy(logits.double() if precise else logits, y, reduction="sum"), len(texts)
 
 
 def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -168,15 +182,37 @@ def _minilm_path() -> str:
 MODEL_ALIASES = {"minilm": _minilm_path, "all-MiniLM-L6-v2": _minilm_path}
 
 
-def load_model(spec: str, n_classes: int, device: str = "cpu", max_length: int = 64) -> tuple[TextClassifier, str]:
+def call_factory(spec: str):
+    """What ``module:function`` returns (the module imported from the working directory too); one-line errors."""
+    module_name, func_name = spec.split(":", 1)
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise LayerlensError(f"cannot import {module_name!r} for --model {spec}: {exc}") from None
+    finally:
+        sys.path.pop(0)
+    factory = getattr(module, func_name, None)
+    if not callable(factory):
+        raise LayerlensError(f"--model {spec}: {module_name} has no callable {func_name!r}")
+    try:
+        return factory()
+    except Exception as exc:  # the user's code: report it on one line, no traceback
+        raise LayerlensError(f"--model {spec}: the factory raised {type(exc).__name__}: {exc}") from None
+    except SystemExit as exc:
+        raise LayerlensError(f"--model {spec}: the factory called exit({exc.code!r}) instead of returning a model") from None
+
+
+def load_model(spec: str, n_classes: int, device: str = "cpu", max_length: int = 64, made=None) -> tuple[TextClassifier, str]:
     """A Hugging Face model directory, or ``module:function`` returning an nn.Module
-    (called on a list of texts, giving (B, D) or (B, T, D) features) or a (model, tokenizer) pair."""
+    (called on a list of texts, giving (B, D) or (B, T, D) features) or a (model, tokenizer) pair (``made``: what the
+    factory returned, where the caller called it already)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     if spec in MODEL_ALIASES:
         spec = MODEL_ALIASES[spec]()
     path = Path(spec)
-    if path.exists():
+    if path.exists() and made is None:
         if not (path / "config.json").exists():
             raise LayerlensError(f"model path {spec} exists but has no config.json; give a Hugging Face model directory or module:function")
         from transformers import AutoModel, AutoTokenizer
@@ -188,24 +224,9 @@ def load_model(spec: str, n_classes: int, device: str = "cpu", max_length: int =
             raise LayerlensError(f"cannot load the model in {spec}: {exc}") from None
         name = f"{path.resolve().parent.name}/{path.name}" if path.name in ("model", "models") else path.name
         return _hf_classifier(encoder, tokenizer, n_classes, device, max_length), name
-    if ":" in spec and not spec.startswith(("/", ".")):
-        module_name, func_name = spec.split(":", 1)
-        sys.path.insert(0, os.getcwd())
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise LayerlensError(f"cannot import {module_name!r} for --model {spec}: {exc}") from None
-        finally:
-            sys.path.pop(0)
-        factory = getattr(module, func_name, None)
-        if not callable(factory):
-            raise LayerlensError(f"--model {spec}: {module_name} has no callable {func_name!r}")
-        try:
-            made = factory()
-        except Exception as exc:  # the user's code: report it on one line, no traceback
-            raise LayerlensError(f"--model {spec}: the factory raised {type(exc).__name__}: {exc}") from None
-        except SystemExit as exc:
-            raise LayerlensError(f"--model {spec}: the factory called exit({exc.code!r}) instead of returning a model") from None
+    if made is not None or (":" in spec and not spec.startswith(("/", "."))):
+        if made is None:
+            made = call_factory(spec)
         if isinstance(made, tuple) and len(made) == 2:
             return _hf_classifier(made[0], made[1], n_classes, device, max_length), spec
         if not isinstance(made, nn.Module):
@@ -262,7 +283,10 @@ def adaptable_layers(model: TextClassifier, config: ProfileConfig) -> list[dict]
     except ImportError:  # transformers is optional for factory models
         Conv1D = ()
     found = []
+    skip = tuple(getattr(model, "skip", ()))
     for name, module in model.encoder.named_modules():
+        if name in skip or name.endswith(tuple("." + s for s in skip)):
+            continue
         if isinstance(module, nn.Linear):
             d_in, d_out = module.in_features, module.out_features
         elif Conv1D and isinstance(module, Conv1D):
@@ -304,10 +328,13 @@ def profile(model_spec: str, data_path: str, config: ProfileConfig | None = None
         raise LayerlensError("--batches and --batch-size must be at least 1")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise LayerlensError(f"--device {config.device}: CUDA is not available on this machine; use --device cpu")
-    texts, labels, classes = load_jsonl(data_path)
+    from .objective import load_task
+
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    model, model_name = load_model(model_spec, len(classes), config.device, config.max_length)
+    task = load_task(model_spec, data_path, config.objective, config.device, config.dtype, config.max_length,
+                     progress=config.progress)
+    model, model_name, texts, labels = task.model, task.model_name, task.examples, task.labels
     model.eval()  # no dropout: the measurements are deterministic for a seed
     layers = adaptable_layers(model, config)
 
@@ -318,7 +345,10 @@ def profile(model_spec: str, data_path: str, config: ProfileConfig | None = None
     pool = order[len(held_out):] or order
     batches = [[pool[(b * config.batch_size + i) % len(pool)] for i in range(config.batch_size)] for b in range(config.batches)]
     y_all = torch.tensor(labels, device=config.device)
-    loss_fn = nn.CrossEntropyLoss()
+
+    def mean_loss(rows, y, precise=False):  # the objective's mean over its units (rows, or target tokens)
+        total, n = model.loss_sum(rows, y, precise)
+        return total / max(1, n)
 
     for p in model.parameters():
         p.requires_grad_(False)
@@ -354,11 +384,11 @@ def profile(model_spec: str, data_path: str, config: ProfileConfig | None = None
         for idx in _progress(batches, config.progress, "profiling", unit="batch"):
             model.zero_grad(set_to_none=True)
             if ranks == 1:
-                loss = loss_fn(model([texts[i] for i in idx]), y_all[idx])
+                loss = mean_loss([texts[i] for i in idx], y_all[idx])
             else:  # this rank's share; the summed gradients are the whole batch's mean gradient
                 mine = share(idx)
                 batch_n[0] = len(idx)
-                loss = nn.functional.cross_entropy(model([texts[i] for i in mine]), y_all[mine], reduction="sum") / len(idx)
+                loss = model.loss_sum([texts[i] for i in mine], y_all[mine])[0] / max(1, model.count([texts[i] for i in idx]))
             loss.backward()
             n_examples += len(idx)
             for l in layers:
@@ -383,7 +413,7 @@ def profile(model_spec: str, data_path: str, config: ProfileConfig | None = None
     held_texts = [texts[i] for i in held_out]
     held_y = y_all[held_out]
     with torch.no_grad():
-        base = float(loss_fn(model(held_texts).double(), held_y))
+        base = float(mean_loss(held_texts, held_y, precise=True))
     manifest_layers = []
     skipped = [l["name"] for l in layers if not l.get("used")]
     layers = [l for l in layers if l.get("used")]
@@ -404,7 +434,7 @@ def profile(model_spec: str, data_path: str, config: ProfileConfig | None = None
         prev = 0.0
         for k in curve:
             curve[k] = prev = max(prev, curve[k])
-        proxy = _proxy_drop(model, l, torch.outer(U[:, 0], Vh[0]), held_texts, held_y, loss_fn, base, config.proxy_step) if total > 0 else 0.0
+        proxy = _proxy_drop(model, l, torch.outer(U[:, 0], Vh[0]), held_texts, held_y, mean_loss, base, config.proxy_step) if total > 0 else 0.0
         entry = {
             "name": l["name"], "kind": l["kind"], "in_features": l["in_features"], "out_features": l["out_features"],
         }
@@ -423,7 +453,7 @@ def profile(model_spec: str, data_path: str, config: ProfileConfig | None = None
             "name": model_name,
             "num_parameters": int(sum(p.numel() for p in model.encoder.parameters())),
             "profiled_on": data_name(data_path),
-            "classes": [str(c) for c in classes],
+            **task.info,
             "batches": config.batches, "batch_size": config.batch_size, "seed": config.seed,
             "seconds": round(time.perf_counter() - t0, 2),
             "skipped_layers": skipped,  # linear layers that took no part in the loss (e.g. an unused pooler)
@@ -440,8 +470,8 @@ def profile(model_spec: str, data_path: str, config: ProfileConfig | None = None
 
 def _fit_head(model: TextClassifier, texts, y_all, batches, config: ProfileConfig) -> None:
     """Fit the head on frozen features of the profiling batches (cached: one encoder pass)."""
-    if config.head_steps <= 0:
-        return
+    if config.head_steps <= 0 or not any(True for _ in model.head.parameters()):
+        return  # a causal LM predicts with its own lm_head: nothing to fit
     idx = sorted({i for b in batches for i in b})
     with torch.no_grad():
         feats = torch.cat([model.features([texts[i] for i in idx[s : s + 256]]) for s in range(0, len(idx), 256)])
@@ -471,7 +501,7 @@ def _proxy_drop(model, layer, direction, texts, y, loss_fn, base, step) -> float
         saved = weight.detach().clone()  # restored bit for bit ((w - d) + d is not w in floating point)
         weight -= delta
         try:
-            after = float(loss_fn(model(texts).double(), y))  # float64: the drop is a small difference
+            after = float(loss_fn(texts, y, precise=True))  # float64: the drop is a small difference
         finally:
             weight.copy_(saved)
     return max(0.0, base - after)

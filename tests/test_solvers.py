@@ -194,7 +194,7 @@ def test_cbc_stopped_early_reports_feasible_with_gap(monkeypatch):
 
     data = synthetic(140, seed=1)
     problem = build_problem(parse_manifest(data), Constraints(budget=data["model"]["suggested_budget"]))
-    monkeypatch.setattr(ilp, "_backend", lambda name, options, warm, log_path=None, preprocess=True: pulp.PULP_CBC_CMD(msg=False, maxNodes=1, gapRel=0, cuts=False, warmStart=warm, logPath=log_path))
+    monkeypatch.setattr(ilp, "_backend", lambda name, options, warm, log_path=None, preprocess=True, work=None: pulp.PULP_CBC_CMD(msg=False, maxNodes=1, gapRel=0, cuts=False, warmStart=warm, logPath=log_path, keepFiles=False))
     alloc = solve(problem, "cbc", SolverOptions(presolve=False, warm_start=True))
     exact = solve(problem, "auto")
     assert alloc.status in (Status.FEASIBLE, Status.OPTIMAL)

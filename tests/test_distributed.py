@@ -84,6 +84,27 @@ def test_two_gloo_processes_write_the_one_process_manifest(tmp_path, data_file, 
     assert run.stdout.count("wrote") == 1  # rank 0 writes, once
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("signal, extra", [("probe", ["--probe-steps", "20"]), ("first-order", ["--batches", "4"])])
+def test_a_causal_lm_profiled_by_two_processes_matches_one(tmp_path, signal, extra):
+    """Ranks hold different numbers of target tokens (prompt/completion rows): each divides by the whole batch's count."""
+    sys.path.insert(0, str(TESTS))
+    from tiny_models import lm_rows
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in lm_rows("sft", 240, seed=3)))
+    args = ["--model", "tiny_models:tiny_llama", "--data", str(data), "-S", signal, "--batch-size", "16", *extra]
+    one, _ = _profile(args, tmp_path / "one.json", 1)
+    two, _ = _profile(args, tmp_path / "two.json", 2)
+    assert one["model"]["objective"] == two["model"]["objective"] == "causal-lm"
+    a, b = _numbers(one), _numbers(two)
+    assert a.keys() == b.keys() and len(a) > 20
+    loss = one["model"]["probe"]["held_out_loss"] if signal == "probe" else one["model"]["held_out_loss"]
+    scale = {k: loss if signal == "probe" or k[-1] == "proxy_eval" else max(abs(a[k]), 1e-12) for k in a}
+    worst = max(a, key=lambda k: abs(a[k] - b[k]) / scale[k])
+    assert abs(a[worst] - b[worst]) / scale[worst] < 1e-5, (worst, a[worst], b[worst])
+
+
 def test_batch_smaller_than_the_processes_is_refused(monkeypatch, data_file, tmp_path):
     from layerlens_opt.errors import LayerlensError
     from layerlens_opt.profiling import dist, profile_manifest

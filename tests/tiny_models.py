@@ -180,8 +180,16 @@ def word_tokenizer():
 
 
 def save_tiny_decoder(folder, arch: str = "llama"):
+    """:func:`tiny_decoder` saved as a Hugging Face folder (weights, config, tokenizer); returns the folder."""
+    model, tokenizer = tiny_decoder(arch)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_decoder(arch: str = "llama"):
     """A tiny LLaMA-style decoder (grouped-query attention: k and v narrower than q, biases on), Qwen2 (q/k/v biases, tied
-    embeddings) or GPT-2 (fused c_attn, Conv1D) with random weights and the word tokenizer, saved as a Hugging Face folder; returns the folder."""
+    embeddings) or GPT-2 (fused c_attn, Conv1D) with random weights (seed 0) and the word tokenizer: (model, tokenizer)."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
@@ -204,9 +212,7 @@ def save_tiny_decoder(folder, arch: str = "llama"):
         model = Qwen2ForCausalLM(config)
     else:
         raise ValueError(arch)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return model, tokenizer
 
 
 def lm_rows(kind: str, n: int, seed: int = 0) -> list[dict]:
@@ -228,3 +234,8 @@ def lm_rows(kind: str, n: int, seed: int = 0) -> list[dict]:
         else:
             rows.append({"messages": [{"role": "user", "content": f"what {s} {v}"}, {"role": "assistant", "content": f"the {obj}"}]})
     return rows
+
+
+def tiny_llama():
+    """A factory (``tiny_models:tiny_llama``): the tiny LLaMA-style decoder and its tokenizer, made in memory."""
+    return tiny_decoder("llama")

@@ -302,7 +302,7 @@ def plot(allocation, output):
 
 @main.command()
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
-@click.option("--budgets", required=True, help="START:STOP[:POINTS] (e.g. 10k:200k) or a list 10k,20k,50k.")
+@click.option("--budgets", required=True, help="START:STOP[:POINTS] (e.g. 10k:200k) or a list 10k,20k,50k (50,000 is refused as ambiguous: write 50000 or 50k).")
 @click.option("--methods", default=None, help=f"As solve's [default: {','.join(DEFAULT_METHODS)}, plus the manifest's measured methods].")
 @click.option("--min-utilization", type=FiniteFloat(0, 1), default=DEFAULT_WINDOW[0], show_default=True)
 @click.option("--max-utilization", type=FiniteFloat(0, 1), default=DEFAULT_WINDOW[1], show_default=True)

@@ -157,6 +157,12 @@ def parse_budgets(text: str) -> list[int]:
         if hi <= lo or not 2 <= n <= MAX_FRONTIER_POINTS:
             raise LayerlensError(f"--budgets {text!r}: the stop must exceed the start and POINTS be 2 to {MAX_FRONTIER_POINTS}")
         return sorted({round(lo + (hi - lo) * i / (n - 1)) for i in range(n)})
+    if re.fullmatch(r"\d{1,3}(,\d{3})+", text.strip()):
+        # '50,000' reads as one budget to a person and as two (50 and 0) to a list: --budget takes it as 50000,
+        # so here it is refused rather than read either way
+        one = text.strip().replace(",", "")
+        raise LayerlensError(f"--budgets {text!r} is ambiguous: commas separate budgets here; write {one} (or "
+                             f"{parse_count(one) / 1000:g}k) for one budget, or put a space after each comma for a list")
     budgets = sorted({parse_count(t, "--budgets") for t in text.split(",") if t.strip()})
     if not budgets or len(budgets) > MAX_FRONTIER_POINTS:
         raise LayerlensError(f"--budgets {text!r}: give 1 to {MAX_FRONTIER_POINTS} budgets")

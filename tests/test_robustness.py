@@ -173,6 +173,16 @@ def test_plot_paths(allocation, tmp_path, name, fragment):
     assert fragment in r.output
 
 
+def test_a_thousands_separator_in_budgets_is_refused_not_split(manifest):
+    # --budget 50,000 is one budget; in --budgets the same text would silently be the list [50, 0]
+    r = run("frontier", manifest, "--budgets", "50,500")
+    assert_clean(r, {1})
+    assert "ambiguous" in r.output and "50500" in r.output
+    r = run("frontier", manifest, "--budgets", "50, 500", "--min-utilization", "0", "--json")
+    assert r.exit_code in (0, 3), r.output
+    assert "ambiguous" not in r.output
+
+
 def test_frontier_bad_points(manifest):
     for spec, fragment in (("10k:50k:x", "whole number"), ("10k:50k:1000000000", "POINTS be 2 to 200")):
         r = run("frontier", manifest, "--budgets", spec)
@@ -455,7 +465,7 @@ def test_an_infeasible_budget_exits_3_from_every_command_that_solves(manifest):
         r = run(*command, *args)
         assert_clean(r, {3})
         assert "infeasible" in r.output, command
-    r = run("frontier", manifest, "--budgets", "100,200", *args)
+    r = run("frontier", manifest, "--budgets", "100, 200", *args)
     assert_clean(r, {3})
     assert "no budget of the sweep has an allocation (infeasible)" in r.output
 

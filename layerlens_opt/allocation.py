@@ -99,6 +99,8 @@ class Allocation:
     notes: tuple[str, ...] = ()
     warm_start: bool | None = None
     choice: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
+    #: how the layers' gains were derived from the manifest (metric_weights, normalization, shrink, interactions)
+    gain_model: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -151,6 +153,7 @@ class Allocation:
             "seconds": dict(self.seconds),
             "warm_start": self.warm_start,
             "constraints": dict(self.constraints),
+            "gain_model": dict(self.gain_model),
             "notes": list(self.notes),
             "layers": [layer.to_dict() for layer in self.layers],
             "metrics": dict(self.metrics),
@@ -209,7 +212,7 @@ def make_allocation(
             solver=solver, status=status, objective=None, bound=bound, gap=None, budget=c.budget,
             total_params=0, utilization=0.0, seconds=dict(seconds or {}), layers=(),
             metrics=compute_metrics([], constraints), constraints=constraints, message=message,
-            notes=all_notes, warm_start=warm_start, choice=None,
+            notes=all_notes, warm_start=warm_start, choice=None, gain_model=dict(problem.gain_model),
         )
     choice = tuple(map(int, choice))
     if len(choice) != problem.n_layers:
@@ -262,7 +265,7 @@ def make_allocation(
         solver=solver, status=status, objective=objective, bound=bound, gap=gap_of(objective, bound),
         budget=c.budget, total_params=total, utilization=total / c.budget, seconds=dict(seconds or {}),
         layers=layers, metrics=metrics, constraints=constraints, message=message,
-        notes=all_notes, warm_start=warm_start, choice=choice,
+        notes=all_notes, warm_start=warm_start, choice=choice, gain_model=dict(problem.gain_model),
     )
     alloc.__dict__["columns"] = columns  # the cached_property's value, already computed from the same layers
     return alloc
@@ -301,7 +304,8 @@ REQUIRED_KEYS = ("schema_version", "solver", "status", "budget", "layers")
 LAYER_REQUIRED = ("name", "method", "rank", "params")
 #: every key an allocation object may hold (what :meth:`Allocation.to_dict` writes); any other is refused
 KNOWN_KEYS = ("schema_version", "solver", "status", "message", "objective", "bound", "gap", "budget", "total_params",
-              "utilization", "utilization_window", "seconds", "warm_start", "constraints", "notes", "layers", "metrics", "checks")
+              "utilization", "utilization_window", "seconds", "warm_start", "constraints", "gain_model", "notes", "layers", "metrics",
+              "checks")
 LAYER_KEYS = ("name", "kind", "block", "in_features", "out_features", "method", "rank", "params", "gain", "utility", "group")
 
 
@@ -432,6 +436,7 @@ def _from_dict(data: Any, path: str) -> Allocation:
     warm = data.get("warm_start")
     if warm is not None and not isinstance(warm, bool):
         raise AllocationError(f"{path}: 'warm_start' must be true, false or null, got {warm!r}")
+    gain_model = _gain_model(data.get("gain_model"), path)
     layers = tuple(
         LayerChoice(name=l["name"], kind=l["kind"], block=l.get("block"), method=l["method"], rank=l["rank"], params=l["params"],
                     gain=None if l.get("gain") is None else float(l["gain"]), utility=float(l["utility"]),
@@ -441,5 +446,31 @@ def _from_dict(data: Any, path: str) -> Allocation:
         solver=data["solver"], status=Status(data["status"]), objective=data.get("objective"), bound=data.get("bound"),
         gap=data.get("gap"), budget=budget, total_params=data["total_params"], utilization=float(data["utilization"]),
         seconds=dict(seconds), layers=layers, metrics=dict(data.get("metrics") or {}), constraints=constraints,
-        message=data.get("message", ""), notes=tuple(data.get("notes") or ()), warm_start=warm,
+        message=data.get("message", ""), notes=tuple(data.get("notes") or ()), warm_start=warm, gain_model=gain_model,
     )
+
+
+GAIN_MODEL_KEYS = ("metric_weights", "normalization", "shrink", "interactions")
+
+
+def _gain_model(value: Any, path: str) -> dict:
+    """An allocation's ``gain_model`` checked field by field ({} when an older allocation has none)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise AllocationError(f"{path}: 'gain_model' must be an object (as `solve --json` writes it), got {value!r}")
+    odd = [k for k in value if k not in GAIN_MODEL_KEYS]
+    if odd:
+        raise AllocationError(f"{path}: gain_model has unknown key {odd[0]!r} (it has {', '.join(GAIN_MODEL_KEYS)})")
+    weights = value.get("metric_weights")
+    if weights is not None and not (isinstance(weights, dict) and all(isinstance(k, str) and _number(v) and v >= 0
+                                                                       for k, v in weights.items())):
+        raise AllocationError(f"{path}: gain_model.metric_weights must map metric names to finite numbers >= 0, or be null")
+    if value.get("normalization", "max") not in ("max", "rank"):
+        raise AllocationError(f"{path}: gain_model.normalization must be 'max' or 'rank', got {value['normalization']!r}")
+    shrink = value.get("shrink", 0.0)
+    if not _number(shrink) or not 0 <= shrink <= 1:
+        raise AllocationError(f"{path}: gain_model.shrink must be a number in [0, 1], got {shrink!r}")
+    if not isinstance(value.get("interactions", True), bool):
+        raise AllocationError(f"{path}: gain_model.interactions must be true or false, got {value['interactions']!r}")
+    return dict(value)

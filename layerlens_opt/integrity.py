@@ -17,9 +17,10 @@ exactly once, no other layer appears, and each method is one the layer accepts;
 the layers of a tied group (the manifest's ``group`` fields and the allocation's
 ``constraints.tie_groups`` regex when a manifest is given, else the layers' own
 ``group`` fields) share one method and rank; the objective, bound and gap agree
-with each other, a 'none' layer gains nothing, and with a manifest without pair
-terms the objective is what the layers' gains add up to; with a manifest, each
-layer's block is the manifest's (so tied blocks are checked on the manifest's).
+with each other and a 'none' layer gains nothing; with a manifest, each layer's
+utility and gain and the objective (pair terms included) are recomputed from the
+manifest under the allocation's ``gain_model``, and each layer's block is the
+manifest's (so tied blocks are checked on the manifest's).
 """
 
 from __future__ import annotations
@@ -134,8 +135,8 @@ def integrity_failures(allocation: Allocation, manifest=None, accepted: dict[str
 
 
 def _claim_failures(allocation: Allocation, manifest) -> list[str]:
-    """The objective, bound and gap against each other and (with a manifest without pair terms, whose objective is the
-    layers' gains alone) against the layers' gains; a 'none' layer gains nothing."""
+    """The objective, bound and gap against each other, a 'none' layer gains nothing, and with a manifest every gain
+    and the objective recomputed from it (:func:`_recomputed_failures`)."""
     import math
 
     out = []
@@ -153,10 +154,54 @@ def _claim_failures(allocation: Allocation, manifest) -> list[str]:
             want = gap_of(objective, bound)
             if abs(gap - want) > 1e-6 * max(1.0, abs(want)):
                 out.append(f"gap {gap!r} but bound {bound!r} and objective {objective!r} give {want:.6g}")
-    if objective is not None and manifest is not None and not manifest.interactions and allocation.layers:
-        total = math.fsum(l.gain for l in allocation.layers)
-        if abs(objective - total) > 1e-7 * max(1.0, abs(total)):
-            out.append(f"objective {objective!r} but the layers' gains add up to {total:.9g} (the manifest has no pair terms)")
+    if manifest is not None and allocation.layers:
+        out += _recomputed_failures(allocation, manifest)
+    return out
+
+
+#: the most per-layer gain/utility disagreements listed before "and N more"
+_SHOWN = 3
+
+
+def _recomputed_failures(allocation: Allocation, manifest) -> list[str]:
+    """Each layer's utility and gain, and the objective with the manifest's pair terms, recomputed from the manifest
+    under the allocation's ``gain_model`` (the defaults when an older allocation records none)."""
+    import math
+
+    from .errors import LayerlensError
+    from .problem import recomputed_gains
+
+    by_name = {l.name: l for l in allocation.layers}
+    names = [l.name for l in manifest.layers]
+    if len(by_name) != len(allocation.layers) or set(by_name) != set(names):
+        return []  # named above (missing, unknown or repeated layers): nothing to recompute against
+    if any(rank_problem(by_name[n].method, by_name[n].rank, l.in_features, l.out_features) for n, l in zip(names, manifest.layers)):
+        return []
+    model = allocation.gain_model
+    under = "its gain_model" if model else "the default gain model (the allocation records no gain_model)"
+    try:
+        rows, pair_total = recomputed_gains(manifest, model, [(by_name[n].method, by_name[n].rank) for n in names])
+    except LayerlensError as exc:
+        return [f"the manifest's gains cannot be recomputed under {under}: {exc}"]
+    out = []
+    bad = []
+    for n, (utility, gain) in zip(names, rows):
+        l = by_name[n]
+        if l.gain is not None and l.method != "none" and not math.isclose(l.gain, gain, rel_tol=1e-9, abs_tol=1e-12):
+            bad.append(f"layer {n!r}: gain {l.gain!r} but the manifest gives {gain:.9g} for {l.method} rank {l.rank}")
+        elif not math.isclose(l.utility, utility, rel_tol=1e-9, abs_tol=1e-12):
+            bad.append(f"layer {n!r}: utility {l.utility!r} but the manifest gives {utility:.9g}")
+    if bad:
+        more = f" (and {len(bad) - _SHOWN} more layers)" if len(bad) > _SHOWN else ""
+        out += [b + f" under {under}" for b in bad[:_SHOWN]]
+        if more:
+            out[-1] += more
+    objective = allocation.objective
+    if objective is not None:
+        total = math.fsum(g for _, g in rows) + pair_total
+        if not math.isclose(objective, total, rel_tol=1e-7, abs_tol=1e-9):
+            what = "its layers' gains plus its active pair terms" if pair_total else "its layers' gains"
+            out.append(f"objective {objective!r} but the manifest gives {total:.9g} ({what}) under {under}")
     return out
 
 

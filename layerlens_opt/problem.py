@@ -228,6 +228,8 @@ class Problem:
     layer_index: tuple[int, ...] | None = None
     #: with tied groups, every manifest layer's own LayerInfo, in manifest order (a group's ``members`` index it)
     manifest_layers: Sequence[LayerInfo] | None = field(default=None, compare=False, repr=False)
+    #: how the gains were derived from the manifest (see :func:`gain_model_of`): what ``validate`` recomputes them with
+    gain_model: Mapping = field(default_factory=dict, compare=False)
 
     @property
     def n_members(self) -> tuple[int, ...]:
@@ -562,7 +564,40 @@ def build_problem(manifest: Manifest, constraints: Constraints, options: ModelOp
         pairs=pairs,
         layer_index=layer_index,
         manifest_layers=manifest_layers,
+        gain_model=gain_model_of(options),
     )
+
+
+def gain_model_of(options: ModelOptions) -> dict:
+    """The options that decide a layer's gain at a (method, rank): metric weights (None: the manifest's),
+    normalization, shrink and whether pair terms count. Recorded in every allocation."""
+    weights = None if options.metric_weights is None else {k: float(v) for k, v in sorted(options.metric_weights.items())}
+    return {"metric_weights": weights, "normalization": options.normalization, "shrink": float(options.shrink),
+            "interactions": bool(options.interactions)}
+
+
+def recomputed_gains(manifest: Manifest, gain_model: Mapping, choices: Sequence[tuple[str, int]]):
+    """Each manifest layer's (utility, gain) at its (method, rank) in ``choices`` (manifest order), and the pair terms'
+    total, computed from the manifest exactly as :func:`build_problem` computes them."""
+    options = ModelOptions(metric_weights=gain_model.get("metric_weights"), normalization=gain_model.get("normalization", "max"),
+                           shrink=gain_model.get("shrink", 0.0), interactions=gain_model.get("interactions", True))
+    utility = compute_utilities(manifest, options.metric_weights, options.normalization)
+    if options.shrink:
+        utility = (1.0 - options.shrink) * utility + options.shrink * utility.mean()
+    out = []
+    for u, curves, (method, rank) in zip(utility.tolist(), manifest.column("gain_curves"), choices):
+        if method == "none":
+            out.append((u, 0.0))
+            continue
+        curve = curves.get(method) if curves else None
+        if curve is not None:
+            out.append((u, (u * 1.0) * measured_curve(dict(curve), rank)))
+        else:
+            out.append((u, (u * METHODS[method].efficiency) * default_curve(method, rank)))
+    pairs = _pair_terms(manifest, options) if options.interactions else ()
+    adapted = [m != "none" for m, _ in choices]
+    pair_total = math.fsum(p.value for p in pairs if p.active(adapted[p.i], adapted[p.j]))
+    return out, pair_total
 
 
 def _ties_nothing(manifest: Manifest, regex: str) -> str:

@@ -21,6 +21,7 @@ from layerlens_opt.cli import main
 from conftest import ROOT
 
 SCENARIO = ROOT / "problems" / "scenarios" / "early-sensitive.json"
+PROFILED = ROOT / "problems" / "profiled"
 EXIT_CODES = {0, 1, 2, 3, 4, 5}
 
 
@@ -494,7 +495,7 @@ def test_a_missing_input_file_is_a_usage_error_from_every_command(tmp_path):
 
 @pytest.mark.parametrize("edit, fragment", [
     (lambda d: d["layers"][0].update(block=99), "in the allocation but"),
-    (lambda d: d.update(objective=d["objective"] + 1.0, bound=d["objective"] + 1.0), "the layers' gains add up to"),
+    (lambda d: d.update(objective=d["objective"] + 1.0, bound=d["objective"] + 1.0), "but the manifest gives"),
     (lambda d: d.update(bound=d["objective"] - 1.0), "is below the objective"),
     (lambda d: next(l for l in d["layers"] if l["method"] == "none").update(gain=0.5), "with method none"),
 ])
@@ -505,6 +506,52 @@ def test_validate_with_the_manifest_recomputes_what_the_allocation_claims(alloca
     r = run("validate", allocation, "--manifest", manifest)
     assert_clean(r, {5})
     assert fragment in r.output
+
+
+def _forge_one_gain(data):
+    """A forged per-layer gain with the objective and bound raised to match, so only a recomputation can see it."""
+    layer = next(l for l in data["layers"] if l["method"] != "none")
+    layer["gain"] += 0.25
+    data["objective"] += 0.25
+    data["bound"] = data["objective"]
+
+
+@pytest.mark.parametrize("options", [[], ["--shrink", "0.3"], ["--normalization", "rank"], ["--weights", "gradient_energy=1,fisher=0,proxy_eval=0.5"]])
+def test_validate_recomputes_every_gain_under_the_allocations_gain_model(manifest, tmp_path, options):
+    path = tmp_path / "a.json"
+    r = run("solve", manifest, "--budget", "50k", *options, "-o", path)
+    assert r.exit_code == 0, r.output
+    assert run("validate", path, "--manifest", manifest).exit_code == 0  # solved under these options: recomputes equal
+    data = json.loads(path.read_text())
+    _forge_one_gain(data)
+    path.write_text(json.dumps(data))
+    r = run("validate", path, "--manifest", manifest)
+    assert_clean(r, {5})
+    assert "but the manifest gives" in r.output and "under its gain_model" in r.output
+    data = json.loads(path.read_text())
+    data["gain_model"]["shrink"] = 0.9  # claiming another gain model does not launder the gains either
+    path.write_text(json.dumps(data))
+    assert_clean(run("validate", path, "--manifest", manifest), {5})
+
+
+def test_validate_recomputes_the_objective_with_the_manifests_pair_terms(tmp_path):
+    manifest = PROFILED / "minilm-pairs-probe.json"
+    path = tmp_path / "a.json"
+    assert run("solve", manifest, "--budget", "9216", "-o", path).exit_code == 0
+    assert run("validate", path, "--manifest", manifest).exit_code == 0
+    data = json.loads(path.read_text())
+    data["objective"] += 0.01
+    data["bound"] = data["objective"]
+    path.write_text(json.dumps(data))
+    r = run("validate", path, "--manifest", manifest)
+    assert_clean(r, {5})
+    assert "plus its active pair terms" in r.output
+    data = json.loads(path.read_text())
+    data["gain_model"]["colour"] = 1
+    path.write_text(json.dumps(data))
+    r = run("validate", path)
+    assert_clean(r, {1})
+    assert "gain_model has unknown key 'colour'" in r.output
 
 
 def test_validate_refuses_unknown_keys(allocation):

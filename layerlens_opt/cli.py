@@ -14,7 +14,7 @@ import click
 
 from .cliparse import (
     FiniteFloat, OutputPath, build_from_options as _build, parse_budgets, parse_count, parse_methods, problem_options as _problem_options,
-    refuse_inputs, solve_from_options as _solve, solver_options as _solver_options,
+    refuse_inputs, solve_from_options as _solve, solver_options as _solver_options, warn_untrusted,
 )
 
 __all__ = ["main", "parse_count"]
@@ -318,6 +318,7 @@ def frontier(manifest, budgets, methods, min_utilization, max_utilization, outpu
 
     refuse_inputs([output], [manifest])
     man = load_manifest(manifest)
+    warn_untrusted(man, manifest)
     options = ModelOptions(methods=parse_methods(methods) if methods is not None else None)
     budgets = parse_budgets(budgets)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from pathlib import Path
 
 import click
 
@@ -187,6 +188,14 @@ def _collector_for_the_command() -> None:
     ctx.call_on_close(gc.enable)
 
 
+def warn_untrusted(manifest, path) -> None:
+    """One line on stderr when the manifest's probe said it learned too little to trust: its gains are mostly noise."""
+    probe = manifest.model.get("probe")
+    if isinstance(probe, dict) and probe.get("trusted") is False:
+        why = probe.get("warning") or "the probe learned too little to trust"
+        click.echo(f"warning: {Path(path).name}: {why}", err=True)
+
+
 def build_from_options(kw):
     """Manifest + options -> Problem, timed."""
     from .manifest import load_manifest
@@ -195,6 +204,7 @@ def build_from_options(kw):
     _collector_for_the_command()
     t0 = time.perf_counter()
     manifest = load_manifest(kw["manifest"])
+    warn_untrusted(manifest, kw["manifest"])
     methods = parse_methods(kw["methods"]) if kw["methods"] is not None else None
     ranks = _pairs(kw["ranks"], "--ranks", _ranks, r"[;\s]+", "give positive whole ranks, e.g. lora=1,2,4,8")
     weights = _pairs([kw["weights"]], "--weights", _weight, hint="a weight is a finite number >= 0") if kw.get("weights") else None

@@ -143,6 +143,35 @@ def test_untrusted_probe_warns_in_manifest_and_on_console(tmp_path):
     probe = json.loads(out.read_text())["model"]["probe"]
     assert probe["trusted"] is False and "too little to trust" in probe["warning"]
     assert "warning: the probe learned too little to trust" in r.output
+    # and every command that solves it says so again, once, on stderr: its gains are mostly noise
+    for args in (["solve", out, "--budget", "3000"], ["compare", out, "--budget", "3000"], ["explain", out, "--budget", "3000"],
+                 ["frontier", out, "--budgets", "2000,3000"]):
+        r = run(*args)
+        assert r.stderr.count("warning: m.json: the probe learned too little to trust") == 1, (args, r.stderr)
+        assert "too little to trust" not in r.stdout
+
+
+def test_a_trusted_probe_manifest_solves_without_a_warning(words, tmp_path):
+    out = tmp_path / "m.json"
+    assert run("profile", "--model", "tiny_models:tiny", "--data", words, "-o", out, "--quiet").exit_code == 0
+    assert json.loads(out.read_text())["model"]["probe"]["trusted"] is True
+    r = run("solve", out, "--budget", "3000")
+    assert "warning" not in r.stderr, r.stderr
+
+
+def test_a_plateau_ends_the_probe_only_once_it_is_trusted(tmp_path, words):
+    """Noise labels: the held-out loss plateaus at the loss without adapters, and the probe trains through every
+    plateau to its cap (stopping there would hand solve noise); a learnable task stops at its first plateau."""
+    rng = random.Random(3)
+    texts = ["".join(rng.choice("abcdefghij") for _ in range(5)) for _ in range(300)]
+    noise = _write(tmp_path / "noise.jsonl", [{"text": t, "label": rng.randint(0, 1)} for t in texts])
+    untrusted = method_probe("tiny_models:tiny", str(noise), _config())["model"]["probe"]
+    assert untrusted["trusted"] is False
+    # its best check is the first; patience (2) runs out at step 75, past min_steps: the old rule stopped there
+    assert untrusted["steps"] == untrusted["max_steps"] == 200 and untrusted["plateaus_trained_through"] >= 1, untrusted
+    learned = method_probe("tiny_models:tiny", str(words), _config(eval_every=10, min_steps=20, patience=1))["model"]["probe"]
+    assert learned["trusted"] is True, learned
+    assert learned["steps"] < 200 and learned["plateaus_trained_through"] == 0, learned
 
 
 def test_256_rows_profile_with_defaults(tmp_path):

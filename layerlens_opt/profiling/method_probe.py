@@ -18,7 +18,8 @@ prefix on each BERT-family attention block) in about one training run.
    (drawn from the seed), so each method learns to work alone, not only as a
    stand-in for another on its layer. The run stops when the held-out loss has
    not improved for ``patience`` checks (every ``eval_every`` steps), within
-   ``max_steps``.
+   ``max_steps``, but never while it would not yet be trusted (see below): a
+   plateau at the loss without adapters is trained through to the cap.
 2. **A method's value at a layer** is "this layer carries only this method"
    against "this layer carries nothing", with every other gate at its expected
    training value ``keep`` (the reference point R):
@@ -232,6 +233,7 @@ class GatedProbe:
     config: MethodProbeConfig
     own_parameters: int = 0
     passes: int = 0
+    plateaus_trained_through: int = 0
 
     def modules(self):
         return list(dict.fromkeys(m for per in self.units.values() for m in per.values()))
@@ -389,13 +391,17 @@ def train_gated_probe(model_spec: str, data_path: str, config: MethodProbeConfig
             model.eval()
             value = held_out_loss(model, run.held_texts, run.held_y, config.eval_batch)
             run.passes += 1
-            model.train()
             run.curve.append((run.steps, value))
             if value < best[0] - 1e-4:
                 best[0], best[1] = value, 0
             else:
                 best[1] += 1
             stop = run.steps >= config.min_steps and best[1] >= config.patience
+            if stop:  # a plateau stops the run only once the probe has learned enough to be trusted
+                without = run.loss([s for layer in run.units for s in run.off(layer)])
+                stop = trust_warning(value, without, config.min_gain) is None
+                run.plateaus_trained_through += not stop
+            model.train()
         draw()
         return stop
 
@@ -638,6 +644,7 @@ def method_probe(model_spec: str, data_path: str, config: MethodProbeConfig | No
                 "batch_size": config.batch_size, "train_examples": run.train_examples, "held_out_examples": len(run.held_texts),
                 "held_out_loss": reference, "held_out_loss_without_adapters": without,
                 "held_out_curve": [[s, v] for s, v in run.curve],
+                "plateaus_trained_through": run.plateaus_trained_through,
                 "trusted": warning is None, **({"warning": warning} if warning else {}),
                 **({"fidelity": fidelity} if fidelity else {}),
                 "held_out_passes": run.passes, "pairs": len(pairs) if pairs is not None else 0,

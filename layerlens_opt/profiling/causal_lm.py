@@ -63,7 +63,8 @@ class CausalLM(nn.Module):
     def count(examples) -> int:
         return sum(sum(t[1:]) for _, t in examples)
 
-    def loss_sum(self, examples, y=None, precise: bool = False) -> tuple[torch.Tensor, int]:
+    def _logits_and_targets(self, examples) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits that predict each next token and its target (-100 where it is padding or not a target)."""
         device = next(self.encoder.parameters()).device
         width = max(len(ids) for ids, _ in examples)
         ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
@@ -75,11 +76,20 @@ class CausalLM(nn.Module):
             mask[i, :n] = 1
             labels[i, :n] = torch.where(torch.tensor(targets, dtype=torch.bool), ids[i, :n], -100)
         out = self.encoder(input_ids=ids.to(device), attention_mask=mask.to(device))
-        logits = out.logits[:, :-1].double() if precise else out.logits[:, :-1].float()
-        target = labels[:, 1:].to(device)
+        return out.logits[:, :-1], labels[:, 1:].to(device)
+
+    def loss_sum(self, examples, y=None, precise: bool = False) -> tuple[torch.Tensor, int]:
+        logits, target = self._logits_and_targets(examples)
+        logits = logits.double() if precise else logits.float()
         loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
                                            reduction="sum")
         return loss, int((target != -100).sum())
+
+    def correct_sum(self, examples) -> tuple[int, int]:
+        """How many target tokens the model predicts right (greedy), and how many there are."""
+        logits, target = self._logits_and_targets(examples)
+        kept = target != -100
+        return int((logits.argmax(-1)[kept] == target[kept]).sum()), int(kept.sum())
 
 
 def load_tokenizer(path: Path):

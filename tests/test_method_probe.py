@@ -90,22 +90,23 @@ def test_same_seed_same_manifest_other_seed_other_values(words):
 
 
 def test_the_gradient_estimate_costs_held_out_passes_that_do_not_grow_with_layers(words):
-    """One held-out pass per evaluation check, two for the reference and the all-off loss, and one backward pass per
-    held-out chunk: the same on 2 blocks as on 4; exact ablation costs passes per layer and method."""
+    """Two held-out passes per evaluation check (gates at keep, every gate off), two for the reference and the all-off
+    loss, and one backward pass per held-out chunk: the same on 2 blocks as on 4; exact ablation costs passes per layer
+    and method."""
     cfg = dict(max_steps=50, min_steps=50, eval_every=25, eval_batch=40)
     two = method_probe("tiny_models:tiny", str(words), _config(**cfg))["model"]["probe"]
     four = method_probe("tiny_models:tiny4", str(words), _config(**cfg))["model"]["probe"]
     held = held_out_size(400)
     assert held == 100
     chunks = math.ceil(held / 40)
-    assert two["held_out_passes"] == four["held_out_passes"] == 2 + 2 + chunks
+    assert two["held_out_passes"] == four["held_out_passes"] == 2 * 2 + 2 + chunks
     exact = method_probe("tiny_models:tiny", str(words), _config(estimate="exact", **cfg))
     layers, per_layer = len(exact["layers"]), 0
     for layer in exact["layers"]:
         measured = [m for m in layer["allowed_methods"] if m != "none"]
         # off, only each method, and each ranked method truncated to every candidate rank below the probe's (1, 2)
         per_layer += 1 + len(measured) + sum(2 for m in measured if m != "ia3")
-    assert exact["model"]["probe"]["held_out_passes"] == 2 + 2 + per_layer
+    assert exact["model"]["probe"]["held_out_passes"] == 2 * 2 + 2 + per_layer
     assert layers == 12
 
 
@@ -169,9 +170,14 @@ def test_a_plateau_ends_the_probe_only_once_it_is_trusted(tmp_path, words):
     assert untrusted["trusted"] is False
     # its best check is the first; patience (2) runs out at step 75, past min_steps: the old rule stopped there
     assert untrusted["steps"] == untrusted["max_steps"] == 200 and untrusted["plateaus_trained_through"] >= 1, untrusted
+    # the values are measured at the best check's weights, restored, not at the last step's
+    curve = dict(untrusted["held_out_curve"])
+    assert untrusted["best_step"] < 200 and curve[200] > curve[untrusted["best_step"]], untrusted
+    assert untrusted["held_out_loss"] == pytest.approx(curve[untrusted["best_step"]], abs=1e-6)  # order_directions rewrites the updates (SVD)
     learned = method_probe("tiny_models:tiny", str(words), _config(eval_every=10, min_steps=20, patience=1))["model"]["probe"]
     assert learned["trusted"] is True, learned
     assert learned["steps"] < 200 and learned["plateaus_trained_through"] == 0, learned
+    assert learned["held_out_loss"] == pytest.approx(min(v for _, v in learned["held_out_curve"]), abs=1e-6)
 
 
 def test_256_rows_profile_with_defaults(tmp_path):
@@ -250,3 +256,10 @@ def test_default_profile_on_minilm_offers_every_method_and_solve_mixes_them(tmp_
     r = run("solve", out, "--budget", 9216, "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["status"] == "optimal"
+
+
+def test_the_label_prior_is_the_cross_entropy_of_the_training_frequencies():
+    from layerlens_opt.profiling.probe import label_prior_loss
+
+    # add-one counts: class 0 -> 3, class 1 -> 2 of 5
+    assert label_prior_loss([0, 0, 1], [0, 1]) == pytest.approx(-(math.log(3 / 5) + math.log(2 / 5)) / 2)

@@ -18,8 +18,11 @@ prefix on each BERT-family attention block) in about one training run.
    (drawn from the seed), so each method learns to work alone, not only as a
    stand-in for another on its layer. The run stops when the held-out loss has
    not improved for ``patience`` checks (every ``eval_every`` steps), within
-   ``max_steps``, but never while it would not yet be trusted (see below): a
-   plateau at the loss without adapters is trained through to the cap.
+   ``max_steps``, but never while its best check would not be trusted (see
+   below): a plateau at the loss without adapters is trained through to the
+   cap. Every check measures the held-out loss with the gates at ``keep`` and
+   with every gate off; the weights of the best check are kept and restored at
+   the end, so the values are measured there, not wherever training stopped.
 2. **A method's value at a layer** is "this layer carries only this method"
    against "this layer carries nothing", with every other gate at its expected
    training value ``keep`` (the reference point R):
@@ -77,7 +80,7 @@ from ..inject import PrefixSelfAttention, _dims, _set
 from ..manifest import SCHEMA_VERSION
 from ..methods import DEFAULT_RANKS, METHODS
 from .dist import all_sum, share, world
-from .probe import MIN_HELD_OUT, PROBE_METRIC, held_out_loss, held_out_size, train_steps, trust_warning
+from .probe import MIN_HELD_OUT, PROBE_METRIC, held_out_loss, held_out_size, label_prior_loss, train_steps, trust_warning
 from .objective import load_task
 from .profiler import _progress, adaptable_layers, data_name
 
@@ -234,6 +237,8 @@ class GatedProbe:
     own_parameters: int = 0
     passes: int = 0
     plateaus_trained_through: int = 0
+    prior: float | None = None  # held-out loss of predicting the training labels' frequencies (classification)
+    best_step: int = 0
 
     def modules(self):
         return list(dict.fromkeys(m for per in self.units.values() for m in per.values()))
@@ -325,6 +330,7 @@ def train_gated_probe(model_spec: str, data_path: str, config: MethodProbeConfig
     held, train = order[:held_n], order[held_n:]
     if task.objective == "classification" and len({labels[i] for i in train}) < 2:
         raise LayerlensError(f"{data_path}: the probe's training rows carry a single label; a probe needs at least two classes")
+    prior = label_prior_loss([labels[i] for i in train], [labels[i] for i in held]) if task.objective == "classification" else None
 
     torch.manual_seed(config.seed)
     model, model_name = task.model, task.model_name
@@ -372,7 +378,7 @@ def train_gated_probe(model_spec: str, data_path: str, config: MethodProbeConfig
     run = GatedProbe(model=model, units=units, layers=[l for l in found if l["name"] in units], rank_of=rank_of,
                      held_texts=[texts[i] for i in held], held_y=torch.tensor([labels[i] for i in held], device=config.device),
                      task_info=task.info, model_name=model_name, train_examples=len(train), skipped=[], steps=0, seconds=0.0, curve=[],
-                     config=config, own_parameters=own_parameters)
+                     config=config, own_parameters=own_parameters, prior=prior)
     gen = torch.Generator().manual_seed(config.seed + 1)
     gates = [(module, method) for module in modules for method in module.methods]
 
@@ -381,26 +387,27 @@ def train_gated_probe(model_spec: str, data_path: str, config: MethodProbeConfig
         for (module, method), g in zip(gates, on):
             module.gate(method).fill_(1.0 if g else 0.0)
 
-    best = [math.inf, 0]  # best held-out loss, checks since it improved
+    # the best check so far: its held-out loss, whether it would be trusted, its step and trainable weights; checks since
+    best = {"loss": math.inf, "trusted": False, "step": 0, "state": None, "since": 0}
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
     def on_step(step):
         run.steps = step + 1
         stop = False
         if run.steps % config.eval_every == 0 or run.steps == config.max_steps:
-            run.set_reference()
             model.eval()
-            value = held_out_loss(model, run.held_texts, run.held_y, config.eval_batch)
-            run.passes += 1
+            value = run.loss()  # every gate at keep: the point the values are measured around
+            without = run.loss([s for layer in run.units for s in run.off(layer)])
             run.curve.append((run.steps, value))
-            if value < best[0] - 1e-4:
-                best[0], best[1] = value, 0
+            if value < best["loss"] - 1e-4:
+                best.update(loss=value, trusted=_trust(value, without, run.prior, config.min_gain) is None, step=run.steps, since=0,
+                            state=[p.detach().clone() for _, p in trainable])
             else:
-                best[1] += 1
-            stop = run.steps >= config.min_steps and best[1] >= config.patience
-            if stop:  # a plateau stops the run only once the probe has learned enough to be trusted
-                without = run.loss([s for layer in run.units for s in run.off(layer)])
-                stop = trust_warning(value, without, config.min_gain) is None
-                run.plateaus_trained_through += not stop
+                best["since"] += 1
+            plateau = run.steps >= config.min_steps and best["since"] >= config.patience
+            # a plateau stops the run only once its best check has learned enough to be trusted; else train to the cap
+            stop = plateau and best["trusted"]
+            run.plateaus_trained_through += plateau and not best["trusted"]
             model.train()
         draw()
         return stop
@@ -409,6 +416,11 @@ def train_gated_probe(model_spec: str, data_path: str, config: MethodProbeConfig
     run.seconds = train_steps(model, [texts[i] for i in train], [labels[i] for i in train], config.max_steps, config.batch_size,
                               config.lr, config.seed, "probe training (all methods)", config.progress, on_step=on_step,
                               lrs=None, groups=_groups(model, owners, config))
+    if best["state"] is not None and best["step"] != run.steps:  # measure at the best check, not at the last step
+        with torch.no_grad():
+            for (_, p), saved in zip(trainable, best["state"]):
+                p.copy_(saved)
+    run.best_step = best["step"] or run.steps
     untouched = [n for n, per in units.items() if all(_untouched(mod, m) for m, mod in per.items())]
     run.skipped = [l["name"] for l in found if l["name"] in unfit or l["name"] in untouched]  # not measured, in model order
     for name in untouched:
@@ -420,6 +432,14 @@ def train_gated_probe(model_spec: str, data_path: str, config: MethodProbeConfig
         module.order_directions()
     run.set_reference()
     return run
+
+
+def _trust(reference: float, without: float, prior: float | None, min_gain: float) -> str | None:
+    """The probe's trust warning against the lower of its loss with every gate off and the label prior's: a head trained
+    with the adapters on can do worse without them than a constant guess, and beating that alone proves nothing."""
+    if prior is not None and prior < without:
+        return trust_warning(reference, prior, min_gain, "predicting the training labels' frequencies")
+    return trust_warning(reference, without, min_gain)
 
 
 def _owners(modules) -> dict[int, str]:
@@ -615,7 +635,7 @@ def method_probe(model_spec: str, data_path: str, config: MethodProbeConfig | No
         entry["gain_curves"] = curves
         manifest_layers.append(entry)
 
-    warning = trust_warning(reference, without, config.min_gain)
+    warning = _trust(reference, without, run.prior, config.min_gain)
     fidelity = None
     if grad_values is not None and exact is not None:
         keys = sorted(exact)
@@ -640,9 +660,10 @@ def method_probe(model_spec: str, data_path: str, config: MethodProbeConfig | No
             "seed": config.seed,
             "probe": {
                 "methods": measured, "rank": config.rank, "keep": config.keep, "estimate": config.estimate,
-                "steps": run.steps, "max_steps": config.max_steps, "lr": config.lr, "method_lr": rates,
+                "steps": run.steps, "best_step": run.best_step, "max_steps": config.max_steps, "lr": config.lr, "method_lr": rates,
                 "batch_size": config.batch_size, "train_examples": run.train_examples, "held_out_examples": len(run.held_texts),
                 "held_out_loss": reference, "held_out_loss_without_adapters": without,
+                **({"held_out_loss_label_prior": run.prior} if run.prior is not None else {}),
                 "held_out_curve": [[s, v] for s, v in run.curve],
                 "plateaus_trained_through": run.plateaus_trained_through,
                 "trusted": warning is None, **({"warning": warning} if warning else {}),

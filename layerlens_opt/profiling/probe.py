@@ -143,16 +143,28 @@ def held_out_size(rows: int, requested: int | None = None) -> int:
     return max(MIN_HELD_OUT, min(MAX_HELD_OUT, rows // 5))
 
 
-def trust_warning(reference: float, without: float, min_gain: float) -> str | None:
+def trust_warning(reference: float, without: float, min_gain: float, what: str = "without adapters") -> str | None:
     """Why a probe learned too little for its measurements to mean something: its held-out loss ``reference`` is not at
-    least ``min_gain`` (relative) below ``without`` adapters; None when it did."""
+    least ``min_gain`` (relative) below ``without`` (the loss ``what``: without adapters, or predicting the training
+    labels' frequencies where that is lower); None when it did."""
     gain = (without - reference) / without if without > 0 else 0.0
     if gain >= min_gain:
         return None
     return (f"the probe learned too little to trust: its held-out loss {reference:.4f} is "
-            + (f"worse than {without:.4f} without adapters" if reference >= without else
-               f"only {100 * gain:.1f}% below {without:.4f} without adapters (at least {100 * min_gain:.0f}% is needed)")
+            + (f"worse than {without:.4f} {what}" if reference >= without else
+               f"only {100 * gain:.1f}% below {without:.4f} {what} (at least {100 * min_gain:.0f}% is needed)")
             + "; give more data or more --probe-steps, or use --signal first-order")
+
+
+def label_prior_loss(train_labels, held_labels) -> float:
+    """Held-out cross-entropy of predicting every row's class by the training rows' class frequencies (add-one
+    smoothed): what a classifier gets without reading its input, the floor a probe must beat."""
+    classes = sorted(set(train_labels) | set(held_labels))
+    counts = {c: 1 for c in classes}
+    for y in train_labels:
+        counts[y] += 1
+    total = sum(counts.values())
+    return -sum(math.log(counts[y] / total) for y in held_labels) / max(len(held_labels), 1)
 
 
 def held_out_loss(model, texts, y, chunk: int = 256) -> float:

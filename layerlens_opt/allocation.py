@@ -315,13 +315,15 @@ def load_allocation(path: str | Path) -> Allocation:
     from .io import DuplicateKey, NotFinite, strict_json
 
     try:
-        data = strict_json(path.read_text(encoding="utf-8"))
+        data = strict_json(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is not part of the JSON
     except DuplicateKey as exc:
         raise AllocationError(f"{path}: the key {exc.key!r} appears twice in one object; give each key once") from None
     except FileNotFoundError:
         raise AllocationError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AllocationError(f"{path}: cannot read it as UTF-8 text ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise AllocationError(f"{path}: not UTF-8 text (byte {exc.start}); save the allocation as UTF-8 JSON") from None
+    except OSError as exc:
+        raise AllocationError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     except json.JSONDecodeError as exc:
         raise AllocationError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except RecursionError:

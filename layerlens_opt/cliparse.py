@@ -41,6 +41,8 @@ def parse_count(text: str, what: str = "budget") -> int:
 def parse_methods(text: str) -> tuple[str, ...]:
     """``--methods``: the methods offered; ``none`` (leave a layer as it is) is implied unless given as ``-none``."""
     items = [m.strip() for m in text.split(",") if m.strip()]
+    if not [m for m in items if m not in ("none", "-none")]:
+        raise LayerlensError(f"--methods {text!r}: name at least one method that adapts a layer, e.g. --methods lora,ia3")
     if "-none" in items:
         return tuple(m for m in items if m not in ("-none", "none"))
     return tuple(items) + (() if "none" in items else ("none",))

@@ -129,11 +129,13 @@ def load_manifest(path: str | Path) -> Manifest:
     """Read and validate a manifest file; raise ManifestError naming the problem."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark some editors write is not part of the JSON
     except FileNotFoundError:
         raise ManifestError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: cannot read it ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {exc.start}); save the manifest as UTF-8 JSON") from None
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     from .io import DuplicateKey, NotFinite, strict_json
 
     try:

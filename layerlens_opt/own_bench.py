@@ -35,7 +35,7 @@ def split(data_path: str | Path, folder: Path, seed: int = 0) -> tuple[Path, Pat
     if not path.is_file():
         raise LayerlensError(f"--data {data_path}: no such file; give a JSONL file of the rows to benchmark on")
     try:
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except UnicodeDecodeError as exc:
         raise LayerlensError(f"--data {data_path}: not UTF-8 text (byte {exc.start}); save the data as UTF-8 JSONL") from None
     if len(lines) < MIN_ROWS:

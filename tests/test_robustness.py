@@ -705,3 +705,33 @@ def test_fuzz_every_solving_command(tmp_path, choice, value, command):
         if command != "frontier":
             assert (status == ["infeasible"]) == (r.exit_code == 3)
             assert (status == ["error"]) == (r.exit_code == 4)
+
+
+# ----------------------------------------------------------------------------- a later campaign's cases
+
+
+@pytest.mark.parametrize("methods", ["", " , ", "none", "-none"])
+def test_methods_that_adapt_nothing_are_an_input_error_not_infeasible(manifest, methods):
+    for args in (["solve", manifest, "--budget", "50k"], ["frontier", manifest, "--budgets", "10k,50k"]):
+        r = run(*args, "--methods", methods)
+        assert_clean(r, {1})
+        assert "name at least one method that adapts a layer" in r.output
+
+
+def test_a_byte_order_mark_is_read_and_other_encodings_are_named(manifest, allocation, tmp_path):
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
+    assert run("solve", bom, "--budget", "50k").exit_code == 0
+    bom_alloc = tmp_path / "bom-alloc.json"
+    bom_alloc.write_bytes(b"\xef\xbb\xbf" + allocation.read_bytes())
+    assert run("validate", bom_alloc, "--manifest", manifest).exit_code == 0
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(manifest.read_bytes().replace(b"encoder.layer.0", b"encoder.layer.\xe9", 1))
+    r = run("solve", latin, "--budget", "50k")
+    assert_clean(r, {1})
+    assert "not UTF-8 text (byte" in r.output and "save the manifest as UTF-8 JSON" in r.output
+    latin_alloc = tmp_path / "latin-alloc.json"
+    latin_alloc.write_bytes(b"\xe9" + allocation.read_bytes())
+    r = run("validate", latin_alloc)
+    assert_clean(r, {1})
+    assert "not UTF-8 text (byte 0)" in r.output

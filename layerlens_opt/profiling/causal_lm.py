@@ -127,7 +127,7 @@ def load_rows(path: str | Path, tokenizer, max_length: int) -> tuple[list[tuple[
     """The examples of a causal-LM JSONL file and its format (every row must have the first row's)."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as exc:
         raise LayerlensError(f"{path}: not UTF-8 text (byte {exc.start}); save the data as UTF-8 JSONL") from None
     except OSError as exc:

@@ -95,7 +95,7 @@ def load_jsonl(path: str | Path) -> tuple[list[str], list[int], list[Any]]:
         raise LayerlensError(f"data file {path} does not exist")
     texts, labels = [], []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as exc:
         raise LayerlensError(f"{path}: not UTF-8 text (byte {exc.start}); save the data as UTF-8 JSONL") from None
     except OSError as exc:

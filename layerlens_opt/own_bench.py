@@ -55,7 +55,7 @@ def gain_models(model_spec: str, train: Path, folder: Path, args) -> dict:
     ``folder``); returns what :func:`layerlens_opt.train_bench.gain_models` returns."""
     from .manifest import save_manifest
     from .profiling import profile_manifest
-    from .train_bench import MODELS
+    from .train_bench import profiled
 
     fidelity = bool(args.fidelity_tasks)
     paths = {stem: folder / f"{stem}.json" for stem in ("first-order", "probe", "lora-probe")}
@@ -72,16 +72,7 @@ def gain_models(model_spec: str, train: Path, folder: Path, args) -> dict:
             manifest = profile_manifest(model_spec, str(train), "first-order", **shape)
         manifest.model["wall_seconds"] = round(time.perf_counter() - t0, 2)
         save_manifest(manifest, path, [train])
-    seconds, extra = {}, {}
-    for stem, path in paths.items():
-        model = json.loads(path.read_text())["model"]
-        seconds[stem] = model.get("wall_seconds")
-        if stem == "probe":
-            p = model["probe"]
-            seconds["probe default"] = round(model["seconds"] - sum(v for k, v in p["seconds_by_phase"].items() if k != "gradient"), 2)
-            extra = {"probe_steps": p["steps"], "held_out_loss": p["held_out_loss"], "without": p["held_out_loss_without_adapters"],
-                     "trusted": p["trusted"], "fidelity": p.get("fidelity"), "passes": p["held_out_passes"]}
-    return {"paths": {name: paths[stem] for name, (stem, _, _) in MODELS.items()}, "seconds": seconds, "probe": extra}
+    return profiled(paths)
 
 
 def dims_of(manifest_path: Path) -> dict[str, tuple[int, int]]:

@@ -402,6 +402,13 @@ def gain_models(task: str, out: Path, args) -> dict:
             manifest = profile("minilm", str(data), ProfileConfig(device=args.device, progress=not args.quiet))
         manifest["model"]["wall_seconds"] = round(time.perf_counter() - t0, 2)
         path.write_text(json.dumps(manifest, indent=1, allow_nan=False) + "\n")
+    return profiled(paths)
+
+
+def profiled(paths: dict[str, Path]) -> dict:
+    """What the benchmark keeps of its three profiles (manifest stem -> path): each gain model's manifest, each
+    profile's wall time (the default probe's as ``profile`` alone would spend it: training plus gradient measuring)
+    and the probe's own record."""
     seconds, extra = {}, {}
     for stem, path in paths.items():
         model = json.loads(path.read_text())["model"]

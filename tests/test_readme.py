@@ -52,3 +52,19 @@ def test_shipped_manifests_name_no_machine_path():
         model = json.loads(path.read_text()).get("model", {})
         where = str(model.get("profiled_on", ""))
         assert not where.startswith("/") and not re.match(r"^[A-Za-z]:\\", where), f"{path.name}: profiled_on {where!r}"
+
+
+def test_readme_train_bench_commands_use_only_options_it_takes():
+    import contextlib
+    import io
+
+    from layerlens_opt.train_bench import main as train_bench
+
+    help_text = io.StringIO()
+    with contextlib.redirect_stdout(help_text), pytest.raises(SystemExit):
+        train_bench(["--help"])
+    lines = [line.strip() for line in README.splitlines() if line.strip().startswith("python -m layerlens_opt.train_bench")]
+    assert lines
+    for line in lines:
+        for option in re.findall(r"\s(--[\w-]+)", line):
+            assert re.search(re.escape(option) + r"(?![\w-])", help_text.getvalue()), (option, line)

@@ -80,9 +80,13 @@ def dims_of(manifest_path: Path) -> dict[str, tuple[int, int]]:
     return {l["name"]: (l["in_features"], l["out_features"]) for l in json.loads(Path(manifest_path).read_text())["layers"]}
 
 
-def measured_methods(manifest_path: Path) -> set[str]:
-    """The methods the probe measured (what ``apply`` can train on this model)."""
-    return set(json.loads(Path(manifest_path).read_text())["model"]["probe"]["methods"])
+def profiled_subject(folder: Path) -> tuple[dict[str, tuple[int, int]], set[str], int | None, bool]:
+    """What the profiles in ``folder`` say of the model: every offered layer's shape (the first-order profile's), the
+    methods the probe measured (what ``apply`` can train there), the tokens kept per row (a causal LM's) and whether it
+    is a causal LM."""
+    probe = json.loads((folder / "probe.json").read_text())["model"]
+    return (dims_of(folder / "first-order.json"), set(probe["probe"]["methods"]), probe.get("max_length"),
+            probe.get("objective") == "causal-lm")
 
 
 def default_budgets(dims: dict[str, tuple[int, int]]) -> list[int]:
@@ -126,22 +130,3 @@ def _tokenizer(model_spec: str):
     if path.is_dir():
         return causal_lm.load_tokenizer(path)
     return call_factory(model_spec)[1]
-
-
-def score(model, objective: str, examples: list, labels: list) -> float:
-    """Test accuracy (classifier) or next-token accuracy over the target tokens (causal LM)."""
-    import torch
-
-    chunk = 16 if objective == "causal-lm" else 256  # a causal LM's logits are rows x tokens x vocabulary
-    correct = total = 0
-    with torch.no_grad():
-        for s in range(0, len(examples), chunk):
-            part = examples[s : s + chunk]
-            if objective == "causal-lm":
-                right, n = model.correct_sum(part)
-                correct, total = correct + right, total + n
-            else:
-                pred = model(part).argmax(-1).cpu().tolist()
-                correct += sum(int(p == t) for p, t in zip(pred, labels[s : s + chunk]))
-                total += len(part)
-    return correct / max(total, 1)

@@ -310,9 +310,26 @@ def train_once(job: dict) -> dict:
     if count is not None:
         params = count()
         seconds = time.perf_counter() - t0  # EVA's initialization is part of its cost
-    from .own_bench import score
-
     return {"accuracy": score(model, objective, test_x, test_y), "params": params, "seconds": seconds}
+
+
+def score(model, objective: str, examples: list, labels: list) -> float:
+    """Test accuracy (classifier) or next-token accuracy over the target tokens (causal LM)."""
+    import torch
+
+    chunk = 16 if objective == "causal-lm" else 256  # a causal LM's logits are rows x tokens x vocabulary
+    correct = total = 0
+    with torch.no_grad():
+        for s in range(0, len(examples), chunk):
+            part = examples[s : s + chunk]
+            if objective == "causal-lm":
+                right, n = model.correct_sum(part)
+                correct, total = correct + right, total + n
+            else:
+                pred = model(part).argmax(-1).cpu().tolist()
+                correct += sum(int(p == t) for p, t in zip(pred, labels[s : s + chunk]))
+                total += len(part)
+    return correct / max(total, 1)
 
 
 #: the learning-rate sweep: method -> (the uniform baseline it is trained on, candidate rates); on the development tasks only
@@ -443,14 +460,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m layerlens_opt.train_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--tasks", default=",".join(TASKS))
-    parser.add_argument("--budgets", default=None, help="comma-separated (default: " + ",".join(map(str, BUDGETS)) + " on MiniLM; "
+    parser.add_argument("--budgets", type=_budgets, default=None, help="comma-separated (default: " + ",".join(map(str, BUDGETS)) + " on MiniLM; "
                         "with --model, the same four anchors costed on that model)")
     parser.add_argument("--model", default=None, help="your own model (a Hugging Face directory or module:function, classifier or "
                         "causal LM) instead of MiniLM; needs --data")
     parser.add_argument("--data", default=None, help="with --model: the JSONL rows to benchmark on (as profile reads them); a fifth "
                         "are the test split")
-    parser.add_argument("--objective", default="auto", help="with --model: auto, classification or causal-lm (as profile's)")
-    parser.add_argument("--dtype", default="float32", help="with --model: a causal LM's float32, bfloat16 or float16 (as profile's)")
+    parser.add_argument("--objective", default="auto", choices=("auto", "classification", "causal-lm"), help="with --model: as profile's")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="with --model: a causal LM's, as "
+                        "profile's")
     parser.add_argument("--max-length", type=int, default=None, help="with --model: tokens kept per row (as profile's)")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1 (add seeds to a run, then --replot both)")
@@ -497,7 +515,7 @@ def main(argv=None) -> None:
         parser.error("--model and --data go together: your model and the rows to benchmark it on")
     if args.model and args.anchors:
         parser.error("--anchors (peft's EVA and AdaLoRA) are set up for MiniLM only; drop it with --model")
-    budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else None
+    budgets = args.budgets
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     jobs, models_out, runs = [], [], []
     seeds = range(args.first_seed, args.first_seed + args.seeds)
@@ -510,10 +528,9 @@ def main(argv=None) -> None:
         folder = args.out / task
         train, test = own_bench.split(args.data, folder)
         plan = [(task, own_bench.gain_models(args.model, train, folder, args))]
+        dims, methods, max_length, causal = own_bench.profiled_subject(folder)
         own = {"model": args.model, "train": str(train), "test": str(test), "objective": args.objective, "device": args.device,
-               "dtype": args.dtype, "max_length": json.loads((folder / "probe.json").read_text())["model"].get("max_length") or args.max_length or 64}
-        dims = own_bench.dims_of(folder / "first-order.json")
-        methods = own_bench.measured_methods(folder / "probe.json")
+               "dtype": args.dtype, "max_length": max_length or args.max_length or 64}
         budgets = budgets or own_bench.default_budgets(dims)
     else:
         plan = [(t.strip(), None) for t in args.tasks.split(",") if t.strip()]
@@ -553,15 +570,22 @@ def main(argv=None) -> None:
             results.append({"task": task, "budget": budget, "method": label, "seed": seed, **done[(task, seed, signature)]})
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     subject = (f"{args.model} on {Path(args.data).name} (a fifth of the rows held out for testing; score: "
-               + ("next-token accuracy over the target tokens" if _causal(args.out / plan[0][0] / "probe.json") else "test accuracy")
+               + ("next-token accuracy over the target tokens" if causal else "test accuracy")
                + "); " if own else "")
     report(results, models_out, args.out, f"{subject}seeds {seeds.start}-{seeds.stop - 1}, {args.steps} steps, batch {args.batch_size}, "
            f"head at AdamW lr {args.lr:g}, each method at its catalog rate; device {args.device}; runs with identical allocations "
            "trained once.")
 
 
-def _causal(manifest_path: Path) -> bool:
-    return json.loads(manifest_path.read_text())["model"].get("objective") == "causal-lm"
+def _budgets(text: str) -> list[int]:
+    """``--budgets 2304,9216``: positive whole numbers of trainable parameters (argparse names the option on a bad one)."""
+    try:
+        budgets = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        budgets = []
+    if not budgets or min(budgets) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive whole numbers of parameters, comma-separated, e.g. 2304,9216")
+    return budgets
 
 
 def _run_key(job: dict) -> str:

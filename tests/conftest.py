@@ -99,3 +99,24 @@ def generated72(tmp_path):
     path = tmp_path / "m.json"
     path.write_text(json.dumps(data))
     return path, data["model"]["suggested_budget"]
+
+
+#: the tiny decoder architectures :func:`lm_dir` saves
+ARCHS = ("llama", "qwen2", "gpt2")
+
+
+@pytest.fixture(scope="session")
+def lm_dir(tmp_path_factory):
+    """Tiny LLaMA-style, Qwen2 and GPT-2 decoders saved as Hugging Face folders, with 300 rows each of text, prompt/
+    completion and chat data (``text.jsonl``, ``sft.jsonl``, ``chat.jsonl``)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_models import lm_rows, save_tiny_decoder
+
+    root = tmp_path_factory.mktemp("clm")
+    for arch in ARCHS:
+        save_tiny_decoder(root / arch, arch)
+    for kind in ("text", "sft", "chat"):
+        (root / f"{kind}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lm_rows(kind, 300)))
+    return root

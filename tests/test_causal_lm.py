@@ -14,9 +14,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from layerlens_opt.cli import main  # noqa: E402
 
-from conftest import ROOT  # noqa: E402
-
-ARCHS = ("llama", "qwen2", "gpt2")
+from conftest import ARCHS, ROOT  # noqa: E402  (ARCHS: the tiny decoders of conftest's lm_dir fixture)
 
 
 @pytest.fixture(autouse=True)
@@ -33,20 +31,6 @@ def _write(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
-
-@pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory):
-    import sys
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_models import lm_rows, save_tiny_decoder
-
-    root = tmp_path_factory.mktemp("clm")
-    for arch in ARCHS:
-        save_tiny_decoder(root / arch, arch)
-    for kind in ("text", "sft", "chat"):
-        _write(root / f"{kind}.jsonl", lm_rows(kind, 300))
-    return root
 
 
 def _profile(lm_dir, arch, data, out, *extra):

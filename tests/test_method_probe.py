@@ -188,6 +188,13 @@ def test_a_plateau_ends_the_probe_only_once_it_is_trusted(tmp_path, words):
     assert learned["trusted"] is True, learned
     assert learned["steps"] < 200 and learned["plateaus_trained_through"] == 0, learned
     assert learned["held_out_loss"] == pytest.approx(min(v for _, v in learned["held_out_curve"]), abs=1e-6)
+    # passes: one per check, one more (every gate off) per check that improved on the best, then the gradient chunks
+    best, improved = math.inf, 0
+    for _, v in learned["held_out_curve"]:
+        if v < best - 1e-4:
+            best, improved = v, improved + 1
+    chunks = math.ceil(learned["held_out_examples"] / MethodProbeConfig().eval_batch)
+    assert learned["held_out_passes"] == len(learned["held_out_curve"]) + improved + chunks, learned
 
 
 def test_256_rows_profile_with_defaults(tmp_path):

@@ -251,6 +251,13 @@ def test_fidelity_reports_rank_correlation(words):
     fid = m["model"]["probe"]["fidelity"]
     assert fid["pairs"] == 36 and -1.0 <= fid["spearman"] <= 1.0
     assert set(fid["per_method"]) == {"lora", "ia3", "adapter"}
+    # each method alone on every layer, against every gate off: a loss drop per method, measured (finite, not all equal)
+    alone = fid["method_alone"]
+    assert set(alone) == set(fid["method_value_sums"]) == {"lora", "ia3", "adapter"}
+    assert all(math.isfinite(v) for v in alone.values()) and len(set(alone.values())) == 3
+    probe = m["model"]["probe"]
+    assert "method alone" in probe["seconds_by_phase"]
+    assert max(alone.values()) <= probe["held_out_loss_without_adapters"]  # a drop cannot exceed the loss it starts from
 
 
 # ----------------------------------------------------------------------------- the real MiniLM

@@ -36,7 +36,9 @@ prefix on each BERT-family attention block) in about one training run.
      x methods.
    - ``estimate="exact"``: the two losses measured, one held-out pass each.
    - ``fidelity=True``: both, with the Spearman correlation of the gradient
-     estimate against the exact values reported in the manifest.
+     estimate against the exact values reported in the manifest, and per
+     method the loss drop of "every layer carries only this method" next to
+     the sum of its per-layer values (``method_alone``, ``method_value_sums``).
 3. **Rank curves** by truncating each method's learned update: LoRA to its top
    k singular directions (the update is rewritten as ``U S V^T`` with a gate per
    direction), an adapter to its k strongest bottleneck units (by
@@ -579,6 +581,18 @@ def exact_values(run: GatedProbe) -> tuple[dict, dict]:
     return values, fractions
 
 
+def method_alone(run: GatedProbe, without: float) -> dict[str, float]:
+    """Per method m, the held-out loss drop when every layer carries only m (the layers that do not take m carry
+    nothing) against every gate off, at the probe's weights: one pass per method. A fidelity diagnostic: how the probe's
+    trained state ranks the methods as whole-model choices, next to the sum of their per-layer values."""
+    methods = sorted({m for per in run.units.values() for m in per}, key=list(METHODS).index)
+    out = {}
+    for method in methods:
+        settings = [(layer, m, 1.0 if m == method else 0.0, None) for layer, per in run.units.items() for m in per]
+        out[method] = without - run.loss(settings)
+    return out
+
+
 def pair_terms(run: GatedProbe) -> list[dict]:
     """Leave-pair-out interactions of whole layers inside each block, around R (exact passes)."""
     blocks: dict[Any, list[str]] = {}
@@ -624,6 +638,7 @@ def method_probe(model_spec: str, data_path: str, config: MethodProbeConfig | No
     if config.estimate == "exact" or config.fidelity:
         exact, fractions = timed("exact", lambda: exact_values(run))
     values = grad_values if config.estimate == "gradient" else exact
+    alone = timed("method alone", lambda: method_alone(run, without)) if config.fidelity else None
     pairs = timed("pairs", lambda: pair_terms(run)) if config.interactions else None
     measure_s = time.perf_counter() - t1
 
@@ -651,7 +666,9 @@ def method_probe(model_spec: str, data_path: str, config: MethodProbeConfig | No
         fidelity = {"spearman": spearman([grad_values[k] for k in keys], [exact[k] for k in keys]),
                     "pairs": len(keys),
                     "per_method": {m: spearman([grad_values[k] for k in keys if k[1] == m], [exact[k] for k in keys if k[1] == m])
-                                   for m in dict.fromkeys(k[1] for k in keys) if sum(k[1] == m for k in keys) >= 3}}
+                                   for m in dict.fromkeys(k[1] for k in keys) if sum(k[1] == m for k in keys) >= 3},
+                    "method_alone": alone,
+                    "method_value_sums": {m: sum(v for (_, mm), v in values.items() if mm == m) for m in alone}}
     measured = sorted({m for per in run.units.values() for m in per}, key=list(METHODS).index)
     how = "first-order gate attribution" if config.estimate == "gradient" else "exact held-out ablation"
     sources = {m: (f"gated probe ({how}, rank {config.rank}, {run.steps} steps)" if m in measured else

@@ -191,3 +191,22 @@ def test_profile_finds_gpt2_conv1d_layers(data_file):
     assert len([n for n in by_name if ".h." in n]) == 8  # 2 blocks x (c_attn, attn.c_proj, c_fc, mlp.c_proj)
     for layer in m["layers"]:
         assert layer["metrics"]["fisher"] > 0
+
+
+@pytest.mark.parametrize("signal, extra", [("probe", {"probe_steps": 10}), ("lora-probe", {"probe_steps": 10, "interactions": False}),
+                                           ("first-order", {"batches": 2})])
+def test_a_profile_does_not_depend_on_the_process_random_state(data_file, signal, extra):
+    """A loader that leaves the random state alone (a Hugging Face directory does) draws the classifier head from the
+    process's state, which a fresh torch seeds from the OS: each signal seeds before loading, so one command run twice
+    writes one profile (before, `profile --model minilm` gave a different probe every run)."""
+    import torch
+
+    from layerlens_opt.profiling import profile_manifest
+
+    runs = []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        m = profile_manifest("tiny_models:tiny_keeps_rng", str(data_file), signal, progress=False, batch_size=16, held_out=100, **extra)
+        runs.append(m.to_dict() if hasattr(m, "to_dict") else m)
+    a, b = (json.dumps(r, sort_keys=True, default=str) for r in runs)
+    assert json.loads(a)["layers"] == json.loads(b)["layers"]

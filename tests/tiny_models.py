@@ -239,3 +239,12 @@ def lm_rows(kind: str, n: int, seed: int = 0) -> list[dict]:
 def tiny_llama():
     """A factory (``tiny_models:tiny_llama``): the tiny LLaMA-style decoder and its tokenizer, made in memory."""
     return tiny_decoder("llama")
+
+
+def tiny_keeps_rng():
+    """The tiny encoder built without touching the caller's random state: what a Hugging Face directory's load does, so
+    the classifier head drawn after it comes from whatever state the process is in."""
+    state = torch.get_rng_state()
+    encoder = TinyEncoder()
+    torch.set_rng_state(state)
+    return encoder

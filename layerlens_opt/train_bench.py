@@ -819,9 +819,18 @@ def _plot(rows, path):
     except LayerlensError:  # no matplotlib: the table is still written
         return
     panels = list(dict.fromkeys((r[0], r[1]) for r in rows))
+    tasks = list(dict.fromkeys(t for t, _ in panels))  # one row of panels per task, one column per budget
+    cols = max(sum(t == task for t, _ in panels) for task in tasks)
     n_rows = max(len([r for r in rows if (r[0], r[1]) == k]) for k in panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.42 * n_rows + 2.0), squeeze=False)
-    for ax, (task, b) in zip(axes[0], panels):
+    fig, axes = plt.subplots(len(tasks), cols, figsize=(4.2 * cols, (0.42 * n_rows + 2.0) * len(tasks)), squeeze=False)
+    places = {}
+    for task in tasks:
+        for col, k in enumerate(k for k in panels if k[0] == task):
+            places[k] = axes[tasks.index(task)][col]
+    for ax in axes.flat:
+        if ax not in places.values():
+            ax.set_visible(False)
+    for (task, b), ax in places.items():
         sel = [r for r in rows if (r[0], r[1]) == (task, b)]
         colors = ["#bebada" if r[2].startswith("uniform") else "#fb8072" if "probe" in r[2] else "#8dd3c7" if "peft" in r[2] else "#80b1d3" for r in sel]
         ax.barh([f"{r[2]}\n({r[3]:,})" for r in sel], [100 * r[4] for r in sel], xerr=[100 * r[5] for r in sel], color=colors)

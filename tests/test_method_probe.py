@@ -74,7 +74,10 @@ def test_a_layer_only_a_scaling_can_help_is_priced_best_for_ia3(tmp_path, seed, 
     v = _values(m)
     assert m["model"]["probe"]["trusted"], m["model"]["probe"]
     lora, ia3, adapter = v["mlp.up_proj", "lora"], v["mlp.up_proj", "ia3"], v["mlp.up_proj", "adapter"]
-    assert ia3 > 0.05 and ia3 > 2 * max(lora, adapter), v
+    probe = m["model"]["probe"]
+    learned = probe["held_out_loss_without_adapters"] - probe["held_out_loss"]  # what the whole probe learned
+    # IA3 carries at least half of it, and more than twice what either other method is worth there (measured 3.5-13x)
+    assert ia3 > 0.5 * learned and ia3 > 2 * max(lora, adapter), (v, learned)
     assert m["layers"][0]["gain_curves"]["ia3"] == {"1": 1.0}
 
 

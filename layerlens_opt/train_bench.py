@@ -310,7 +310,9 @@ def train_once(job: dict) -> dict:
     if count is not None:
         params = count()
         seconds = time.perf_counter() - t0  # EVA's initialization is part of its cost
-    return {"accuracy": score(model, objective, test_x, test_y), "params": params, "seconds": seconds}
+    # how the seconds were spent: threads of this run, and how many runs shared the machine (the cost table says both)
+    return {"accuracy": score(model, objective, test_x, test_y), "params": params, "seconds": seconds,
+            "threads": torch.get_num_threads(), "at_once": job.get("at_once", 1)}
 
 
 def score(model, objective: str, examples: list, labels: list) -> float:
@@ -418,6 +420,7 @@ def gain_models(task: str, out: Path, args) -> dict:
         else:
             manifest = profile("minilm", str(data), ProfileConfig(device=args.device, progress=not args.quiet))
         manifest["model"]["wall_seconds"] = round(time.perf_counter() - t0, 2)
+        manifest["model"]["threads"] = torch.get_num_threads()
         path.write_text(json.dumps(manifest, indent=1, allow_nan=False) + "\n")
     return profiled(paths)
 
@@ -426,16 +429,19 @@ def profiled(paths: dict[str, Path]) -> dict:
     """What the benchmark keeps of its three profiles (manifest stem -> path): each gain model's manifest, each
     profile's wall time (the default probe's as ``profile`` alone would spend it: training plus gradient measuring)
     and the probe's own record."""
-    seconds, extra = {}, {}
+    seconds, extra, threads = {}, {}, set()
     for stem, path in paths.items():
         model = json.loads(path.read_text())["model"]
         seconds[stem] = model.get("wall_seconds")
+        if model.get("threads"):
+            threads.add(model["threads"])
         if stem == "probe":
             p = model["probe"]
             seconds["probe default"] = round(model["seconds"] - sum(v for k, v in p["seconds_by_phase"].items() if k != "gradient"), 2)
             extra = {"probe_steps": p["steps"], "held_out_loss": p["held_out_loss"], "without": p["held_out_loss_without_adapters"],
                      "trusted": p["trusted"], "fidelity": p.get("fidelity"), "passes": p["held_out_passes"]}
-    return {"paths": {name: paths[stem] for name, (stem, _, _) in MODELS.items()}, "seconds": seconds, "probe": extra}
+    return {"paths": {name: paths[stem] for name, (stem, _, _) in MODELS.items()}, "seconds": seconds, "probe": extra,
+            "threads": sorted(threads)}
 
 
 def contenders(task: str, budget: int, models: dict, dims: dict, anchors: bool = False, methods=None) -> list[tuple[str, dict]]:
@@ -555,7 +561,7 @@ def main(argv=None) -> None:
                 pred = {name: predicted(models["paths"][name], allocation, pairs) for name, (_, _, pairs) in MODELS.items()}
                 models_out.append({"task": task, "budget": budget, "method": label, "params": allocation["total_params"],
                                    "status": allocation.get("solve_status"), "gap": allocation.get("gap"),
-                                   "predicted": pred, "signature": signature, "profile_seconds": models["seconds"], "probe": models["probe"],
+                                   "predicted": pred, "signature": signature, "profile_seconds": models["seconds"], "profile_threads": models["threads"], "probe": models["probe"],
                                    "allocation": [f"{l['name']}:{l['method']}{l['rank']}" for l in allocation["layers"] if l["method"] != "none"]})
                 if only and not any(k in label for k in only):
                     continue
@@ -668,6 +674,9 @@ def _train_all(jobs: list[dict], args) -> dict:
     if args.workers > 1 and args.device == "cpu" and todo:
         import multiprocessing as mp
 
+        for job in todo:  # not part of the run's key: it changes the seconds, not the outcome
+            job["at_once"] = args.workers
+
         with mp.get_context("spawn").Pool(args.workers, initializer=_worker_init, initargs=(1,)) as pool:
             for job, out in zip(todo, pool.imap(train_once, todo)):
                 record(job, out)
@@ -750,6 +759,23 @@ def goal_table(rows: list[tuple]) -> list[str]:
     return md
 
 
+def cost_conditions(results: list[dict], models: list[dict]) -> str:
+    """One line under the cost table: the threads the profiles and the training runs had, and how many runs trained
+    at once. Seconds measured under different conditions are not comparable: a profile alone on two cores against runs
+    trained two at a time with one thread each made the profile look half as costly as it is."""
+    prof = sorted({t for m in models for t in m.get("profile_threads", [])})
+    runs = sorted({r["threads"] for r in results if r.get("threads")})
+    at_once = sorted({r.get("at_once", 1) for r in results if r.get("threads")})
+
+    def say(values, unit):
+        return "/".join(map(str, values)) + f" {unit}" if values else "threads not recorded"
+
+    line = f"Profiles: {say(prof, 'threads')}. Training runs: {say(runs, 'thread(s) each')}" + (f", up to {say(at_once, 'at a time')}." if runs else ".")
+    if prof and runs and (prof != runs or at_once != [1]):
+        line += " Not thread for thread: to compare, time a profile and a run each alone on the same threads (docs/benchmarks.md)."
+    return line
+
+
 def report(results: list[dict], models: list[dict], out: Path, footer: str) -> None:
     """Write results.md and results.png, and print the tables."""
     rows = summarize(results)
@@ -791,7 +817,7 @@ def report(results: list[dict], models: list[dict], out: Path, footer: str) -> N
                     secs.update({k: v for k, v in m["profile_seconds"].items() if v})
             run_s = statistics.mean(r[6] for r in rows if r[0] == task)
             md.append(f"| {task} | " + " | ".join(f"{secs[k]:.0f}" if k in secs else "-" for k, _ in signals) + f" | {run_s:.0f} |")
-        md.append("")
+        md += ["", cost_conditions(results, models), ""]
         probes = {m["task"]: m.get("probe") for m in models if m.get("probe")}
         if probes:
             md += ["### the all-method probe", "",

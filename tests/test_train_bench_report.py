@@ -122,3 +122,16 @@ def test_goal_table_averages_paired_differences_per_cell():
     assert diffs == {("pairs", 100, "ILP (probe)"): pytest.approx(4.0), ("frequency", 100, "ILP (probe)"): pytest.approx(-1.0)}
     md = "\n".join(goal_table(summarize(results)))
     assert "| ILP (probe) | 2 | +1.50 | -1.00 (frequency 100) | -1.00 |" in md
+
+
+def test_the_cost_table_says_under_what_threads_its_seconds_were_spent():
+    """A profile alone on 2 threads next to runs trained two at a time with one thread each is not a fair comparison:
+    the report says so; equal conditions say nothing more; records without the fields say they were not recorded."""
+    from layerlens_opt.train_bench import cost_conditions
+
+    runs = [{"threads": 1, "at_once": 2}, {"threads": 1, "at_once": 2}]
+    line = cost_conditions(runs, [{"profile_threads": [2]}])
+    assert line.startswith("Profiles: 2 threads. Training runs: 1 thread(s) each, up to 2 at a time.") and "Not thread for thread" in line
+    fair = cost_conditions([{"threads": 2, "at_once": 1}], [{"profile_threads": [2]}])
+    assert fair == "Profiles: 2 threads. Training runs: 2 thread(s) each, up to 1 at a time."
+    assert cost_conditions([{"seconds": 3}], [{}]) == "Profiles: threads not recorded. Training runs: threads not recorded."

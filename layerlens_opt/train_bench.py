@@ -850,12 +850,11 @@ def _plot(rows, path):
     n_rows = max(len([r for r in rows if (r[0], r[1]) == k]) for k in panels)
     fig, axes = plt.subplots(len(tasks), cols, figsize=(4.2 * cols, (0.42 * n_rows + 2.0) * len(tasks)), squeeze=False)
     places = {}
-    for task in tasks:
-        for col, k in enumerate(k for k in panels if k[0] == task):
-            places[k] = axes[tasks.index(task)][col]
-    for ax in axes.flat:
-        if ax not in places.values():
-            ax.set_visible(False)
+    for row, task in enumerate(tasks):
+        mine = [k for k in panels if k[0] == task]
+        places.update({k: axes[row][col] for col, k in enumerate(mine)})
+        for col in range(len(mine), cols):  # a task with fewer budgets leaves its last cells empty
+            axes[row][col].set_visible(False)
     for (task, b), ax in places.items():
         sel = [r for r in rows if (r[0], r[1]) == (task, b)]
         colors = ["#bebada" if r[2].startswith("uniform") else "#fb8072" if "probe" in r[2] else "#8dd3c7" if "peft" in r[2] else "#80b1d3" for r in sel]

@@ -322,11 +322,8 @@ def train_gated_probe(model_spec: str, data_path: str, config: MethodProbeConfig
     """Step 1: every method on every layer behind random gates, trained until the held-out loss stops improving."""
     config = config or MethodProbeConfig()
     _check(config)
-    # a classifier's head (and a factory's weights) are drawn while the task loads: from the seed, not from the process's
-    # random initial state (a fresh torch seeds itself from the OS, so two runs of one command gave two profiles)
-    torch.manual_seed(config.seed)
     task = load_task(model_spec, data_path, config.objective, config.device, config.dtype, config.max_length,
-                     progress=config.progress)
+                     progress=config.progress, seed=config.seed)
     texts, labels = task.examples, task.labels
     held_n = held_out_size(len(texts), config.held_out)
     if len(texts) < held_n + config.batch_size:

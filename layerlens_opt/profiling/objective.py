@@ -30,10 +30,17 @@ class Task:
 
 
 def load_task(model_spec: str, data_path: str, objective: str = "auto", device: str = "cpu", dtype: str = "float32",
-              max_length: int = 64, progress: bool = True) -> Task:
+              max_length: int = 64, progress: bool = True, seed: int | None = None) -> Task:
     """The model (loaded once, on ``device``) and the data's examples for ``objective``; the data is read and checked
-    before a directory's weights are loaded."""
+    before a directory's weights are loaded. With ``seed``, torch is seeded first: a classifier's head (and a factory's
+    weights) are drawn while the task loads, and a fresh torch seeds itself from the OS, so without it one profile
+    command gave a different profile on every run."""
     from .profiler import MODEL_ALIASES, load_jsonl, load_model
+
+    if seed is not None:
+        import torch
+
+        torch.manual_seed(seed)
 
     if not progress:
         try:

@@ -248,11 +248,8 @@ def train_probe(model_spec: str, data_path: str, config: ProbeConfig | None = No
         raise LayerlensError(f"--held-out {config.held_out} is too few to measure layer values (noise swamps them); use at least {MIN_HELD_OUT}, 512 or more is better")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise LayerlensError(f"--device {config.device}: CUDA is not available on this machine; use --device cpu")
-    # a classifier's head (and a factory's weights) are drawn while the task loads: from the seed, not from the process's
-    # random initial state (a fresh torch seeds itself from the OS, so two runs of one command gave two profiles)
-    torch.manual_seed(config.seed)
     task = load_task(model_spec, data_path, config.objective, config.device, config.dtype, config.max_length,
-                     progress=config.progress)
+                     progress=config.progress, seed=config.seed)
     texts, labels = task.examples, task.labels
     held_n = held_out_size(len(texts), config.held_out)
     if len(texts) < held_n + config.batch_size:

@@ -331,9 +331,8 @@ def profile(model_spec: str, data_path: str, config: ProfileConfig | None = None
     from .objective import load_task
 
     random.seed(config.seed)
-    torch.manual_seed(config.seed)
     task = load_task(model_spec, data_path, config.objective, config.device, config.dtype, config.max_length,
-                     progress=config.progress)
+                     progress=config.progress, seed=config.seed)
     model, model_name, texts, labels = task.model, task.model_name, task.examples, task.labels
     model.eval()  # no dropout: the measurements are deterministic for a seed
     layers = adaptable_layers(model, config)

@@ -92,6 +92,20 @@ def test_same_seed_same_manifest_other_seed_other_values(words):
     assert a["metadata"]["probe_values"] != c["metadata"]["probe_values"]
 
 
+def test_skipping_the_branches_that_are_off_changes_no_number(words, monkeypatch):
+    """A training step skips the branches whose gate is 0 and multiplies by no gate that is 1 (half the cost at keep
+    0.5); the manifest is the same, bit for bit, as when every branch is computed with its gates. AdamW must still
+    see the zero gradient a skipped branch would have had."""
+    from layerlens_opt.profiling import method_probe as mp
+
+    fast = method_probe("tiny_models:tiny", str(words), _config(max_steps=60))
+    monkeypatch.setattr(mp._Gates, "fixed", lambda self, method: None)  # every branch on the general path
+    general = method_probe("tiny_models:tiny", str(words), _config(max_steps=60))
+    assert fast["metadata"]["probe_values"] == general["metadata"]["probe_values"]
+    assert fast["layers"] == general["layers"]
+    assert fast["model"]["probe"]["held_out_curve"] == general["model"]["probe"]["held_out_curve"]
+
+
 def _checks_and_bests(probe):
     """(evaluation checks, checks that improved on the best by more than 1e-4) from a probe record's curve."""
     best, improved = math.inf, 0
@@ -102,9 +116,9 @@ def _checks_and_bests(probe):
 
 
 def test_the_gradient_estimate_costs_held_out_passes_that_do_not_grow_with_layers(words):
-    """One held-out pass per evaluation check, one more (every gate off) per check that improved on the best, and one
-    backward pass per held-out chunk: nothing that grows with blocks (2 against 4); exact ablation costs passes per
-    layer and method."""
+    """One held-out pass per evaluation check, one more (every gate off) for the best check when trust is judged (here
+    only at the end: no plateau before the cap), and one backward pass per held-out chunk: nothing that grows with
+    blocks (2 against 4); exact ablation costs passes per layer and method."""
     cfg = dict(max_steps=50, min_steps=50, eval_every=25, eval_batch=40)
     two = method_probe("tiny_models:tiny", str(words), _config(**cfg))["model"]["probe"]
     four = method_probe("tiny_models:tiny4", str(words), _config(**cfg))["model"]["probe"]
@@ -112,14 +126,14 @@ def test_the_gradient_estimate_costs_held_out_passes_that_do_not_grow_with_layer
     assert held == 100
     chunks = math.ceil(held / 40)
     assert _checks_and_bests(two) == _checks_and_bests(four) == (2, 2)  # 2 checks, each a new best, on both models
-    assert two["held_out_passes"] == four["held_out_passes"] == 2 + 2 + chunks
+    assert two["held_out_passes"] == four["held_out_passes"] == 2 + 1 + chunks
     exact = method_probe("tiny_models:tiny", str(words), _config(estimate="exact", **cfg))
     layers, per_layer = len(exact["layers"]), 0
     for layer in exact["layers"]:
         measured = [m for m in layer["allowed_methods"] if m != "none"]
         # off, only each method, and each ranked method truncated to every candidate rank below the probe's (1, 2)
         per_layer += 1 + len(measured) + sum(2 for m in measured if m != "ia3")
-    assert exact["model"]["probe"]["held_out_passes"] == sum(_checks_and_bests(exact["model"]["probe"])) + per_layer
+    assert exact["model"]["probe"]["held_out_passes"] == _checks_and_bests(exact["model"]["probe"])[0] + 1 + per_layer
     assert layers == 12
 
 
@@ -201,9 +215,14 @@ def test_a_plateau_ends_the_probe_only_once_it_is_trusted(tmp_path, words):
     assert learned["trusted"] is True, learned
     assert learned["steps"] < 200 and learned["plateaus_trained_through"] == 0, learned
     assert learned["held_out_loss"] == pytest.approx(min(v for _, v in learned["held_out_curve"]), abs=1e-6)
-    # passes: one per check, one more (every gate off) per check that improved on the best, then the gradient chunks
+    # passes: one per check, one more (every gate off) when the plateau judges trust (the manifest reuses it), then the
+    # gradient chunks
     chunks = math.ceil(learned["held_out_examples"] / MethodProbeConfig().eval_batch)
-    assert learned["held_out_passes"] == sum(_checks_and_bests(learned)) + chunks, learned
+    assert learned["held_out_passes"] == _checks_and_bests(learned)[0] + 1 + chunks, learned
+    # trained through plateaus: trust is judged once per best check a plateau reached, not at every check
+    checks, bests = _checks_and_bests(untrusted)
+    chunks = math.ceil(untrusted["held_out_examples"] / MethodProbeConfig().eval_batch)
+    assert checks + 1 + chunks <= untrusted["held_out_passes"] <= checks + min(bests, untrusted["plateaus_trained_through"] + 1) + chunks, untrusted
 
 
 def test_256_rows_profile_with_defaults(tmp_path):

@@ -20,11 +20,13 @@ prefix on each BERT-family attention block) in about one training run.
    not improved for ``patience`` checks (every ``eval_every`` steps), within
    ``max_steps``, but never while its best check would not be trusted (see
    below): a plateau at the loss without adapters is trained through to the
-   cap. Every check measures the held-out loss with the gates at ``keep``, and
-   a check that improves on the best also with every gate off (what trust is
-   judged against); the weights of the best check are kept and restored at
-   the end, so the values are measured there, not wherever training stopped,
-   and its two losses are the manifest's.
+   cap. Every check measures the held-out loss with the gates at ``keep``;
+   the loss with every gate off (what trust is judged against) is measured
+   for the best check only when trust must be judged, at a plateau or at the
+   end. The weights of the best check are kept and restored at the end, so
+   the values are measured there, not wherever training stopped, and its two
+   losses are the manifest's. A training step skips the branches whose gate
+   is off (bit for bit the same numbers, see ``_Gates``).
 2. **A method's value at a layer** is "this layer carries only this method"
    against "this layer carries nothing", with every other gate at its expected
    training value ``keep`` (the reference point R):
@@ -125,18 +127,44 @@ class MethodProbeConfig:
 
 
 class _Gates:
-    """A scalar gate per method and a gate per direction, held as buffers of the module."""
+    """A scalar gate per method and a gate per direction, held as buffers of the module.
+
+    Set them with :meth:`set_gate`: it also remembers, in plain Python, when a method's gate is exactly 0 or 1 with
+    every direction on. The forward pass then skips a branch that is off and leaves out the multiplications by 1 of
+    one that is on, which computes the same numbers bit for bit (``y + 0 * b`` is ``y``, ``1 * b`` is ``b``) at half
+    the cost of a training step whose gates are drawn at ``keep`` 0.5."""
 
     def _add_gates(self, method: str, directions: int, device) -> None:
         self.register_buffer(f"g_{method}", torch.ones((), device=device))
         if directions:
             self.register_buffer(f"h_{method}", torch.ones(directions, device=device))
+        self.__dict__.setdefault("_fixed_at", {})[method] = 1.0
 
     def gate(self, method: str) -> torch.Tensor:
         return getattr(self, f"g_{method}")
 
     def directions(self, method: str) -> torch.Tensor | None:
         return getattr(self, f"h_{method}", None)
+
+    def set_gate(self, method: str, value: float, keep_directions: int | None = None, fast: bool = True) -> None:
+        """Gate ``method`` at ``value``, its directions past the first ``keep_directions`` off (None: every one on);
+        ``fast=False`` keeps the branch on the general path even at 0 or 1."""
+        self.gate(method).fill_(value)
+        h = self.directions(method)
+        if h is not None:
+            h.fill_(1.0)
+            if keep_directions is not None:
+                h[keep_directions:] = 0.0
+        whole = h is None or keep_directions is None or keep_directions >= h.numel()
+        self._fixed_at[method] = float(value) if fast and whole and value in (0.0, 1.0) else None
+
+    def fixed(self, method: str) -> float | None:
+        """0.0 or 1.0 when the branch can take the fast path (gate exactly that, every direction on, no gradient
+        wanted of the gates); else None."""
+        g, h = self.gate(method), self.directions(method)
+        if g.requires_grad or (h is not None and h.requires_grad):
+            return None
+        return self._fixed_at[method]
 
 
 class GatedLinear(nn.Module, _Gates):
@@ -170,13 +198,20 @@ class GatedLinear(nn.Module, _Gates):
         y = self.wrapped(x)
         dtype = y.dtype  # a bfloat16 / float16 model: the methods compute in float32, their output goes back in its dtype
         x, y = x.float(), y.float()
-        if "lora" in self.methods:
-            y = y + ((x @ self.lora_A.t()) * self.h_lora) @ self.lora_B.t() * (self.scaling * self.g_lora)
-        if "ia3" in self.methods:
+        # a branch whose gate is exactly 0 is skipped, and 1 is not multiplied by (see _Gates): the same numbers
+        if "lora" in self.methods and (fixed := self.fixed("lora")) != 0.0:
+            z = x @ self.lora_A.t()
+            y = y + (z if fixed == 1.0 else z * self.h_lora) @ self.lora_B.t() * (self.scaling * self.g_lora)
+        if "ia3" in self.methods and self.fixed("ia3") != 0.0:
             y = y * (1 + self.g_ia3 * (self.ia3 - 1))
-        if "adapter" in self.methods:
-            y = y + self.g_adapter * self.up(self.h_adapter * nn.functional.gelu(self.down(y)))
+        if "adapter" in self.methods and (fixed := self.fixed("adapter")) != 0.0:
+            z = nn.functional.gelu(self.down(y))
+            y = y + (self.up(z) if fixed == 1.0 else self.g_adapter * self.up(self.h_adapter * z))
         return y.to(dtype)
+
+    def skipped(self) -> list[str]:
+        """The methods whose branch the last forward pass skipped (gate exactly 0)."""
+        return [m for m in self.methods if self.fixed(m) == 0.0]
 
     @torch.no_grad()
     def order_directions(self) -> None:
@@ -253,19 +288,13 @@ class GatedProbe:
         """Every gate at ``keep`` and every direction on: the point R values are measured around."""
         for module in self.modules():
             for method in module.methods:
-                module.gate(method).fill_(self.config.keep)
-                h = module.directions(method)
-                if h is not None:
-                    h.fill_(1.0)
+                module.set_gate(method, self.config.keep)
 
     def loss(self, settings=()) -> float:
         """Held-out loss at R with ``settings`` ((layer, method, gate, rank kept or None) tuples) applied, then R again."""
         self.set_reference()
         for layer, method, g, k in settings:
-            module = self.units[layer][method]
-            module.gate(method).fill_(g)
-            if k is not None:
-                module.directions(method)[k:] = 0.0
+            self.units[layer][method].set_gate(method, g, k)
         self.passes += 1
         try:
             return held_out_loss(self.model, self.held_texts, self.held_y, self.config.eval_batch)
@@ -374,9 +403,8 @@ def train_gated_probe(model_spec: str, data_path: str, config: MethodProbeConfig
     modules = list(dict.fromkeys(m for per in units.values() for m in per.values()))
     for module in modules:
         for method in module.methods:
-            for part in module.parts[method]:
-                for p in getattr(module, part).parameters() if isinstance(getattr(module, part), nn.Module) else [getattr(module, part)]:
-                    p.requires_grad_(True)
+            for p in _params(module, method):
+                p.requires_grad_(True)
     for p in model.head.parameters():
         p.requires_grad_(True)
     owners = _owners(modules)
@@ -388,15 +416,47 @@ def train_gated_probe(model_spec: str, data_path: str, config: MethodProbeConfig
     gen = torch.Generator().manual_seed(config.seed + 1)
     gates = [(module, method) for module in modules for method in module.methods]
 
-    def draw():
+    def draw(fast=True):
         on = (torch.rand(len(gates), generator=gen) < config.keep).tolist()
         for (module, method), g in zip(gates, on):
-            module.gate(method).fill_(1.0 if g else 0.0)
+            module.set_gate(method, 1.0 if g else 0.0, fast=fast)
 
-    # the best check so far: its held-out loss (gates at keep and every gate off), whether it would be trusted, its step
-    # and trainable weights; checks since
-    best = {"loss": math.inf, "without": math.inf, "trusted": False, "step": 0, "state": None, "since": 0}
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    # The first step computes every branch, off or on: the branches whose parameters it gives a gradient (zero where
+    # the gate is off) are those the loss reaches. Later steps skip the branches that are off (the same numbers, see
+    # _Gates); AdamW must still see the zero gradient those would have had (its moments and weight decay move on).
+    reached: set[tuple[int, str]] = set()
+
+    def before_update(step):
+        for module in modules:
+            for method in module.methods:
+                params = _params(module, method)
+                if step == 0:
+                    if any(p.grad is not None for p in params):
+                        reached.add((id(module), method))
+                elif (id(module), method) in reached and module.fixed(method) == 0.0:
+                    for p in params:
+                        if p.grad is None:
+                            p.grad = torch.zeros_like(p)
+
+    # the best check so far: its held-out loss with the gates at keep, with every gate off (measured only when needed),
+    # its step and trainable weights; checks since
+    best = {"loss": math.inf, "without": None, "step": 0, "state": None, "since": 0}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def load(state):
+        with torch.no_grad():
+            for p, saved in zip(trainable, state):
+                p.copy_(saved)
+
+    def without_at_best() -> float:
+        """The held-out loss with every gate off at the best check's weights: what trust is judged against. Only a
+        plateau (stop or train on?) and the manifest need it, so it is measured then, once per best check."""
+        if best["without"] is None:
+            current = [p.detach().clone() for p in trainable]
+            load(best["state"])
+            best["without"] = run.loss([s for layer in run.units for s in run.off(layer)])
+            load(current)
+        return best["without"]
 
     def on_step(step):
         run.steps = step + 1
@@ -406,31 +466,27 @@ def train_gated_probe(model_spec: str, data_path: str, config: MethodProbeConfig
             value = run.loss()  # every gate at keep: the point the values are measured around
             run.curve.append((run.steps, value))
             if value < best["loss"] - 1e-4:
-                # the loss with every gate off decides trust, which only the best check's needs: measured for it alone
-                without = run.loss([s for layer in run.units for s in run.off(layer)])
-                best.update(loss=value, without=without, trusted=_trust(value, without, run.prior, config.min_gain) is None,
-                            step=run.steps, since=0, state=[p.detach().clone() for _, p in trainable])
+                best.update(loss=value, without=None, step=run.steps, since=0, state=[p.detach().clone() for p in trainable])
             else:
                 best["since"] += 1
-            plateau = run.steps >= config.min_steps and best["since"] >= config.patience
-            # a plateau stops the run only once its best check has learned enough to be trusted; else train to the cap
-            stop = plateau and best["trusted"]
-            run.plateaus_trained_through += plateau and not best["trusted"]
+            if run.steps >= config.min_steps and best["since"] >= config.patience:
+                # a plateau stops the run only once its best check has learned enough to be trusted; else train to the cap
+                stop = _trust(best["loss"], without_at_best(), run.prior, config.min_gain) is None
+                run.plateaus_trained_through += not stop
             model.train()
         draw()
         return stop
 
-    draw()
+    draw(fast=False)
     run.seconds = train_steps(model, [texts[i] for i in train], [labels[i] for i in train], config.max_steps, config.batch_size,
                               config.lr, config.seed, "probe training (all methods)", config.progress, on_step=on_step,
-                              lrs=None, groups=_groups(model, owners, config))
-    if best["state"] is not None and best["step"] != run.steps:  # measure at the best check, not at the last step
-        with torch.no_grad():
-            for (_, p), saved in zip(trainable, best["state"]):
-                p.copy_(saved)
+                              lrs=None, groups=_groups(model, owners, config), before_update=before_update)
+    if best["state"] is not None:  # measure at the best check, not at the last step
+        run.best_losses = (best["loss"], without_at_best())
+        if best["step"] != run.steps:
+            load(best["state"])
     run.best_step = best["step"] or run.steps
-    run.best_losses = (best["loss"], best["without"])
-    untouched = [n for n, per in units.items() if all(_untouched(mod, m) for m, mod in per.items())]
+    untouched = [n for n, per in units.items() if all((id(mod), m) not in reached for m, mod in per.items())]
     run.skipped = [l["name"] for l in found if l["name"] in unfit or l["name"] in untouched]  # not measured, in model order
     for name in untouched:
         del units[name]
@@ -456,10 +512,8 @@ def _owners(modules) -> dict[int, str]:
     owner = {}
     for module in modules:
         for method in module.methods:
-            for part in module.parts[method]:
-                obj = getattr(module, part)
-                for p in (obj.parameters() if isinstance(obj, nn.Module) else [obj]):
-                    owner[id(p)] = method
+            for p in _params(module, method):
+                owner[id(p)] = method
     return owner
 
 
@@ -476,14 +530,13 @@ def _groups(model, owners: dict[int, str], config: MethodProbeConfig) -> list[di
     return out
 
 
-def _untouched(module: nn.Module, method: str) -> bool:
-    """True when none of the method's parameters ever received a gradient (the layer takes no part in the loss)."""
+def _params(module: nn.Module, method: str) -> list[nn.Parameter]:
+    """The trained parameters of ``method`` on ``module``."""
+    out = []
     for part in module.parts[method]:
         obj = getattr(module, part)
-        for p in (obj.parameters() if isinstance(obj, nn.Module) else [obj]):
-            if p.grad is not None:
-                return False
-    return True
+        out += list(obj.parameters()) if isinstance(obj, nn.Module) else [obj]
+    return out
 
 
 # ----------------------------------------------------------------------------- measuring

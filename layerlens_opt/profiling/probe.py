@@ -96,12 +96,13 @@ class ProbeConfig:
 
 
 def train_steps(model, texts, labels, steps: int, batch_size: int, lr: float, seed: int, desc: str | None = None,
-                progress: bool = False, on_step=None, lrs=None, groups=None) -> float:
+                progress: bool = False, on_step=None, lrs=None, groups=None, before_update=None) -> float:
     """AdamW on the model's trainable parameters over random batches; returns seconds taken.
 
     Each injected method's parameters train at their own rate (:func:`layerlens_opt.inject.param_groups`: ``lrs``,
     else the catalog's), everything else at ``lr``; ``groups`` (AdamW parameter groups) replaces that split.
-    ``on_step(step)`` runs after each step; a true return stops."""
+    ``before_update(step)`` runs between the backward pass (gradients summed over ranks) and the update;
+    ``on_step(step)`` runs after each step, and a true return stops."""
     from ..inject import param_groups
 
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -129,6 +130,8 @@ def train_steps(model, texts, labels, steps: int, batch_size: int, lr: float, se
         opt.zero_grad()
         loss.backward()
         all_sum_grads(trainable)  # nothing to do with one process
+        if before_update is not None:
+            before_update(step)
         opt.step()
         if on_step is not None and on_step(step):
             break

@@ -408,12 +408,12 @@ def gain_models(task: str, out: Path, args) -> dict:
     paths = {stem: folder / f"{stem}.json" for stem in ("first-order", "probe", "lora-probe")}
     fidelity = task in args.fidelity_tasks
     for stem, path in paths.items():
-        if path.exists() and not (stem == "probe" and fidelity and "fidelity" not in json.loads(path.read_text())["model"]["probe"]):
+        if path.exists() and not (stem == "probe" and _stale_probe(path, fidelity, args.probe_steps)):
             continue
         t0 = time.perf_counter()
         if stem == "probe":
             manifest = method_probe("minilm", str(data), MethodProbeConfig(device=args.device, progress=not args.quiet, interactions=True,
-                                                                         fidelity=fidelity, lr=args.lr))
+                                                                         fidelity=fidelity, lr=args.lr, max_steps=args.probe_steps))
         elif stem == "lora-probe":
             # separable: its ILP is solved without pair terms here, so they are not measured
             manifest = probe("minilm", str(data), ProbeConfig(device=args.device, progress=not args.quiet, interactions=False, held_out=512))
@@ -423,6 +423,12 @@ def gain_models(task: str, out: Path, args) -> dict:
         manifest["model"]["threads"] = torch.get_num_threads()
         path.write_text(json.dumps(manifest, indent=1, allow_nan=False) + "\n")
     return profiled(paths)
+
+
+def _stale_probe(path: Path, fidelity: bool, max_steps: int) -> bool:
+    """A cached probe made without the exact ablations this task now asks for, or with another cap on its steps."""
+    probe = json.loads(path.read_text())["model"]["probe"]
+    return (fidelity and "fidelity" not in probe) or probe.get("max_steps") != max_steps
 
 
 def profiled(paths: dict[str, Path]) -> dict:
@@ -492,6 +498,12 @@ def main(argv=None) -> None:
                         "every contender is still evaluated under every gain model")
     parser.add_argument("--lr-sweep", action="store_true", help="only the learning-rate sweep: each method's uniform baseline at "
                         "several rates on the development tasks (pairs, emotion); writes lr-sweep.md/json")
+    parser.add_argument("--cost", action="store_true", help="only the cost table: the default profile and one training run of each "
+                        "task, each alone on the machine with --threads threads; writes cost.md/json")
+    parser.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1), help="with --cost: torch threads (default: "
+                        "every core)")
+    parser.add_argument("--probe-steps", type=int, default=None, help="the all-method probe's cap on training steps (default: "
+                        "profile's)")
     parser.add_argument("--replot", nargs="+", type=Path, metavar="RESULTS_DIR",
                         help="rebuild results.md/png in --out from earlier runs' results.json + models.json (merged), without training")
     args = parser.parse_args(argv)
@@ -517,8 +529,20 @@ def main(argv=None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
+    from .profiling.method_probe import MethodProbeConfig
+
+    args.probe_steps = MethodProbeConfig().max_steps if args.probe_steps is None else args.probe_steps
+    if args.probe_steps < 1 or args.threads < 1:
+        parser.error("--probe-steps and --threads must be at least 1")
     if args.lr_sweep:
         lr_sweep(args)
+        return
+    if args.cost:
+        from . import profile_cost
+
+        if args.model:
+            parser.error("--cost measures the MiniLM tasks; drop --model")
+        profile_cost.main(args, [t.strip() for t in args.tasks.split(",") if t.strip()])
         return
     if (args.model is None) != (args.data is None):
         parser.error("--model and --data go together: your model and the rows to benchmark it on")

@@ -1,5 +1,6 @@
 """The training benchmark's tables, fidelity and plot (the training itself is a script, not a CI test)."""
 
+import argparse
 import json
 
 import pytest
@@ -135,3 +136,37 @@ def test_the_cost_table_says_under_what_threads_its_seconds_were_spent():
     fair = cost_conditions([{"threads": 2, "at_once": 1}], [{"profile_threads": [2]}])
     assert fair == "Profiles: 2 threads. Training runs: 2 thread(s) each, up to 1 at a time."
     assert cost_conditions([{"seconds": 3}], [{}]) == "Profiles: threads not recorded. Training runs: threads not recorded."
+
+
+def test_the_cost_mode_prices_the_profile_in_training_runs_of_each_kind(tmp_path, monkeypatch):
+    """--cost times the default profile and one training run alone, one after the other, and divides: the profile's
+    wall time against the run's training steps and against the whole run (load, train, score)."""
+    pytest.importorskip("torch")
+    import time as _time
+
+    from layerlens_opt import profile_cost, train_bench
+    monkeypatch.setattr(train_bench, "_minilm_dims", lambda: {f"encoder.layer.{i}.attention.self.{p}": (384, 384)
+                                                               for i in range(6) for p in ("query", "key", "value")})
+    clock = [0.0]
+    monkeypatch.setattr(_time, "perf_counter", lambda: clock[0])
+    seen = {}
+
+    def probe(model, data, config):  # 30 s of profiling, as the probe would record it
+        seen["config"] = config
+        clock[0] += 30.0
+        return {"model": {"probe": {"steps": 100, "max_steps": config.max_steps, "held_out_passes": 12, "trusted": True,
+                                    "seconds_training": 25.0, "seconds_measuring": 2.0}}}
+
+    def train(job):  # 24 s of training steps inside 28 s of loading, training and scoring
+        seen["job"] = job
+        clock[0] += 28.0
+        return {"seconds": 24.0, "accuracy": 0.9}
+
+    args = argparse.Namespace(out=tmp_path, device="cpu", quiet=True, lr=2e-3, probe_steps=120, steps=300, batch_size=32, threads=1)
+    rows = profile_cost.main(args, ["emotion"], probe=probe, train=train)
+    assert rows[0]["profile_seconds"] == 30.0 and rows[0]["run_training_seconds"] == 24.0 and rows[0]["run_whole_seconds"] == 28.0
+    assert seen["config"].max_steps == 120 and seen["job"]["steps"] == 300
+    assert seen["job"]["allocation"]["total_params"] == 9216  # uniform LoRA q,v r=1 on MiniLM's shapes
+    md = (tmp_path / "cost.md").read_text()
+    assert "| emotion | 30.0 | 100 of 120 | 12 | yes | 24.0 | 28.0 | 1.25 | 1.07 |" in md
+    assert json.loads((tmp_path / "cost.json").read_text())["rows"] == rows

@@ -396,6 +396,8 @@ def gain_models(task: str, out: Path, args) -> dict:
     The all-method probe is run once with its pair terms (and, for ``--fidelity-tasks``, its exact ablations); its values
     are the default profile's (the same training; the extra phases only add measurements), and its cost as a default
     profile is its training plus its gradient measuring (``probe default``) next to the whole run's."""
+    import torch
+
     from .profiling.method_probe import MethodProbeConfig, method_probe
     from .profiling.probe import ProbeConfig, probe
     from .profiling.profiler import ProfileConfig, profile

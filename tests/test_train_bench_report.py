@@ -170,3 +170,36 @@ def test_the_cost_mode_prices_the_profile_in_training_runs_of_each_kind(tmp_path
     md = (tmp_path / "cost.md").read_text()
     assert "| emotion | 30.0 | 100 of 120 | 12 | yes | 24.0 | 28.0 | 1.25 | 1.07 |" in md
     assert json.loads((tmp_path / "cost.json").read_text())["rows"] == rows
+
+
+def test_the_benchmark_makes_each_missing_profile_and_records_its_threads(tmp_path, monkeypatch):
+    """gain_models profiles what its folder lacks (a cached probe made with another step cap counts as lacking) and
+    records each profile's wall time and threads."""
+    torch = pytest.importorskip("torch")
+    from layerlens_opt.profiling import method_probe, probe, profiler
+    from layerlens_opt.train_bench import gain_models
+
+    made = []
+
+    def fake(stem):
+        def run(model, data, config):
+            made.append((stem, getattr(config, "max_steps", None)))
+            p = {"steps": 10, "max_steps": getattr(config, "max_steps", None), "held_out_loss": 0.5, "held_out_loss_without_adapters": 0.7,
+                 "trusted": True, "held_out_passes": 3, "seconds_by_phase": {"gradient": 1.0, "pairs": 2.0}}
+            return {"model": {"seconds": 9.0, "probe": p}}
+        return run
+
+    monkeypatch.setattr(method_probe, "method_probe", fake("probe"))
+    monkeypatch.setattr(probe, "probe", fake("lora-probe"))
+    monkeypatch.setattr(profiler, "profile", fake("first-order"))
+    args = argparse.Namespace(device="cpu", quiet=True, lr=2e-3, fidelity_tasks=[], probe_steps=100)
+    models = gain_models("emotion", tmp_path, args)
+    assert sorted(s for s, _ in made) == ["first-order", "lora-probe", "probe"] and ("probe", 100) in made
+    assert models["threads"] == [torch.get_num_threads()]
+    assert models["seconds"]["probe default"] == 7.0  # the whole probe less its pair terms
+    made.clear()
+    gain_models("emotion", tmp_path, args)
+    assert made == []  # all cached
+    args.probe_steps = 200
+    gain_models("emotion", tmp_path, args)
+    assert made == [("probe", 200)]  # another cap: the probe is made again, the others are kept

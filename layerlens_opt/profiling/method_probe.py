@@ -131,8 +131,8 @@ class _Gates:
 
     Set them with :meth:`set_gate`: it also remembers, in plain Python, when a method's gate is exactly 0 or 1 with
     every direction on. The forward pass then skips a branch that is off and leaves out the multiplications by 1 of
-    one that is on, which computes the same numbers bit for bit (``y + 0 * b`` is ``y``, ``1 * b`` is ``b``) at half
-    the cost of a training step whose gates are drawn at ``keep`` 0.5."""
+    one that is on, which computes the same numbers bit for bit (``y + 0 * b`` is ``y``, ``1 * b`` is ``b``): with the
+    gates drawn at ``keep`` 0.5, a training step computes about half the branches."""
 
     def _add_gates(self, method: str, directions: int, device) -> None:
         self.register_buffer(f"g_{method}", torch.ones((), device=device))
@@ -208,10 +208,6 @@ class GatedLinear(nn.Module, _Gates):
             z = nn.functional.gelu(self.down(y))
             y = y + (self.up(z) if fixed == 1.0 else self.g_adapter * self.up(self.h_adapter * z))
         return y.to(dtype)
-
-    def skipped(self) -> list[str]:
-        """The methods whose branch the last forward pass skipped (gate exactly 0)."""
-        return [m for m in self.methods if self.fixed(m) == 0.0]
 
     @torch.no_grad()
     def order_directions(self) -> None:

@@ -26,14 +26,10 @@ def measure(task: str, out: Path, args, probe=None, train=None) -> dict:
     import torch
 
     from .profiling.method_probe import MethodProbeConfig, method_probe
-    from .tasks import examples, write_jsonl
-    from .train_bench import _minilm_dims, train_once, uniform_baselines
+    from .train_bench import _minilm_dims, train_once, train_split, uniform_baselines
 
     probe, train = probe or method_probe, train or train_once
-    folder = out / task
-    folder.mkdir(parents=True, exist_ok=True)
-    data = folder / "train.jsonl"
-    write_jsonl(examples(task, "train"), data)
+    data = train_split(task, out)
     allocation = dict(uniform_baselines(_minilm_dims(), RUN_BUDGET))[RUN_LABEL]
     config = MethodProbeConfig(device=args.device, progress=not args.quiet, lr=args.lr, max_steps=args.probe_steps)
     t0 = time.perf_counter()

@@ -401,12 +401,8 @@ def gain_models(task: str, out: Path, args) -> dict:
     from .profiling.method_probe import MethodProbeConfig, method_probe
     from .profiling.probe import ProbeConfig, probe
     from .profiling.profiler import ProfileConfig, profile
-    from .tasks import examples, write_jsonl
-
     folder = out / task
-    folder.mkdir(parents=True, exist_ok=True)
-    data = folder / "train.jsonl"
-    write_jsonl(examples(task, "train"), data)
+    data = train_split(task, out)
     paths = {stem: folder / f"{stem}.json" for stem in ("first-order", "probe", "lora-probe")}
     fidelity = task in args.fidelity_tasks
     for stem, path in paths.items():
@@ -425,6 +421,17 @@ def gain_models(task: str, out: Path, args) -> dict:
         manifest["model"]["threads"] = torch.get_num_threads()
         path.write_text(json.dumps(manifest, indent=1, allow_nan=False) + "\n")
     return profiled(paths)
+
+
+def train_split(task: str, out: Path) -> Path:
+    """``out/task/train.jsonl``: the task's training split as the profiles read it (written afresh)."""
+    from .tasks import examples, write_jsonl
+
+    folder = out / task
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / "train.jsonl"
+    write_jsonl(examples(task, "train"), data)
+    return data
 
 
 def _stale_probe(path: Path, fidelity: bool, max_steps: int) -> bool:

@@ -421,18 +421,17 @@ def train_gated_probe(model_spec: str, data_path: str, config: MethodProbeConfig
     # the gate is off) are those the loss reaches. Later steps skip the branches that are off (the same numbers, see
     # _Gates); AdamW must still see the zero gradient those would have had (its moments and weight decay move on).
     reached: set[tuple[int, str]] = set()
+    branches = [(module, method, _params(module, method)) for module in modules for method in module.methods]
 
     def before_update(step):
-        for module in modules:
-            for method in module.methods:
-                params = _params(module, method)
-                if step == 0:
-                    if any(p.grad is not None for p in params):
-                        reached.add((id(module), method))
-                elif (id(module), method) in reached and module.fixed(method) == 0.0:
-                    for p in params:
-                        if p.grad is None:
-                            p.grad = torch.zeros_like(p)
+        for module, method, params in branches:
+            if step == 0:
+                if any(p.grad is not None for p in params):
+                    reached.add((id(module), method))
+            elif (id(module), method) in reached and module.fixed(method) == 0.0:
+                for p in params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
 
     # the best check so far: its held-out loss with the gates at keep, with every gate off (measured only when needed),
     # its step and trainable weights; checks since

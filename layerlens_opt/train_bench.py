@@ -54,6 +54,8 @@ import sys
 import time
 from pathlib import Path
 
+from .errors import LayerlensError, ManifestError
+
 TASKS = ("pairs", "emotion", "frequency")
 HELD_OUT_TASK = "frequency"
 BUDGETS = (2304, 9216, 20736, 41472)
@@ -147,10 +149,16 @@ TIME_LIMIT = 30.0
 def solved(manifest_path: Path, budget: int, solver: str, interactions: bool = True, methods=None) -> dict | None:
     """The allocation as ``apply`` reads it, with the solve's status and gap (within :data:`TIME_LIMIT`: a problem with
     pair terms is CBC's, and its answer may be feasible, not proven); None, said on stderr, where the solver finds none
-    (say, LoRA alone cannot spend the window of a budget that small)."""
+    (say, LoRA alone cannot spend the window of a budget that small, or the profile measured every layer at zero)."""
     from .solvers import SolverOptions, solve
 
-    problem = _problem(manifest_path, budget, interactions, methods)
+    try:
+        problem = _problem(manifest_path, budget, interactions, methods)
+    except LayerlensError as e:  # a gain model that measured nothing it can rank by is a contender with no answer
+        if isinstance(e, ManifestError):
+            raise
+        print(f"no {solver} allocation at {budget} on {manifest_path.name}: {e}", file=sys.stderr)
+        return None
     alloc = solve(problem, solver, SolverOptions(time_limit=TIME_LIMIT))
     if not any(l.method != "none" for l in alloc.layers):  # the heuristic answers "nothing fits" with every layer at none
         print(f"no {solver} allocation at {budget} on {manifest_path.name}: {alloc.message}", file=sys.stderr)
@@ -160,16 +168,21 @@ def solved(manifest_path: Path, budget: int, solver: str, interactions: bool = T
     return plan
 
 
-def predicted(manifest_path: Path, allocation: dict, interactions: bool) -> float:
+def predicted(manifest_path: Path, allocation: dict, interactions: bool) -> float | None:
     """The objective a gain model gives an allocation: per layer, its utility times the manifest's measured curve of the
     chosen method at the chosen rank (interpolated), or the catalog's prior where the manifest measured no method (a
     first-order profile); a method the manifest measured others but not this one for is worth 0 to it. Plus the pair
-    terms that hold, with ``interactions``."""
+    terms that hold, with ``interactions``. None where the gain model cannot be solved at all."""
     from .manifest import load_manifest
     from .methods import METHODS, default_curve, measured_curve
 
     manifest = load_manifest(manifest_path)
-    problem = _problem(manifest_path, max(1, allocation["total_params"]), interactions, None, (0.0, 1.0))
+    try:
+        problem = _problem(manifest_path, max(1, allocation["total_params"]), interactions, None, (0.0, 1.0))
+    except LayerlensError as e:  # it ranks nothing (every layer measured at zero): no prediction, left out of fidelity
+        if isinstance(e, ManifestError):
+            raise
+        return None
     chosen = {l["name"]: (l["method"], l["rank"]) for l in allocation["layers"]}
     curves = {layer.name: {m: dict(c) for m, c in layer.gain_curves.items()} for layer in manifest.layers}
     total, adapted = 0.0, []
@@ -592,6 +605,7 @@ def main(argv=None) -> None:
                     continue
                 signature = json.dumps(sorted((l["name"], l["method"], l["rank"]) for l in allocation["layers"] if l["method"] != "none"))
                 pred = {name: predicted(models["paths"][name], allocation, pairs) for name, (_, _, pairs) in MODELS.items()}
+                pred = {name: value for name, value in pred.items() if value is not None}
                 models_out.append({"task": task, "budget": budget, "method": label, "params": allocation["total_params"],
                                    "status": allocation.get("solve_status"), "gap": allocation.get("gap"),
                                    "predicted": pred, "signature": signature, "profile_seconds": models["seconds"], "profile_threads": models["threads"], "probe": models["probe"],

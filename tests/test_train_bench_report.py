@@ -203,3 +203,28 @@ def test_the_benchmark_makes_each_missing_profile_and_records_its_threads(tmp_pa
     args.probe_steps = 200
     gain_models("emotion", tmp_path, args)
     assert made == [("probe", 200)]  # another cap: the probe is made again, the others are kept
+
+
+def test_a_gain_model_that_measured_every_layer_at_zero_has_no_answer_and_no_prediction(tmp_path, capsys):
+    """On the current code the LoRA-only probe of emotion gives no layer a positive value; its contender drops out of the
+    frontier (said on stderr) instead of stopping the benchmark, and the fidelity table leaves its prediction out."""
+    from pathlib import Path
+
+    from layerlens_opt.errors import ManifestError
+    from layerlens_opt.train_bench import predicted, solved
+
+    shipped = Path(__file__).resolve().parent.parent / "problems" / "profiled" / "minilm-pairs-lora-probe.json"
+    assert solved(shipped, 9216, "auto", interactions=False, methods=("lora", "none")) is not None
+    data = json.loads(shipped.read_text())
+    for layer in data["layers"]:
+        layer["metrics"]["probe_loss_drop"] = 0.0
+    zero = tmp_path / "lora-probe.json"
+    zero.write_text(json.dumps(data))
+    assert solved(zero, 9216, "auto", interactions=False, methods=("lora", "none")) is None
+    assert "no auto allocation at 9216 on lora-probe.json: metric 'probe_loss_drop' is zero on every layer" in capsys.readouterr().err
+    assert predicted(zero, {"total_params": 9216, "layers": []}, False) is None
+    assert predicted(shipped, {"total_params": 9216, "layers": []}, False) == 0.0
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(ManifestError):  # a file that is not a manifest is still an error, not a missing contender
+        solved(broken, 9216, "auto")

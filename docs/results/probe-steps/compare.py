@@ -1,10 +1,10 @@
-"""The 100-step against the 200-step default probe, each against the recorded best uniform (docs/benchmarks.md).
+"""The 100-step against the 200-step default probe, each against the best uniform of the frontier (docs/benchmarks.md).
 
     python docs/results/probe-steps/compare.py
 
-Reads the uniform baselines of the 5-seed frontier (docs/results/frontier/*/results.json: their training code is
-unchanged since, and an ILP allocation of seeds 3-4 trained again on 820712c gave the same accuracy to the last digit
-in 24 of 24 runs) and the ILP (probe) runs of f100/ and f200b/ here, and prints the tables docs/benchmarks.md quotes.
+Reads the uniform baselines of the current frontier (docs/results/frontier-current/results.json: the same training
+code, environment and seeds as these arms) and the ILP (probe) runs of f100/ and f200b/ here, and prints the tables
+docs/benchmarks.md quotes.
 """
 
 import json
@@ -14,13 +14,11 @@ from pathlib import Path
 from layerlens_opt.train_bench import goal_table, summarize, versus_best_uniform
 
 HERE = Path(__file__).resolve().parent
-FRONTIER = HERE.parent / "frontier"
+FRONTIER = HERE.parent / "frontier-current"
 ARMS = {"ILP (probe, 100 steps)": HERE / "f100", "ILP (probe, 200 steps)": HERE / "f200b"}
 TASKS = ("pairs", "emotion", "frequency")
 
-results = []
-for folder in ("seeds0-1", "seed2", "seeds3-4"):
-    results += [r for r in json.loads((FRONTIER / folder / "results.json").read_text()) if r["method"].startswith("uniform")]
+results = [r for r in json.loads((FRONTIER / "results.json").read_text()) if r["method"].startswith("uniform")]
 for label, folder in ARMS.items():
     results += [dict(r, method=label) for r in json.loads((folder / "results.json").read_text()) if r["method"] == "ILP (probe)"]
 rows = summarize(results)

@@ -142,6 +142,17 @@ def _problem(manifest_path: Path, budget: int, interactions: bool, methods=None,
                          options)
 
 
+def _rankable(manifest_path: Path, budget: int, interactions: bool, methods=None, window=WINDOW):
+    """``(problem, None)``, or ``(None, why)`` where the gain model ranks nothing (every layer measured at zero): a
+    contender with no answer, not the end of the benchmark. A file that is not a manifest still raises."""
+    try:
+        return _problem(manifest_path, budget, interactions, methods, window), None
+    except ManifestError:
+        raise
+    except LayerlensError as e:
+        return None, str(e)
+
+
 #: a solve's limit: problems with pair terms leave the exact fast path for CBC, which may not prove them soon
 TIME_LIMIT = 30.0
 
@@ -152,12 +163,9 @@ def solved(manifest_path: Path, budget: int, solver: str, interactions: bool = T
     (say, LoRA alone cannot spend the window of a budget that small, or the profile measured every layer at zero)."""
     from .solvers import SolverOptions, solve
 
-    try:
-        problem = _problem(manifest_path, budget, interactions, methods)
-    except LayerlensError as e:  # a gain model that measured nothing it can rank by is a contender with no answer
-        if isinstance(e, ManifestError):
-            raise
-        print(f"no {solver} allocation at {budget} on {manifest_path.name}: {e}", file=sys.stderr)
+    problem, why = _rankable(manifest_path, budget, interactions, methods)
+    if problem is None:
+        print(f"no {solver} allocation at {budget} on {manifest_path.name}: {why}", file=sys.stderr)
         return None
     alloc = solve(problem, solver, SolverOptions(time_limit=TIME_LIMIT))
     if not any(l.method != "none" for l in alloc.layers):  # the heuristic answers "nothing fits" with every layer at none
@@ -177,11 +185,8 @@ def predicted(manifest_path: Path, allocation: dict, interactions: bool) -> floa
     from .methods import METHODS, default_curve, measured_curve
 
     manifest = load_manifest(manifest_path)
-    try:
-        problem = _problem(manifest_path, max(1, allocation["total_params"]), interactions, None, (0.0, 1.0))
-    except LayerlensError as e:  # it ranks nothing (every layer measured at zero): no prediction, left out of fidelity
-        if isinstance(e, ManifestError):
-            raise
+    problem, _ = _rankable(manifest_path, max(1, allocation["total_params"]), interactions, None, (0.0, 1.0))
+    if problem is None:  # it ranks nothing: no prediction, left out of fidelity
         return None
     chosen = {l["name"]: (l["method"], l["rank"]) for l in allocation["layers"]}
     curves = {layer.name: {m: dict(c) for m, c in layer.gain_curves.items()} for layer in manifest.layers}

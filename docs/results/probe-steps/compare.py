@@ -1,10 +1,10 @@
-"""The 100-step against the 200-step default probe, each against the best uniform of the frontier (docs/benchmarks.md).
+"""Shorter default probes (100 and 125 steps) against the 200-step one, each against the best uniform of the frontier.
 
     python docs/results/probe-steps/compare.py
 
 Reads the uniform baselines of the current frontier (docs/results/frontier-current/results.json: the same training
-code, environment and seeds as these arms) and the ILP (probe) runs of f100/ and f200b/ here, and prints the tables
-docs/benchmarks.md quotes.
+code, environment and seeds as these arms) and the ILP (probe) runs of f100/, f125/ and f200b/ here, and prints the
+tables docs/benchmarks.md quotes.
 """
 
 import json
@@ -15,7 +15,8 @@ from layerlens_opt.train_bench import goal_table, summarize, versus_best_uniform
 
 HERE = Path(__file__).resolve().parent
 FRONTIER = HERE.parent / "frontier-current"
-ARMS = {"ILP (probe, 100 steps)": HERE / "f100", "ILP (probe, 200 steps)": HERE / "f200b"}
+FULL = "ILP (probe, 200 steps)"
+ARMS = {"ILP (probe, 100 steps)": HERE / "f100", "ILP (probe, 125 steps)": HERE / "f125", FULL: HERE / "f200b"}
 TASKS = ("pairs", "emotion", "frequency")
 
 results = [r for r in json.loads((FRONTIER / "results.json").read_text()) if r["method"].startswith("uniform")]
@@ -26,20 +27,26 @@ diffs = versus_best_uniform(rows)
 print("\n".join(goal_table(rows)))
 
 by = {(r[0], r[1], r[2]): r for r in rows}
-short, full = ARMS
-print("| task | budget | best uniform | its accuracy | 200 steps: accuracy | vs best uniform, per seed | 100 steps: vs best uniform | 100 - 200, per seed |")
-print("|---|---|---|---|---|---|---|---|")
-dev, held = [], []
-for task in TASKS:
-    for budget in sorted({r[1] for r in rows if r[0] == task}):
-        uniforms = [r for r in rows if r[0] == task and r[1] == budget and r[2].startswith("uniform")]
-        best = max(uniforms, key=lambda r: r[4])
-        a, b = by[task, budget, full], by[task, budget, short]
-        vs_best = [100 * (x - y) for x, y in zip(a[7], best[7])]
-        per = [100 * (x - y) for x, y in zip(b[7], a[7])]
-        (held if task == "frequency" else dev).append(statistics.mean(per))
-        print(f"| {task} | {budget:,} | {best[2]} | {100 * best[4]:.1f}% ± {100 * best[5]:.1f} | {100 * a[4]:.1f}% ± {100 * a[5]:.1f} | "
-              f"{diffs[task, budget, full]:+.1f} ({', '.join(f'{x:+.1f}' for x in vs_best)}) | {diffs[task, budget, short]:+.1f} | "
-              f"{statistics.mean(per):+.1f} ({', '.join(f'{x:+.1f}' for x in per)}) |")
-print(f"\n100 - 200 steps over the development cells (pairs, emotion): mean {statistics.mean(dev):+.2f}, worst cell {min(dev):+.2f}; "
-      f"over the held-out task's cells (frequency): mean {statistics.mean(held):+.2f}, worst cell {min(held):+.2f}")
+for short in ARMS:
+    if short == FULL:
+        continue
+    steps = short.split(", ")[1].rstrip(")")
+    print(f"\n### {steps} against 200 steps\n")
+    print(f"| task | budget | best uniform | its accuracy | 200 steps: accuracy | vs best uniform, per seed | {steps}: vs best uniform "
+          f"| {steps.split()[0]} - 200, per seed |")
+    print("|---|---|---|---|---|---|---|---|")
+    dev, held, cells = [], [], {}
+    for task in TASKS:
+        for budget in sorted({r[1] for r in rows if r[0] == task}):
+            uniforms = [r for r in rows if r[0] == task and r[1] == budget and r[2].startswith("uniform")]
+            best = max(uniforms, key=lambda r: r[4])
+            a, b = by[task, budget, FULL], by[task, budget, short]
+            vs_best = [100 * (x - y) for x, y in zip(a[7], best[7])]
+            per = [100 * (x - y) for x, y in zip(b[7], a[7])]
+            (held if task == "frequency" else dev).append(statistics.mean(per))
+            cells.setdefault(task, []).append(statistics.mean(per))
+            print(f"| {task} | {budget:,} | {best[2]} | {100 * best[4]:.1f}% ± {100 * best[5]:.1f} | {100 * a[4]:.1f}% ± {100 * a[5]:.1f} | "
+                  f"{diffs[task, budget, FULL]:+.1f} ({', '.join(f'{x:+.1f}' for x in vs_best)}) | {diffs[task, budget, short]:+.1f} | "
+                  f"{statistics.mean(per):+.1f} ({', '.join(f'{x:+.1f}' for x in per)}) |")
+    print(f"\n{steps} - 200 steps over the development cells (pairs, emotion): mean {statistics.mean(dev):+.2f}, worst cell {min(dev):+.2f}; "
+          + "; ".join(f"{t} alone: mean {statistics.mean(v):+.2f}, worst cell {min(v):+.2f}" for t, v in cells.items()))

@@ -315,3 +315,25 @@ def test_the_label_prior_is_the_cross_entropy_of_the_training_frequencies():
 
     # add-one counts: class 0 -> 3, class 1 -> 2 of 5
     assert label_prior_loss([0, 0, 1], [0, 1]) == pytest.approx(-(math.log(3 / 5) + math.log(2 / 5)) / 2)
+
+
+def test_a_probe_that_values_no_layer_above_zero_says_so(words, monkeypatch):
+    """Every (layer, method) valued at or below zero by a probe that learned: the manifest is flagged (not trusted, with
+    the reason and the fixes), so profile refuses it instead of writing what solve cannot rank."""
+    from layerlens_opt.profiling import method_probe as mp
+
+    real = mp.gradient_values
+
+    def nothing_helps(run):
+        values, directions = real(run)
+        return {k: -abs(v) for k, v in values.items()}, directions
+
+    monkeypatch.setattr(mp, "gradient_values", nothing_helps)
+    m = method_probe("tiny_models:tiny", str(words), _config(max_steps=40))
+    probe = m["model"]["probe"]
+    assert all(l["metrics"]["probe_loss_drop"] == 0 for l in m["layers"])
+    assert probe["held_out_loss"] < probe["held_out_loss_without_adapters"]
+    assert probe["trusted"] is False and probe["warning"].startswith("the probe measured every layer at zero"), probe
+    assert "--probe-steps" in probe["warning"]
+    monkeypatch.setattr(mp, "gradient_values", real)
+    assert "warning" not in method_probe("tiny_models:tiny", str(words), _config(max_steps=40))["model"]["probe"]

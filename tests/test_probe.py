@@ -209,3 +209,45 @@ def test_probe_masks_mode(data_file):
     assert set(m["metadata"]["probe_leave_one_out"]) == {l.name for l in manifest.layers}
     for layer in manifest.layers:
         assert layer.metrics[PROBE_METRIC] == max(0.0, m["metadata"]["probe_loss_drop_raw"][layer.name])
+
+
+def test_a_probe_that_measures_every_layer_at_zero_is_refused_not_written(data_file, tmp_path, monkeypatch):
+    """The LoRA probe of MiniLM on emotion learned (1.548 held out against 1.704 without adapters) yet valued no layer
+    above zero: its layers stand in for each other. Such a manifest cannot be solved, so profile refuses it like an
+    untrusted one (exit 6, one line, nothing written) instead of writing a file that every solve rejects. Here every
+    single-layer ablation is made to look helpful; the probe's own two losses stay the real ones (it is trusted)."""
+    from layerlens_opt.profiling import probe as probe_mod
+
+    real = probe_mod.train_probe
+
+    def redundant(*a, **k):
+        run = real(*a, **k)
+        measured = run.loss
+
+        def loss(remove=(), truncate=None):
+            value = measured(remove, truncate)
+            return value - 0.05 if len(remove) == 1 or len(remove) == 2 else value  # without any one layer: better
+
+        run.loss = loss
+        return run
+
+    monkeypatch.setattr(probe_mod, "train_probe", redundant)
+    out = tmp_path / "m.json"
+    out.write_text("an earlier manifest\n")
+    args = ["profile", "--model", TINY, "--data", data_file, "-o", out, "--signal", "lora-probe", "--probe-steps", 20,
+            "--held-out", 120, "--batch-size", 16, "--quiet"]
+    r = run(*args)
+    assert r.exit_code == 6, r.output
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: the probe measured every layer at zero"), r.stderr
+    assert "--signal probe" in lines[0] and "nothing was written to" in lines[0] and "--allow-untrusted" in lines[0], lines[0]
+    assert out.read_text() == "an earlier manifest\n" and "Traceback" not in r.output
+    # --allow-untrusted writes it, flagged; solve then says why on stderr and refuses with one line, no traceback
+    r = run(*args, "--allow-untrusted")
+    assert r.exit_code == 0, r.output
+    probe_meta = json.loads(out.read_text())["model"]["probe"]
+    assert probe_meta["held_out_loss"] < probe_meta["held_out_loss_without_adapters"]  # it learned: this is not a trust miss
+    assert probe_meta["trusted"] is False and probe_meta["warning"].startswith("the probe measured every layer at zero")
+    r = run("solve", out, "--budget", 3000)
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "measured every layer at zero" in r.stderr and "zero on every layer" in r.stderr, r.stderr

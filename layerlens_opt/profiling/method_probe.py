@@ -86,7 +86,8 @@ from ..inject import PrefixSelfAttention, _dims, _set
 from ..manifest import SCHEMA_VERSION
 from ..methods import DEFAULT_RANKS, METHODS
 from .dist import all_sum, share, world
-from .probe import MIN_HELD_OUT, PROBE_METRIC, held_out_loss, held_out_size, label_prior_loss, train_steps, trust_warning
+from .probe import (MIN_HELD_OUT, PROBE_METRIC, held_out_loss, held_out_size, label_prior_loss, nothing_ranked_warning, train_steps,
+                    trust_warning)
 from .objective import load_task
 from .profiler import _progress, adaptable_layers, data_name
 
@@ -707,7 +708,8 @@ def method_probe(model_spec: str, data_path: str, config: MethodProbeConfig | No
         entry["gain_curves"] = curves
         manifest_layers.append(entry)
 
-    warning = _trust(reference, without, run.prior, config.min_gain)
+    warning = _trust(reference, without, run.prior, config.min_gain) or nothing_ranked_warning(
+        manifest_layers, "give more rows or more --probe-steps, or use --signal first-order")
     fidelity = None
     if grad_values is not None and exact is not None:
         keys = sorted(exact)

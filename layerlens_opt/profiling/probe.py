@@ -159,6 +159,16 @@ def trust_warning(reference: float, without: float, min_gain: float, what: str =
             + "; give more data or more --probe-steps, or use --signal first-order")
 
 
+def nothing_ranked_warning(layers: list[dict], fixes: str) -> str | None:
+    """Why a probe manifest cannot rank its layers: it measured every one at zero (no layer's update lowers the held-out
+    loss on its own; values are clipped at 0), which ``solve`` refuses; None when some layer is above zero. The probe
+    may still have learned: its layers can stand in for each other, so that none is worth anything alone."""
+    if any(l["metrics"][PROBE_METRIC] > 0 for l in layers):
+        return None
+    return ("the probe measured every layer at zero: no layer's adapter lowers the held-out loss on its own, so solve "
+            f"cannot rank them; {fixes}")
+
+
 def label_prior_loss(train_labels, held_labels) -> float:
     """Held-out cross-entropy of predicting every row's class by the training rows' class frequencies (add-one
     smoothed): what a classifier gets without reading its input, the floor a probe must beat."""
@@ -364,7 +374,9 @@ def probe(model_spec: str, data_path: str, config: ProbeConfig | None = None) ->
         entry["gain_curves"] = {"lora": curve or {str(rank_of[n]): 1.0}}
         manifest_layers.append(entry)
 
-    warning = trust_warning(full, base, config.min_gain)
+    warning = trust_warning(full, base, config.min_gain) or nothing_ranked_warning(
+        manifest_layers, "use the default --signal probe (every method, each layer measured alone), more rows or "
+        "--probe-steps, or --signal first-order")
     manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "model": {

@@ -124,7 +124,7 @@ def test_the_gradient_estimate_costs_held_out_passes_that_do_not_grow_with_layer
     four = method_probe("tiny_models:tiny4", str(words), _config(**cfg))["model"]["probe"]
     held = held_out_size(400)
     assert held == 100
-    chunks = math.ceil(held / 40)
+    chunks = math.ceil(held / MethodProbeConfig().gradient_batch)  # the gradient pass: its own chunks (checks use eval_batch)
     assert _checks_and_bests(two) == _checks_and_bests(four) == (2, 2)  # 2 checks, each a new best, on both models
     assert two["held_out_passes"] == four["held_out_passes"] == 2 + 1 + chunks
     exact = method_probe("tiny_models:tiny", str(words), _config(estimate="exact", **cfg))
@@ -217,11 +217,11 @@ def test_a_plateau_ends_the_probe_only_once_it_is_trusted(tmp_path, words):
     assert learned["held_out_loss"] == pytest.approx(min(v for _, v in learned["held_out_curve"]), abs=1e-6)
     # passes: one per check, one more (every gate off) when the plateau judges trust (the manifest reuses it), then the
     # gradient chunks
-    chunks = math.ceil(learned["held_out_examples"] / MethodProbeConfig().eval_batch)
+    chunks = math.ceil(learned["held_out_examples"] / MethodProbeConfig().gradient_batch)
     assert learned["held_out_passes"] == _checks_and_bests(learned)[0] + 1 + chunks, learned
     # trained through plateaus: trust is judged once per best check a plateau reached, not at every check
     checks, bests = _checks_and_bests(untrusted)
-    chunks = math.ceil(untrusted["held_out_examples"] / MethodProbeConfig().eval_batch)
+    chunks = math.ceil(untrusted["held_out_examples"] / MethodProbeConfig().gradient_batch)
     assert checks + 1 + chunks <= untrusted["held_out_passes"] <= checks + min(bests, untrusted["plateaus_trained_through"] + 1) + chunks, untrusted
 
 
@@ -326,6 +326,7 @@ def test_a_probe_that_values_no_layer_above_zero_says_so(words, monkeypatch):
 
     def nothing_helps(run):
         values, directions = real(run)
+        run.value_se = {k: 0.0 for k in values}  # no noise: the values stand as measured
         return {k: -abs(v) for k, v in values.items()}, directions
 
     monkeypatch.setattr(mp, "gradient_values", nothing_helps)

@@ -118,6 +118,10 @@ class MethodProbeConfig:
     objective: str = "auto"
     dtype: str = "float32"
     eval_batch: int = 128
+    #: rows per backward pass of the gradient estimate: the spread of the values over these chunks is their noise
+    gradient_batch: int = 32
+    #: shrink each method's values toward its mean over layers by their measured noise (James-Stein), gradient estimate
+    shrink: bool = True
     ranks: tuple[int, ...] = DEFAULT_RANKS
     kind_patterns: list = field(default_factory=list)
     block_pattern: Any = None
@@ -275,6 +279,8 @@ class GatedProbe:
     plateaus_trained_through: int = 0
     prior: float | None = None  # held-out loss of predicting the training labels' frequencies (classification)
     best_step: int = 0
+    #: the gradient estimate's standard error per (layer, method), from its spread over held-out chunks
+    value_se: dict = field(default_factory=dict)
     #: held-out loss at the best check with the gates at keep and with every gate off (the weights measured at)
     best_losses: tuple[float, float] = (math.inf, math.inf)
 
@@ -551,21 +557,38 @@ def gradient_values(run: GatedProbe) -> tuple[dict, dict]:
                     t.requires_grad_(True)
                     t.grad = None
                     tensors.append(t)
-    rows = share(list(range(len(run.held_texts))))
     count = max(model.count(run.held_texts), 1)  # the held-out loss is a mean over rows or target tokens
+    keys = [(layer, method) for layer, per in run.units.items() for method in per]
+    gates = [run.units[layer][method].gate(method) for layer, method in keys]
+    # each chunk's share of every value (chunks of the held-out rows, whichever processes compute them): their spread
+    # over chunks is the values' sampling noise (value_se), the same under torchrun as in one process
+    held = list(range(len(run.held_texts)))
+    starts = range(0, len(held), config.gradient_batch)
+    shares = torch.zeros(len(starts), len(keys), dtype=torch.float64)
+    before = torch.zeros(len(keys), dtype=torch.float64)
     model.eval()
     try:
         with torch.enable_grad():
-            for s in range(0, len(rows), config.eval_batch):
-                part = rows[s : s + config.eval_batch]
+            for j, s in enumerate(starts):
+                part = share(held[s : s + config.gradient_batch])  # this rank's rows of the chunk
+                if not part:
+                    continue
                 value, _ = model.loss_sum([run.held_texts[i] for i in part], run.held_y[part], precise=True)
                 loss = value / count
                 loss.backward()
                 run.passes += 1
+                now = torch.stack([torch.zeros((), dtype=torch.float64) if g.grad is None else g.grad.double() for g in gates])
+                shares[j] = now - before
+                before = now
         for t in tensors:
             if t.grad is None:
                 t.grad = torch.zeros_like(t)
             all_sum(t.grad)
+        all_sum(shares)
+        chunks = len(starts)
+        # the variance of a sum of chunk shares drawn alike: chunks x the shares' sample variance
+        spread = shares.var(dim=0, correction=1) * chunks if chunks > 1 else torch.full((len(keys),), math.inf, dtype=torch.float64)
+        run.value_se = {k: math.sqrt(float(x)) for k, x in zip(keys, spread)}
         values, directions = {}, {}
         for layer, per in run.units.items():
             for method, module in per.items():
@@ -581,6 +604,30 @@ def gradient_values(run: GatedProbe) -> tuple[dict, dict]:
         for p in model.parameters():
             p.grad = None
     return values, directions
+
+
+def shrink(values: dict, se: dict) -> tuple[dict, dict]:
+    """James-Stein shrinkage (positive part) of each method's values toward that method's mean over layers.
+
+    A probe that has not learned a task well measures values that are mostly sampling noise; taken at face value, the
+    integer program then spends a small budget on the two or three layers that noise put on top. With ``k`` layers
+    carrying a method, their mean ``m``, spread ``S = sum (v - m)^2`` and mean squared standard error ``s2``, each value
+    becomes ``m + (1 - B)(v - m)`` with ``B = min(1, (k - 3) s2 / S)``: pure noise is pulled to the mean (every layer
+    worth the same, so the budget spreads), a clear signal is left nearly as measured. Fewer than 4 layers: unchanged.
+    Returns the shrunk values and ``B`` per method."""
+    out, factors = dict(values), {}
+    for method in dict.fromkeys(m for _, m in values):
+        keys = [k for k in values if k[1] == method]
+        if len(keys) < 4 or any(not math.isfinite(se.get(k, math.inf)) for k in keys):
+            continue
+        mean = sum(values[k] for k in keys) / len(keys)
+        spread = sum((values[k] - mean) ** 2 for k in keys)
+        noise = sum(se[k] ** 2 for k in keys) / len(keys)
+        factor = 1.0 if spread <= 0 else min(1.0, (len(keys) - 3) * noise / spread)
+        for k in keys:
+            out[k] = mean + (1.0 - factor) * (values[k] - mean)
+        factors[method] = factor
+    return out, factors
 
 
 def _fractions(run: GatedProbe, layer: str, method: str, directions: dict | None, exact: dict | None) -> dict[int, float]:
@@ -687,6 +734,9 @@ def method_probe(model_spec: str, data_path: str, config: MethodProbeConfig | No
     if config.estimate == "exact" or config.fidelity:
         exact, fractions = timed("exact", lambda: exact_values(run))
     values = grad_values if config.estimate == "gradient" else exact
+    shrinkage = None
+    if config.estimate == "gradient" and config.shrink:
+        values, shrinkage = shrink(values, run.value_se)
     alone = timed("method alone", lambda: method_alone(run, without)) if config.fidelity else None
     pairs = timed("pairs", lambda: pair_terms(run)) if config.interactions else None
     measure_s = time.perf_counter() - t1
@@ -744,6 +794,7 @@ def method_probe(model_spec: str, data_path: str, config: MethodProbeConfig | No
                 "plateaus_trained_through": run.plateaus_trained_through,
                 "trusted": warning is None, **({"warning": warning} if warning else {}),
                 **({"fidelity": fidelity} if fidelity else {}),
+                **({"shrinkage": shrinkage} if shrinkage is not None else {}),
                 "held_out_passes": run.passes, "pairs": len(pairs) if pairs is not None else 0,
                 "seconds_training": round(run.seconds, 2), "seconds_measuring": round(measure_s, 2),
                 "seconds_by_phase": clock,
@@ -755,6 +806,8 @@ def method_probe(model_spec: str, data_path: str, config: MethodProbeConfig | No
         "layers": manifest_layers,
         "metadata": {
             "probe_values": {f"{l}|{m}": v for (l, m), v in values.items()},
+            **({"probe_values_measured": {f"{l}|{m}": v for (l, m), v in grad_values.items()},
+                "probe_value_se": {f"{l}|{m}": v for (l, m), v in run.value_se.items()}} if grad_values is not None else {}),
             "gain_sources": sources,
         },
     }

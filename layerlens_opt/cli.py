@@ -188,7 +188,7 @@ def validate(allocation, manifest, as_json):
                    "and method; lora-probe: short uniform-LoRA run + held-out ablations (LoRA only); first-order: gradient energy, "
                    "Fisher, one-step proxy (under torchrun write -S: torchrun's own parser takes --signal for its --signals-to-handle).")
 @click.option("--probe-steps", type=click.IntRange(min=1), default=None,
-              help="probe: most training steps (it stops earlier when the held-out loss stops improving) [default: 200]; "
+              help="probe: most training steps (it stops earlier when the held-out loss stops improving) [default: 125]; "
                    "lora-probe: training steps [default: 100].")
 @click.option("--probe-rank", type=click.IntRange(min=1), default=4, show_default=True,
               help="probe: LoRA rank, adapter width and prefix length on every layer (lora-probe: LoRA rank).")
@@ -200,6 +200,9 @@ def validate(allocation, manifest, as_json):
 @click.option("--probe-estimate", type=click.Choice(["gradient", "exact"]), default="gradient", show_default=True,
               help="probe: a (layer, method) value from the gates' gradients (one backward pass per held-out batch) or from "
                    "two held-out passes each.")
+@click.option("--probe-shrink/--no-probe-shrink", default=None,
+              help="probe: pull each method's values toward its mean over layers by their measured noise (James-Stein), so "
+                   "that noise cannot concentrate a budget [default: on; with --probe-estimate gradient only].")
 @click.option("--probe-fidelity", is_flag=True, help="probe: measure both estimates and report their rank correlation in the manifest.")
 @click.option("--held-out", type=click.IntRange(min=1), default=None,
               help="rows kept out of probe training to measure on [default: a fifth of the rows, at least 100 and at most 512].")
@@ -219,8 +222,8 @@ def validate(allocation, manifest, as_json):
               help="write the manifest even when the probe learned too little to trust (its values are then mostly noise; "
                    "the manifest and every command that solves it say so) [default: refuse, exit 6, nothing written].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def profile(model_spec, data_path, objective, dtype, max_length, output, signal, probe_steps, probe_rank, probe_lr, method_lrs, probe_methods, probe_estimate, probe_fidelity,
-            held_out, interactions, probe_values, probe_masks, batches, batch_size, seed, device, head_steps, kind_pattern, block_pattern,
+def profile(model_spec, data_path, objective, dtype, max_length, output, signal, probe_steps, probe_rank, probe_lr, method_lrs, probe_methods, probe_estimate, probe_shrink,
+            probe_fidelity, held_out, interactions, probe_values, probe_masks, batches, batch_size, seed, device, head_steps, kind_pattern, block_pattern,
             allow_untrusted, quiet):
     """Profile a torch model on labelled text (a classifier) or text / SFT data (a causal LM) into a manifest (needs the
     torch extra)."""
@@ -232,7 +235,7 @@ def profile(model_spec, data_path, objective, dtype, max_length, output, signal,
     methods = parse_methods(probe_methods) if probe_methods is not None else None
     manifest = profile_manifest(model_spec, data_path, signal, kind_pattern=kind_pattern, block_pattern=block_pattern, progress=not quiet,
                                 probe_steps=probe_steps, probe_rank=probe_rank, probe_lr=probe_lr, method_lrs=lrs, probe_methods=methods,
-                                probe_estimate=probe_estimate, probe_fidelity=probe_fidelity, held_out=held_out,
+                                probe_estimate=probe_estimate, probe_shrink=probe_shrink, probe_fidelity=probe_fidelity, held_out=held_out,
                                 interactions=interactions, probe_values=probe_values, probe_masks=probe_masks, batches=batches,
                                 batch_size=batch_size, seed=seed, device=device, head_steps=head_steps, objective=objective,
                                 dtype=dtype, max_length=max_length)

@@ -203,7 +203,7 @@ def test_a_plateau_ends_the_probe_only_once_it_is_trusted(tmp_path, words):
     rng = random.Random(3)
     texts = ["".join(rng.choice("abcdefghij") for _ in range(5)) for _ in range(300)]
     noise = _write(tmp_path / "noise.jsonl", [{"text": t, "label": rng.randint(0, 1)} for t in texts])
-    untrusted = method_probe("tiny_models:tiny", str(noise), _config())["model"]["probe"]
+    untrusted = method_probe("tiny_models:tiny", str(noise), _config(max_steps=200))["model"]["probe"]
     assert untrusted["trusted"] is False
     # its best check is the first; patience (2) runs out at step 75, past min_steps: the old rule stopped there
     assert untrusted["steps"] == untrusted["max_steps"] == 200 and untrusted["plateaus_trained_through"] >= 1, untrusted
@@ -211,7 +211,7 @@ def test_a_plateau_ends_the_probe_only_once_it_is_trusted(tmp_path, words):
     curve = dict(untrusted["held_out_curve"])
     assert untrusted["best_step"] < 200 and curve[200] > curve[untrusted["best_step"]], untrusted
     assert untrusted["held_out_loss"] == pytest.approx(curve[untrusted["best_step"]], abs=1e-6)  # order_directions rewrites the updates (SVD)
-    learned = method_probe("tiny_models:tiny", str(words), _config(eval_every=10, min_steps=20, patience=1))["model"]["probe"]
+    learned = method_probe("tiny_models:tiny", str(words), _config(max_steps=200, eval_every=10, min_steps=20, patience=1))["model"]["probe"]
     assert learned["trusted"] is True, learned
     assert learned["steps"] < 200 and learned["plateaus_trained_through"] == 0, learned
     assert learned["held_out_loss"] == pytest.approx(min(v for _, v in learned["held_out_curve"]), abs=1e-6)
@@ -338,3 +338,65 @@ def test_a_probe_that_values_no_layer_above_zero_says_so(words, monkeypatch):
     assert "--probe-steps" in probe["warning"]
     monkeypatch.setattr(mp, "gradient_values", real)
     assert "warning" not in method_probe("tiny_models:tiny", str(words), _config(max_steps=40))["model"]["probe"]
+
+
+# ----------------------------------------------------------------------------- shrinking noisy values
+
+
+def test_shrink_pulls_noise_to_the_mean_and_leaves_a_clear_signal():
+    from layerlens_opt.profiling.method_probe import shrink
+
+    rng = random.Random(5)
+    layers = [f"l{i}" for i in range(12)]
+    noise = {(l, "ia3"): 0.01 + rng.gauss(0, 0.001) for l in layers}  # spread below what the noise alone would give
+    signal = {(l, "lora"): 0.001 * i for i, l in enumerate(layers)}  # spread far above the noise
+    few = {(l, "prefix"): 0.005 * i for i, l in enumerate(layers[:3])}  # 3 layers: James-Stein needs at least 4
+    se = {k: 0.002 for k in noise} | {k: 1e-6 for k in signal} | {k: 0.5 for k in few}
+    out, factors = shrink(noise | signal | few, se)
+    mean = sum(noise.values()) / len(noise)
+    assert factors["ia3"] == 1.0 and all(out[k] == pytest.approx(mean) for k in noise)  # every layer worth the same
+    assert factors["lora"] < 1e-6 and all(out[k] == pytest.approx(v, abs=1e-9) for k, v in signal.items())
+    assert "prefix" not in factors and all(out[k] == v for k, v in few.items())
+    # in between: B = (k - 3) s2 / S, every value moved toward the mean by that share, the mean kept
+    half = {(l, "adapter"): float(i) for i, l in enumerate(layers)}
+    spread = sum((v - 5.5) ** 2 for v in half.values())
+    out, factors = shrink(half, {k: math.sqrt(0.5 * spread / 9) for k in half})
+    assert factors["adapter"] == pytest.approx(0.5)
+    assert all(out[k] == pytest.approx(5.5 + 0.5 * (v - 5.5)) for k, v in half.items())
+    # a value whose noise could not be measured (one chunk: infinite) leaves its method as measured
+    assert shrink(half, {k: math.inf for k in half}) == (half, {})
+
+
+def test_the_probe_measures_each_values_noise_and_shrinks_by_it(words):
+    shrunk = method_probe("tiny_models:tiny", str(words), _config(max_steps=40))
+    raw = method_probe("tiny_models:tiny", str(words), _config(max_steps=40, shrink=False))
+    meta = shrunk["metadata"]
+    se = meta["probe_value_se"]
+    assert set(se) == set(meta["probe_values"]) and all(math.isfinite(v) and v > 0 for v in se.values())
+    factors = shrunk["model"]["probe"]["shrinkage"]
+    assert set(factors) == {"lora", "ia3", "adapter"} and all(0.0 <= b <= 1.0 for b in factors.values())  # tiny: no prefix
+    # each method's mean over layers is kept, every value moved toward it by its method's factor
+    measured = meta["probe_values_measured"]
+    assert measured == raw["metadata"]["probe_values"]  # the same training and the same measurement
+    for method, b in factors.items():
+        keys = [k for k in measured if k.endswith("|" + method)]
+        mean = sum(measured[k] for k in keys) / len(keys)
+        for k in keys:
+            assert meta["probe_values"][k] == pytest.approx(mean + (1 - b) * (measured[k] - mean), abs=1e-12)
+    # off: the values are the measured ones, and the manifest says nothing was shrunk
+    assert "shrinkage" not in raw["model"]["probe"]
+    assert raw["metadata"]["probe_values"] == raw["metadata"]["probe_values_measured"]
+
+
+def test_probe_shrink_flags(words, tmp_path):
+    out = tmp_path / "m.json"
+    base = ["profile", "--model", "tiny_models:tiny", "--data", words, "-o", out, "--quiet", "--probe-steps", "40"]
+    r = run(*base, "--no-probe-shrink")
+    assert r.exit_code == 0, r.output
+    assert "shrinkage" not in json.loads(out.read_text())["model"]["probe"]
+    for extra, fragment in ((["--probe-shrink", "--probe-estimate", "exact"], "--probe-shrink needs --probe-estimate gradient"),
+                            (["--probe-shrink", "--signal", "lora-probe"], "set only the default --signal probe")):
+        r = run(*base, *extra)
+        assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+        lines = [l for l in r.stderr.splitlines() if l.strip()]
+        assert len(lines) == 1 and fragment in lines[0], r.stderr

@@ -15,14 +15,14 @@ CAUSAL_MAX_LENGTH = 256
 
 def profile_manifest(model_spec: str, data_path: str, signal: str = "probe", *, kind_pattern=(), block_pattern=None, progress=True,
                      probe_steps=None, probe_rank=4, probe_lr=2e-3, method_lrs=None, probe_methods=None, probe_estimate="gradient",
-                     probe_fidelity=False, held_out=None, interactions=None, probe_values="leave-one-out",
+                     probe_shrink=None, probe_fidelity=False, held_out=None, interactions=None, probe_values="leave-one-out",
                      probe_masks=256, batches=8, batch_size=32, seed=0, device="cpu", head_steps=100, objective="auto",
                      dtype="float32", max_length=None):
     """The :class:`~layerlens_opt.manifest.Manifest` of ``profile --signal SIGNAL`` (what is written must read back:
     it is parsed once, here; :func:`layerlens_opt.manifest.save_manifest` writes it).
 
     ``probe_steps``, ``held_out`` and ``interactions`` left None take each signal's default: the all-method probe
-    trains until its held-out loss stops improving within 200 steps, holds out a fifth of the rows (100 to 512) and
+    trains until its held-out loss stops improving within 125 steps, holds out a fifth of the rows (100 to 512) and
     measures no pair terms; the LoRA-only probe trains 100 steps, holds out 512 rows and measures pair terms."""
     try:
         from .method_probe import MethodProbeConfig, method_probe
@@ -39,9 +39,9 @@ def profile_manifest(model_spec: str, data_path: str, signal: str = "probe", *, 
     if size > 1 and batch_size < size:
         raise LayerlensError(f"--batch-size {batch_size} is smaller than the {size} processes sharing each batch; raise it")
 
-    if signal != "probe" and (method_lrs or probe_methods):
-        raise LayerlensError(f"--method-lr and --probe-methods set only the default --signal probe, not --signal {signal}; "
-                             "drop them or use --signal probe")
+    if signal != "probe" and (method_lrs or probe_methods or probe_shrink is not None):
+        raise LayerlensError(f"--method-lr, --probe-methods and --probe-shrink set only the default --signal probe, not --signal "
+                             f"{signal}; drop them or use --signal probe")
     naming = dict(kind_patterns=parse_kind_patterns(kind_pattern), block_pattern=parse_block_pattern(block_pattern), progress=progress)
     from .objective import is_causal
 
@@ -51,6 +51,11 @@ def profile_manifest(model_spec: str, data_path: str, signal: str = "probe", *, 
         raise LayerlensError(f"--dtype {dtype} is for causal language models; a classification profile runs in float32")
     if signal == "probe":
         extra = {"methods": tuple(probe_methods)} if probe_methods else {}
+        if probe_shrink is not None:
+            if probe_shrink and probe_estimate != "gradient":
+                raise LayerlensError("--probe-shrink needs --probe-estimate gradient: the values' noise is measured from its "
+                                     "held-out chunks; drop --probe-shrink or use the gradient estimate")
+            extra["shrink"] = probe_shrink
         config = MethodProbeConfig(max_steps=probe_steps or MethodProbeConfig.max_steps, rank=probe_rank, lr=probe_lr,
                                    lrs=dict(method_lrs or {}), batch_size=batch_size, held_out=held_out, estimate=probe_estimate,
                                    fidelity=probe_fidelity, interactions=bool(interactions), seed=seed, device=device, **extra, **naming,

@@ -3,7 +3,7 @@
 Why: the allocator chooses, per layer, *which* method and rank; a profile that
 measures LoRA only can offer nothing else. This probe prices every method that
 ``apply`` can train on a layer (lora, ia3, adapter on every linear layer;
-prefix on each BERT-family attention block) in one short probe (on MiniLM 1.2-1.5 times one 300-step training run).
+prefix on each BERT-family attention block) in one short probe (on MiniLM 0.85-0.93 of one 300-step training run).
 
 1. **One gated probe, every method on every layer.** Each adaptable linear
    layer carries LoRA (rank ``rank``), IA3 and a bottleneck adapter (width
@@ -50,7 +50,11 @@ prefix on each BERT-family attention block) in one short probe (on MiniLM 1.2-1.
    first-order value that its first k directions carry, with the exact one
    ``(loss(off) - loss(only m, rank k)) / v[l, m]``. Clipped to [0, 1], made
    non-decreasing; flat past ``rank`` (the probe shows nothing there).
-4. **Interactions** (``interactions=True``, exact passes, opt-in): leave-pair-out
+4. **Noise** (gradient estimate): the backward passes run over chunks of ``gradient_batch`` held-out rows, and each
+   value's spread over the chunks gives its standard error; with ``shrink`` (default) each method's values are
+   shrunk toward that method's mean over layers by it (:func:`shrink`, James-Stein), so that values which are mostly
+   noise cannot concentrate a small budget on the layers noise ranked first.
+5. **Interactions** (``interactions=True``, exact passes, opt-in): leave-pair-out
    ablations of whole layers around R inside each block, as the LoRA probe's
    (``e_ij = D_ij - D_i - D_j``, ``"when": "either"``).
 
@@ -97,7 +101,7 @@ ESTIMATES = ("gradient", "exact")
 
 @dataclass
 class MethodProbeConfig:
-    max_steps: int = 200
+    max_steps: int = 125
     min_steps: int = 50
     eval_every: int = 25
     patience: int = 2

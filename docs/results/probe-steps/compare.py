@@ -1,10 +1,11 @@
-"""Shorter default probes (100 and 125 steps) against the 200-step one, each against the best uniform of the frontier.
+"""Other default probes (100 and 125 steps; shrunk values at 125 and 200) against the 200-step one, and each against the
+best uniform of the frontier.
 
     python docs/results/probe-steps/compare.py
 
 Reads the uniform baselines of the current frontier (docs/results/frontier-current/results.json: the same training
-code, environment and seeds as these arms) and the ILP (probe) runs of f100/, f125/ and f200b/ here, and prints the
-tables docs/benchmarks.md quotes.
+code, environment and seeds as these arms) and the ILP (probe) runs of f100/, f125/, s125/, s200/ and f200b/ here (an
+arm whose folder is missing is left out), and prints the tables docs/benchmarks.md quotes.
 """
 
 import json
@@ -16,11 +17,15 @@ from layerlens_opt.train_bench import goal_table, summarize, versus_best_uniform
 HERE = Path(__file__).resolve().parent
 FRONTIER = HERE.parent / "frontier-current"
 FULL = "ILP (probe, 200 steps)"
-ARMS = {"ILP (probe, 100 steps)": HERE / "f100", "ILP (probe, 125 steps)": HERE / "f125", FULL: HERE / "f200b"}
+#: label -> (folder, short name in the tables)
+ARMS = {"ILP (probe, 100 steps)": (HERE / "f100", "100 steps"), "ILP (probe, 125 steps)": (HERE / "f125", "125 steps"),
+        "ILP (probe, 125 steps, shrunk)": (HERE / "s125", "125 shrunk"), "ILP (probe, 200 steps, shrunk)": (HERE / "s200", "200 shrunk"),
+        FULL: (HERE / "f200b", "200 steps")}
+ARMS = {label: arm for label, arm in ARMS.items() if (arm[0] / "results.json").exists()}
 TASKS = ("pairs", "emotion", "frequency")
 
 results = [r for r in json.loads((FRONTIER / "results.json").read_text()) if r["method"].startswith("uniform")]
-for label, folder in ARMS.items():
+for label, (folder, _) in ARMS.items():
     results += [dict(r, method=label) for r in json.loads((folder / "results.json").read_text()) if r["method"] == "ILP (probe)"]
 rows = summarize(results)
 diffs = versus_best_uniform(rows)
@@ -30,10 +35,10 @@ by = {(r[0], r[1], r[2]): r for r in rows}
 for short in ARMS:
     if short == FULL:
         continue
-    steps = short.split(", ")[1].rstrip(")")
+    steps = ARMS[short][1]
     print(f"\n### {steps} against 200 steps\n")
     print(f"| task | budget | best uniform | its accuracy | 200 steps: accuracy | vs best uniform, per seed | {steps}: vs best uniform "
-          f"| {steps.split()[0]} - 200, per seed |")
+          f"| {steps} - 200 steps, per seed |")
     print("|---|---|---|---|---|---|---|---|")
     dev, held, cells = [], [], {}
     for task in TASKS:
@@ -50,3 +55,13 @@ for short in ARMS:
                   f"{statistics.mean(per):+.1f} ({', '.join(f'{x:+.1f}' for x in per)}) |")
     print(f"\n{steps} - 200 steps over the development cells (pairs, emotion): mean {statistics.mean(dev):+.2f}, worst cell {min(dev):+.2f}; "
           + "; ".join(f"{t} alone: mean {statistics.mean(v):+.2f}, worst cell {min(v):+.2f}" for t, v in cells.items()))
+
+# the ILP with the probe's pair terms (--interactions, opt-in): the 200-step probe's (the frontier) and the shrunk
+# 125-step probe's (s125-pairs/); its pair terms are exact ablations, not shrunk
+PAIRS = {"ILP (probe + pairs), 200 steps": FRONTIER, "ILP (probe + pairs), 125 shrunk": HERE / "s125-pairs"}
+paired = [r for r in json.loads((FRONTIER / "results.json").read_text()) if r["method"].startswith("uniform")]
+for label, folder in PAIRS.items():
+    if (folder / "results.json").exists():
+        paired += [dict(r, method=label) for r in json.loads((folder / "results.json").read_text()) if r["method"] == "ILP (probe + pairs)"]
+print("\n### with pair terms\n")
+print("\n".join(goal_table(summarize(paired))))

@@ -65,3 +65,19 @@ for label, folder in PAIRS.items():
         paired += [dict(r, method=label) for r in json.loads((folder / "results.json").read_text()) if r["method"] == "ILP (probe + pairs)"]
 print("\n### with pair terms\n")
 print("\n".join(goal_table(summarize(paired))))
+
+# fidelity of the current default probe (125 steps, shrunk): Spearman of what it predicts for every contender's
+# allocation (s125/models.json holds its prediction for all of them) against their measured accuracy: the frontier's
+# runs for the contenders that do not use this probe, s125/ and s125-pairs/ for the two that do
+from layerlens_opt.train_bench import fidelity  # noqa: E402
+
+if (HERE / "s125" / "results.json").exists() and (HERE / "s125-pairs" / "results.json").exists():
+    runs = [r for r in json.loads((FRONTIER / "results.json").read_text()) if not r["method"].startswith("ILP (probe")]
+    runs += [r for r in json.loads((HERE / "s125" / "results.json").read_text()) if r["method"] == "ILP (probe)"]
+    runs += [r for r in json.loads((HERE / "s125-pairs" / "results.json").read_text()) if r["method"] == "ILP (probe + pairs)"]
+    models = json.loads((HERE / "s125" / "models.json").read_text())
+    fid = fidelity(summarize(runs), models)
+    print("\n### fidelity of the default probe (125 steps, shrunk): Spearman(predicted objective, accuracy) over every contender and budget\n")
+    print("| task | probe | probe + pairs |\n|---|---|---|")
+    for task, per in fid.items():
+        print(f"| {task} | " + " | ".join("-" if per[n] is None else f"{per[n]:+.2f}" for n in ("probe", "probe+pairs")) + " |")

@@ -133,20 +133,14 @@ def uniform_baselines(dims: dict, budget: int | None = None, window=UNIFORM_WIND
     return out
 
 
-def _problem(manifest_path: Path, budget: int, interactions: bool, methods=None, window=WINDOW):
-    from .manifest import load_manifest
+def _rankable(manifest, budget: int, interactions: bool, methods=None, window=WINDOW):
+    """``(problem, None)`` for a loaded manifest, or ``(None, why)`` where the gain model ranks nothing (every layer
+    measured at zero): a contender with no answer, not the end of the benchmark. A manifest error still raises."""
     from .problem import Constraints, ModelOptions, build_problem
 
     options = ModelOptions(interactions=interactions) if methods is None else ModelOptions(methods=tuple(methods), interactions=interactions)
-    return build_problem(load_manifest(manifest_path), Constraints(budget=budget, min_utilization=window[0], max_utilization=window[1]),
-                         options)
-
-
-def _rankable(manifest_path: Path, budget: int, interactions: bool, methods=None, window=WINDOW):
-    """``(problem, None)``, or ``(None, why)`` where the gain model ranks nothing (every layer measured at zero): a
-    contender with no answer, not the end of the benchmark. A file that is not a manifest still raises."""
     try:
-        return _problem(manifest_path, budget, interactions, methods, window), None
+        return build_problem(manifest, Constraints(budget=budget, min_utilization=window[0], max_utilization=window[1]), options), None
     except ManifestError:
         raise
     except LayerlensError as e:
@@ -161,9 +155,10 @@ def solved(manifest_path: Path, budget: int, solver: str, interactions: bool = T
     """The allocation as ``apply`` reads it, with the solve's status and gap (within :data:`TIME_LIMIT`: a problem with
     pair terms is CBC's, and its answer may be feasible, not proven); None, said on stderr, where the solver finds none
     (say, LoRA alone cannot spend the window of a budget that small, or the profile measured every layer at zero)."""
+    from .manifest import load_manifest
     from .solvers import SolverOptions, solve
 
-    problem, why = _rankable(manifest_path, budget, interactions, methods)
+    problem, why = _rankable(load_manifest(manifest_path), budget, interactions, methods)
     if problem is None:
         print(f"no {solver} allocation at {budget} on {manifest_path.name}: {why}", file=sys.stderr)
         return None
@@ -185,7 +180,7 @@ def predicted(manifest_path: Path, allocation: dict, interactions: bool) -> floa
     from .methods import METHODS, default_curve, measured_curve
 
     manifest = load_manifest(manifest_path)
-    problem, _ = _rankable(manifest_path, max(1, allocation["total_params"]), interactions, None, (0.0, 1.0))
+    problem, _ = _rankable(manifest, max(1, allocation["total_params"]), interactions, None, (0.0, 1.0))
     if problem is None:  # it ranks nothing: no prediction, left out of fidelity
         return None
     chosen = {l["name"]: (l["method"], l["rank"]) for l in allocation["layers"]}
